@@ -1,0 +1,30 @@
+# Every target runs scripts/setup.sh first: it installs what is missing (Docker engine, Compose v2,
+# the test image, the virtualenv) and is quick when everything is there.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install test test-quick lint bench demo clean
+
+install:
+	bash scripts/setup.sh
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-quick: install
+	$(PY) -m pytest -m "not load" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+demo: install
+	$(VENV)/bin/freeport-compose run -f examples/demo/compose.yml -- sh examples/demo/check.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -1,0 +1,274 @@
+"""The allocator: FreePort, FreePorts and the one-call helpers built on them."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+
+from ._error import InvalidRangeError, NoFreePortError, UnknownOwnerError
+from ._lease import Claim, LeaseRecord, LeaseStore, check_owner
+from ._probe import check_hosts, port_is_free
+from ._range import PortRange
+from ._state import state_dir
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds a request waits for a port while its range is exhausted: long enough to outlast a
+neighbouring test's teardown, short enough that a leak fails a CI job instead of hanging it."""
+
+
+_STORES: dict[int, LeaseStore] = {}
+
+
+def store(path: str | None = None) -> LeaseStore:
+    """The lease store in `path` (default: the user's state dir), verified safe."""
+    sd = state_dir(path)
+    found = _STORES.get(id(sd))
+    if found is None or found.sd is not sd:
+        found = _STORES[id(sd)] = LeaseStore(sd)
+    return found
+
+
+def _candidates(start: object, stop: object, exclude: Iterable[int]) -> PortRange:
+    if start is None and stop is None:
+        prange = PortRange.default()
+    elif start is None or stop is None:
+        raise InvalidRangeError("give both start and stop, or neither for the default range")
+    else:
+        prange = PortRange.between(start, stop)
+    return prange.without(exclude)
+
+
+def _release_all(lease_store: LeaseStore, claims: list[Claim], named_too: bool) -> None:
+    for claim in claims:
+        if claim.fd is not None or named_too:
+            lease_store.release(claim)
+
+
+class _Sweep:
+    """One pass over a range, trying candidates until n are held; all claims are undone on failure."""
+
+    def __init__(self, request: FreePorts, explain: bool) -> None:
+        self.request, self.explain = request, explain
+        self.claims: list[Claim] = []
+        self.taken: Counter[str] | None = Counter() if explain else None
+
+    def claim(self, port: int) -> bool:
+        r = self.request
+        got = r._store.try_claim(port, r.owner, r._label_for(len(self.claims)), r._is_free, self.explain)
+        if isinstance(got, Claim):
+            self.claims.append(got)
+            return True
+        if self.taken is not None:
+            self.taken[got] += 1
+        return False
+
+    def undo(self, upto: int = 0) -> None:
+        while len(self.claims) > upto:
+            self.request._store.release(self.claims.pop())
+
+    def run(self) -> list[Claim] | None:
+        n = self.request.n
+        try:
+            if self.request.contiguous:
+                for first in self.request.range.blocks(n):
+                    if all(self.claim(p) for p in range(first, first + n)):
+                        return self.claims
+                    self.undo()
+                return None
+            for port in self.request.range.shuffled():
+                if self.claim(port) and len(self.claims) == n:
+                    return self.claims
+            return None
+        finally:
+            if len(self.claims) < n:
+                self.undo()
+
+
+class FreePorts:
+    """n ports leased together, all or nothing, optionally as one block of consecutive numbers.
+
+    While leased, no other FreePorts in any thread or process using the same state directory gets
+    any of them, and each was free (TCP and UDP, IPv4 and IPv6 wildcards, and every `host`) when
+    leased. A process lease ends on release(), on leaving `with`, when the object is collected, or
+    when the process dies however it dies. A named lease (`owner=`) survives its process and ends
+    on release() or release_owner(owner).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        start: int | None = None,
+        stop: int | None = None,
+        *,
+        contiguous: bool = False,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        host: str | Sequence[str] | None = None,
+        exclude: Iterable[int] = (),
+        owner: str | None = None,
+        labels: Sequence[str] = (),
+        state_dir: str | None = None,
+    ) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidRangeError(f"the number of ports must be a positive integer, not {n!r}")
+        if timeout is not None and not timeout >= 0:
+            raise InvalidRangeError(f"timeout must be None or >= 0, not {timeout!r}")
+        self.n, self.contiguous, self.timeout = n, contiguous, timeout
+        self.owner = check_owner(owner) if owner is not None else None
+        self.range = _candidates(start, stop, exclude)
+        if n > len(self.range):
+            raise InvalidRangeError(f"cannot lease {n} ports from the {len(self.range)}-port range {self.range}")
+        hosts = [host] if isinstance(host, str) else list(host or ())
+        self._hosts = check_hosts(hosts)
+        self._labels = list(labels)
+        self._store = store(state_dir)
+        self._claims = self._allocate()
+        self._finalizer = weakref.finalize(self, _release_all, self._store, self._claims, False)
+
+    def _label_for(self, index: int) -> str:
+        return self._labels[index] if index < len(self._labels) else ""
+
+    def _is_free(self, port: int) -> bool:
+        return port_is_free(port, self._hosts)
+
+    def _allocate(self) -> list[Claim]:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        pause = 0.005
+        while True:
+            final = deadline is not None and time.monotonic() >= deadline
+            sweep = _Sweep(self, explain=final)
+            claims = sweep.run()
+            if claims is not None:
+                return claims
+            if final:
+                raise NoFreePortError(self._exhausted(sweep.taken or Counter()))
+            wait = pause * (0.5 + random.random())  # jitter: waiters must not retry in lockstep
+            if deadline is not None:
+                wait = min(wait, max(deadline - time.monotonic(), 0.0))
+            time.sleep(wait)
+            pause = min(pause * 2, 0.2)
+
+    def _exhausted(self, taken: Counter[str]) -> str:
+        what = f"{self.n} {'consecutive ' if self.contiguous else ''}ports" if self.n > 1 else "port"
+        busy = sum(taken.values())
+        who = ", ".join(f"{count} {reason}" for reason, count in taken.most_common(5))
+        if len(taken) > 5:
+            who += ", ..."
+        return (
+            f"no free {what} in {self.range} after {self.timeout:g} s: "
+            f"{busy} of {len(self.range)} taken ({who or 'none'})"
+        )
+
+    @property
+    def ports(self) -> list[int]:
+        """The leased port numbers, in the order taken (ascending for a contiguous block)."""
+        return [c.port for c in self._claims]
+
+    @property
+    def records(self) -> list[LeaseRecord]:
+        """The lease records as written to the state directory."""
+        return [c.record for c in self._claims]
+
+    def release(self) -> None:
+        """End the leases now (named ones too); releasing twice is harmless."""
+        if self._finalizer.detach() is not None:
+            _release_all(self._store, self._claims, True)
+
+    def __enter__(self) -> FreePorts:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ports)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return self.ports[index]
+
+    def __repr__(self) -> str:
+        owner = f", owner={self.owner!r}" if self.owner else ""
+        return f"{type(self).__name__}({self.ports}{owner})"
+
+
+class FreePort(FreePorts):
+    """One leased port; see FreePorts for the guarantee.
+
+    >>> with FreePort(4000, 6000) as fp:
+    ...     serve(fp.port)
+    """
+
+    def __init__(
+        self,
+        start: int | None = None,
+        stop: int | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        host: str | Sequence[str] | None = None,
+        exclude: Iterable[int] = (),
+        owner: str | None = None,
+        label: str = "",
+        state_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            1, start, stop, timeout=timeout, host=host, exclude=exclude, owner=owner,
+            labels=[label] if label else (), state_dir=state_dir,
+        )
+
+    @property
+    def port(self) -> int:
+        """The leased port number."""
+        return self._claims[0].port
+
+    def __int__(self) -> int:
+        return self.port
+
+    def __enter__(self) -> FreePort:
+        return self
+
+
+# get_free_port() keeps its leases here until release_port() or exit.
+_BY_PORT: dict[int, FreePort] = {}
+_BY_PORT_LOCK = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _BY_PORT_LOCK
+    _BY_PORT_LOCK = threading.Lock()
+    _BY_PORT.clear()  # the parent's leases: the child must not release them
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def get_free_port(start: int | None = None, stop: int | None = None, **kwargs: object) -> int:
+    """A port leased to this process until release_port(port) or the process exits.
+
+    Takes FreePort's keyword arguments (timeout, host, exclude, owner, label, state_dir).
+    """
+    fp = FreePort(start, stop, **kwargs)  # type: ignore[arg-type]
+    with _BY_PORT_LOCK:
+        _BY_PORT[fp.port] = fp
+    return fp.port
+
+
+def release_port(port: int) -> None:
+    """End a lease taken with get_free_port(); UnknownOwnerError if this process holds no such port."""
+    with _BY_PORT_LOCK:
+        fp = _BY_PORT.pop(port, None)
+    if fp is None:
+        raise UnknownOwnerError(f"port {port} is not held by get_free_port() in this process")
+    fp.release()
+
+
+def release_owner(owner: str, *, state_dir: str | None = None) -> list[int]:
+    """End every named lease of `owner`, from any process; returns the ports freed."""
+    return store(state_dir).release_owner(owner)

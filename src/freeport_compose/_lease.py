@@ -1,0 +1,439 @@
+"""The lease store: one lock file per port, holding a kernel lock and a record of who has the port.
+
+A port is leased when either
+- its lock file is flock()ed by a live process (a process lease: the kernel drops the lock, and so
+  the lease, the moment that process dies, even by SIGKILL), or
+- its lock file records an owner name (a named lease: it outlives the process that took it, until
+  it is released by name).
+
+Every change to a record happens while holding the file's flock, so two claimers of one port are
+serialised by the kernel whatever mix of threads and processes they are. flock locks belong to
+the open file description, so two threads of one process that open the file separately exclude
+each other too (fcntl/lockf locks would not: they belong to the process).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import re
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from filelock import lock_descriptor, unlock_descriptor
+
+from ._error import InvalidNameError, StateDirError, UnknownOwnerError
+from ._state import StateDir, open_file, state_errors
+
+RECORD_LIMIT = 4096  # a record is ~200 bytes; anything longer is not one of ours
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_owner(name: str) -> str:
+    """An owner name that is safe as a file name: [A-Za-z0-9][A-Za-z0-9_.-]*, at most 128 chars."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"owner name {name!r} is invalid: use letters, digits, '_', '.', '-' (up to 128), starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process that took a lease: pid plus start time, so a reused pid is not taken for it."""
+
+    pid: int
+    start_time: int | None
+    host: str
+
+    @cached_property
+    def json(self) -> str:
+        return json.dumps({"pid": self.pid, "start_time": self.start_time, "host": self.host}, separators=(",", ":"))
+
+
+def process_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_SELF: tuple[int, Holder] | None = None
+
+
+def current_holder() -> Holder:
+    """This process as a Holder (recomputed after fork, since the pid changes)."""
+    global _SELF
+    pid = os.getpid()
+    if _SELF is None or _SELF[0] != pid:
+        _SELF = (pid, Holder(pid, process_start_time(pid), socket.gethostname()))
+    return _SELF[1]
+
+
+def holder_alive(holder: Holder) -> bool | None:
+    """Whether the holder process still runs; None when it ran on another host and we cannot tell."""
+    if holder.host != current_holder().host:
+        return None
+    started = process_start_time(holder.pid)
+    return started is not None and (holder.start_time is None or started == holder.start_time)
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """What a port's lock file says about its lease, so `ls`, `gc` and errors can name who has it."""
+
+    port: int
+    owner: str | None  # a name: the lease outlives its process; None: it dies with the holder
+    holder: Holder
+    created: float
+    token: str  # tells this lease from a later one on the same port, so a late release cannot free that
+    label: str = ""  # what the port is for, e.g. "FREEPORT_db"
+
+    def encode(self) -> bytes:
+        # Hand-built JSON (fields in this order: try_claim recognises a process record by its prefix).
+        h = self.holder
+        owner = "null" if self.owner is None else json.dumps(self.owner)
+        label = json.dumps(self.label) if self.label else '""'
+        return (
+            f'{{"port":{self.port},"owner":{owner},"created":{self.created!r},"token":"{self.token}",'
+            f'"label":{label},"holder":{h.json}}}'
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes, port: int) -> LeaseRecord | None:
+        """The record in `data`, or None for an empty, corrupt or hostile one (which counts as free)."""
+        if not data or len(data) >= RECORD_LIMIT:
+            return None
+        try:
+            raw = json.loads(data)
+            h = raw["holder"]
+            owner, label, start = raw["owner"], raw.get("label", ""), h["start_time"]
+            record = cls(
+                port=raw["port"],
+                owner=owner,
+                holder=Holder(pid=h["pid"], start_time=start, host=h["host"]),
+                created=float(raw["created"]),
+                token=raw["token"],
+                label=label,
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        ok = (
+            record.port == port
+            and (owner is None or (isinstance(owner, str) and _NAME_RE.fullmatch(owner) is not None))
+            and type(record.holder.pid) is int
+            and (start is None or type(start) is int)
+            and isinstance(record.holder.host, str)
+            and isinstance(record.token, str)
+            and isinstance(label, str)
+        )
+        return record if ok else None
+
+
+@dataclass(eq=False)
+class Claim:
+    """A lease taken by this process: for a process lease, the open lock file whose flock *is* the lease."""
+
+    record: LeaseRecord
+    fd: int | None  # the locked lock file (process lease); None for a named lease
+    pid: int = field(default_factory=os.getpid)  # a forked child must never release its parent's lock
+
+    @property
+    def port(self) -> int:
+        return self.record.port
+
+
+# Process leases held by this process, so a forked child can drop its copies of their descriptors.
+_HELD: set[Claim] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def _forget_inherited_leases() -> None:
+    """In a forked child: close (never unlock) the parent's lock descriptors.
+
+    flock belongs to the open file description the child shares with the parent: unlocking here
+    would free the parent's port, and keeping the copy open would keep it leased after the parent dies.
+    """
+    global _HELD_LOCK
+    _HELD_LOCK = threading.Lock()  # another thread may have held it at fork time
+    for claim in _HELD:
+        if claim.fd is not None:
+            try:
+                os.close(claim.fd)
+            except OSError:
+                pass
+            claim.fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_leases)
+
+
+def _write_record(fd: int, record: LeaseRecord, old_size: int) -> None:
+    data = record.encode()
+    if os.pwrite(fd, data, 0) != len(data):
+        raise StateDirError("short write of a lease record (is the state dir's filesystem full?)")
+    if old_size > len(data):
+        os.ftruncate(fd, len(data))
+
+
+def _read_record(fd: int, port: int) -> LeaseRecord | None:
+    return LeaseRecord.decode(os.pread(fd, RECORD_LIMIT, 0), port)
+
+
+class LeaseStore:
+    """Lease records in one state directory; every method is safe against any mix of threads and processes."""
+
+    def __init__(self, sd: StateDir) -> None:
+        self.sd = sd
+
+    # -- one port --------------------------------------------------------------------------------
+
+    def _open_lock(self, port: int) -> int:
+        # O_NONBLOCK: a FIFO planted under the name would otherwise block the open forever.
+        fd = open_file(self.sd.ports_fd, f"{port}.lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)  # a device, FIFO or hard link to a file elsewhere: never write through it
+            raise StateDirError(f"{self.sd.path}/ports/{port}.lock is not a plain lock file; remove it")
+        return fd
+
+    def try_claim(
+        self,
+        port: int,
+        owner: str | None,
+        label: str,
+        is_free: Callable[[int], bool],
+        explain: bool = False,
+    ) -> Claim | str:
+        """Lease `port` if no one holds it and `is_free(port)`; else say who has it (when `explain`).
+
+        This is the allocation hot path: every syscall and allocation here is on purpose.
+        """
+        try:
+            fd = self._open_lock(port)
+        except OSError as e:
+            raise StateDirError(f"cannot open the lock file of port {port} in {self.sd.path}: {e.strerror}") from None
+        keep = False
+        try:
+            if not lock_descriptor(fd, blocking=False):
+                return self._describe(_read_record(fd, port)) if explain else "leased"
+            try:
+                data = os.pread(fd, RECORD_LIMIT, 0)
+                # A process lease's record is stale once we hold its flock; only a named one still counts.
+                if data and not data.startswith(b'{"port":%d,"owner":null,' % port):
+                    old = LeaseRecord.decode(data, port)
+                    if old is not None and old.owner is not None:
+                        return self._describe(old) if explain else "leased"
+                if not is_free(port):
+                    return "in use by another program"
+                token = f"{random.getrandbits(64):016x}"
+                record = LeaseRecord(port, owner, current_holder(), time.time(), token, label)
+                try:
+                    if owner is not None:
+                        self._index(owner, port, add=True)
+                    _write_record(fd, record, len(data))
+                except OSError as e:
+                    raise StateDirError(f"cannot record the lease of port {port} in {self.sd.path}: {e.strerror}") from None
+                if owner is not None:
+                    return Claim(record, None)
+                claim = Claim(record, fd)
+                with _HELD_LOCK:
+                    _HELD.add(claim)
+                keep = True
+                return claim
+            finally:
+                if not keep:
+                    unlock_descriptor(fd)
+        finally:
+            if not keep:
+                os.close(fd)
+
+    @staticmethod
+    def _describe(record: LeaseRecord | None) -> str:
+        if record is None:
+            return "leased by a process"
+        if record.owner is not None:
+            return f"leased by owner {record.owner!r}"
+        return f"leased by pid {record.holder.pid}"
+
+    def release(self, claim: Claim) -> None:
+        """Free a lease taken by this process; a no-op for one inherited across fork or already freed."""
+        if claim.fd is not None:
+            fd, claim.fd = claim.fd, None
+            with _HELD_LOCK:
+                _HELD.discard(claim)
+            try:
+                if claim.pid == os.getpid():
+                    # The record stays: with its flock free it reads as stale, and the next claimer
+                    # overwrites it (no truncate here: a metadata write on the hot path).
+                    unlock_descriptor(fd)
+            finally:
+                os.close(fd)
+        elif claim.record.owner is not None and claim.pid == os.getpid():
+            self._release_named(claim.port, claim.record.owner, claim.record.token)
+
+    def _release_named(self, port: int, owner: str, token: str | None) -> bool:
+        """Clear `port`'s record if it is `owner`'s (and this lease's, given `token`)."""
+        with state_errors(f"cannot release port {port} in {self.sd.path}"):
+            fd = self._open_lock(port)
+            try:
+                lock_descriptor(fd, poll_interval=0.001)  # held by claimers for microseconds only
+                try:
+                    record = _read_record(fd, port)
+                    mine = record is not None and record.owner == owner and token in (None, record.token)
+                    if mine:
+                        os.ftruncate(fd, 0)
+                finally:
+                    unlock_descriptor(fd)
+            finally:
+                os.close(fd)
+            self._index(owner, port, add=False)
+        return mine
+
+    # -- owners ------------------------------------------------------------------------------------
+
+    def _index(self, owner: str, port: int, *, add: bool) -> None:
+        """owners/<owner>/<port> marks the ports of an owner, so releasing by name needs no scan."""
+        shown = os.path.join(self.sd.path, "owners", owner)
+        for attempt in (1, 2):
+            try:
+                dfd = self.sd.subdir(self.sd.owners_fd, owner, shown) if add else os.open(
+                    owner, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.owners_fd
+                )
+            except FileNotFoundError:
+                return  # nothing to remove
+            try:
+                if add:
+                    os.close(open_file(dfd, str(port), os.O_WRONLY | os.O_CREAT, self.sd.file_mode))
+                else:
+                    try:
+                        os.unlink(str(port), dir_fd=dfd)
+                    except FileNotFoundError:
+                        pass
+                return
+            except FileNotFoundError:
+                if attempt == 2:  # the directory was removed by a concurrent release twice in a row
+                    raise
+            finally:
+                os.close(dfd)
+
+    def owner_ports(self, owner: str) -> list[LeaseRecord] | None:
+        """The live records of `owner`'s leases, sorted by port; None if the owner holds nothing."""
+        check_owner(owner)
+        records = []
+        with state_errors(f"cannot read the leases of {owner!r} in {self.sd.path}"):
+            try:
+                dfd = os.open(owner, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.owners_fd)
+            except FileNotFoundError:
+                return None
+            try:
+                names = os.listdir(dfd)
+            finally:
+                os.close(dfd)
+            for name in names:
+                if name.isdecimal():
+                    record = self.read(int(name))
+                    if record is not None and record.owner == owner:
+                        records.append(record)
+        return sorted(records, key=lambda r: r.port) if records else None
+
+    def release_owner(self, owner: str) -> list[int]:
+        """Free every lease held under `owner`; UnknownOwnerError if it holds none."""
+        check_owner(owner)
+        shown = os.path.join(self.sd.path, "owners", owner)
+        with state_errors(f"cannot release the leases of {owner!r} in {self.sd.path}"):
+            try:
+                dfd = os.open(owner, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.owners_fd)
+            except FileNotFoundError:
+                raise UnknownOwnerError(f"owner {owner!r} holds no lease (in {self.sd.path})") from None
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise StateDirError(f"{shown} is not a directory of ours; refusing to follow it") from None
+                raise
+            try:
+                names = [n for n in os.listdir(dfd) if n.isdecimal()]
+            finally:
+                os.close(dfd)
+            released = [int(n) for n in sorted(names, key=int) if self._release_named(int(n), owner, None)]
+            try:
+                os.rmdir(owner, dir_fd=self.sd.owners_fd)
+            except OSError:
+                pass  # a concurrent claim for the same owner added a port: its lease stays
+        if not released:
+            raise UnknownOwnerError(f"owner {owner!r} holds no lease (in {self.sd.path})")
+        return released
+
+    # -- inspection --------------------------------------------------------------------------------
+
+    def read(self, port: int) -> LeaseRecord | None:
+        """The record in port's lock file, read without locking (a snapshot for display)."""
+        try:
+            fd = open_file(self.sd.ports_fd, f"{port}.lock", os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return _read_record(fd, port)
+        finally:
+            os.close(fd)
+
+    def records(self) -> Iterator[LeaseRecord]:
+        """Every non-empty record, live or stale, in port order."""
+        with state_errors(f"cannot list {self.sd.path}/ports"):
+            names = os.listdir(self.sd.ports_fd)
+        ports = sorted(int(n[:-5]) for n in names if n.endswith(".lock") and n[:-5].isdecimal())
+        for port in ports:
+            record = self.read(port)
+            if record is not None:
+                yield record
+
+    def is_held(self, record: LeaseRecord) -> bool:
+        """Named leases are held until released; a process lease while its lock file is locked."""
+        if record.owner is not None:
+            return True
+        try:
+            fd = self._open_lock(record.port)
+        except (OSError, StateDirError):
+            return False
+        try:
+            if lock_descriptor(fd, blocking=False):
+                unlock_descriptor(fd)  # we got it, so no one holds it: a few microseconds of overlap at most
+                return False
+            return True
+        finally:
+            os.close(fd)
+
+    def collect_dead(self) -> list[LeaseRecord]:
+        """Clear the records of process leases whose holder is gone (their ports are already free)."""
+        collected = []
+        for record in self.records():
+            if record.owner is not None:
+                continue
+            with state_errors(f"cannot collect port {record.port} in {self.sd.path}"):
+                fd = self._open_lock(record.port)
+                try:
+                    if not lock_descriptor(fd, blocking=False):
+                        continue  # its holder is alive
+                    try:
+                        current = _read_record(fd, record.port)
+                        if current is not None and current.owner is None:
+                            os.ftruncate(fd, 0)
+                            collected.append(current)
+                    finally:
+                        unlock_descriptor(fd)
+                finally:
+                    os.close(fd)
+        return collected

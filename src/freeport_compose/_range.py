@@ -1,0 +1,192 @@
+"""Port ranges: parsing, the kernel-aware default, and a visiting order that spreads parallel callers."""
+
+from __future__ import annotations
+
+import bisect
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator
+
+from ._error import EmptyRangeError, InvalidRangeError
+
+MIN_PORT, MAX_PORT = 1, 65535
+# Ports below this are where local services listen by default (3000, 5432, 8080, ...); the default
+# range starts above them so a leased port does not block `postgres` started by hand tomorrow.
+DEFAULT_FLOOR = 10000
+RANGE_ENV = "FREEPORT_RANGE"
+_PROC_EPHEMERAL = "/proc/sys/net/ipv4/ip_local_port_range"
+_PROC_RESERVED = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+
+Interval = tuple[int, int]
+_STRIDES = (65537, 65539, 65543, 65551, 65557, 65563, 65579, 65581, 65587, 65599, 65609, 65617, 65629, 65633)
+
+
+def parse_port(value: object, what: str = "port") -> int:
+    """An int in 1-65535 from an int or a decimal string, or InvalidRangeError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidRangeError(f"{what} must be an integer, not {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isdecimal():
+            raise InvalidRangeError(f"{what} must be an integer, not {value!r}")
+        value = int(text)
+    if not MIN_PORT <= value <= MAX_PORT:
+        raise InvalidRangeError(f"{what} {value} is outside {MIN_PORT}-{MAX_PORT}")
+    return value
+
+
+def parse_range(text: str, what: str = "range") -> Interval:
+    """`A-B` (inclusive) or a single `A`, validated; InvalidRangeError says what is wrong."""
+    start, sep, stop = text.strip().partition("-")
+    lo = parse_port(start, f"{what} start")
+    hi = parse_port(stop, f"{what} stop") if sep else lo
+    if lo > hi:
+        raise InvalidRangeError(f"{what} {text.strip()!r}: start {lo} is above stop {hi}")
+    return lo, hi
+
+
+def _subtract(intervals: Iterable[Interval], holes: Iterable[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    sorted_holes = sorted(holes)
+    for lo, hi in intervals:
+        for hlo, hhi in sorted_holes:
+            if hhi < lo or hlo > hi:
+                continue
+            if hlo > lo:
+                out.append((lo, hlo - 1))
+            lo = hhi + 1
+            if lo > hi:
+                break
+        if lo <= hi:
+            out.append((lo, hi))
+    return out
+
+
+class PortRange:
+    """The candidate ports of a request as sorted disjoint intervals, so a 60k-port range costs nothing."""
+
+    __slots__ = ("_len", "_starts", "intervals")
+
+    def __init__(self, intervals: Iterable[Interval]) -> None:
+        self.intervals: tuple[Interval, ...] = tuple(intervals)
+        self._starts: list[int] = []
+        total = 0
+        for lo, hi in self.intervals:
+            self._starts.append(total)
+            total += hi - lo + 1
+        self._len = total
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PortRange) and other.intervals == self.intervals
+
+    def __hash__(self) -> int:
+        return hash(self.intervals)
+
+    def __repr__(self) -> str:
+        return f"PortRange({str(self)!r})"
+
+    @classmethod
+    def between(cls, start: object, stop: object) -> PortRange:
+        """The inclusive range start..stop, validated."""
+        lo, hi = parse_port(start, "start"), parse_port(stop, "stop")
+        if lo > hi:
+            raise InvalidRangeError(f"start {lo} is above stop {hi}")
+        return cls(((lo, hi),))
+
+    @classmethod
+    def default(cls) -> PortRange:
+        """$FREEPORT_RANGE if set, else DEFAULT_FLOOR-65535 less the kernel's ephemeral and reserved ports.
+
+        The kernel settings are re-read at most once a second, so a change to them applies at once
+        without two /proc reads on every allocation.
+        """
+        global _DEFAULT_CACHE
+        env = os.environ.get(RANGE_ENV, "").strip()
+        if env:
+            return cls((parse_range(env, RANGE_ENV),))
+        now = time.monotonic()
+        if _DEFAULT_CACHE is not None and now - _DEFAULT_CACHE[0] < 1.0:
+            return _DEFAULT_CACHE[1]
+        holes = [kernel_ephemeral_range(), *kernel_reserved_ports()]
+        intervals = _subtract([(DEFAULT_FLOOR, MAX_PORT)], holes)
+        if not intervals:  # an ephemeral range reaching down to the floor: fall back to 1024
+            intervals = _subtract([(1024, MAX_PORT)], holes)
+        prange = cls(tuple(intervals))
+        _DEFAULT_CACHE = (now, prange)
+        return prange
+
+    def without(self, ports: Iterable[int]) -> PortRange:
+        """This range less `ports`; EmptyRangeError when nothing is left."""
+        excluded = [(p, p) for p in {parse_port(p, "excluded port") for p in ports}]
+        rest = PortRange(tuple(_subtract(self.intervals, excluded))) if excluded else self
+        if len(rest) == 0:
+            raise EmptyRangeError(f"no port left in {self} after excluding {len(excluded)} port(s)")
+        return rest
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and any(lo <= port <= hi for lo, hi in self.intervals)
+
+    def __str__(self) -> str:
+        return ",".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in self.intervals)
+
+    def nth(self, index: int) -> int:
+        """The index-th candidate port in ascending order."""
+        k = bisect.bisect_right(self._starts, index) - 1
+        return self.intervals[k][0] + index - self._starts[k]
+
+    def shuffled(self) -> Iterator[int]:
+        """Every candidate once, from a random point with a random stride.
+
+        Parallel callers start apart instead of all fighting for the first port, and a stride
+        (rather than +1) keeps taken ports from forming runs that every later caller walks through.
+        """
+        n = len(self)
+        offset = int(random.random() * n)
+        # A prime above 65535 is coprime to any range size, so the walk visits every candidate once.
+        stride = random.choice(_STRIDES) % n if n > 1 else 1
+        if len(self.intervals) == 1:
+            lo = self.intervals[0][0]
+            for k in range(n):
+                yield lo + (offset + k * stride) % n
+        else:
+            for k in range(n):
+                yield self.nth((offset + k * stride) % n)
+
+    def blocks(self, size: int) -> Iterator[int]:
+        """First ports of every run of `size` consecutive candidates, in random order."""
+        firsts = [p for lo, hi in self.intervals if hi - lo + 1 >= size for p in range(lo, hi - size + 2)]
+        random.shuffle(firsts)
+        return iter(firsts)
+
+
+_DEFAULT_CACHE: tuple[float, PortRange] | None = None
+
+
+def kernel_ephemeral_range() -> Interval:
+    """The kernel's ephemeral range (Docker picks random host ports there too), read live."""
+    try:
+        with open(_PROC_EPHEMERAL) as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default, for systems without /proc
+
+
+def kernel_reserved_ports() -> list[Interval]:
+    """Ports the administrator reserved in ip_local_reserved_ports, read live."""
+    try:
+        with open(_PROC_RESERVED) as f:
+            text = f.read().strip()
+    except OSError:
+        return []
+    out = []
+    for part in filter(None, text.split(",")):
+        try:
+            out.append(parse_range(part))
+        except InvalidRangeError:
+            continue
+    return out

@@ -1,0 +1,196 @@
+"""The state directory: where it is, why it can be trusted, and safe file operations inside it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ._error import StateDirError
+
+STATE_ENV = "FREEPORT_STATE_DIR"
+SHARED_ENV = "FREEPORT_SHARED"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def default_state_path() -> str:
+    """$FREEPORT_STATE_DIR, else $XDG_RUNTIME_DIR/freeport-compose, else the user's cache dir."""
+    explicit = os.environ.get(STATE_ENV)
+    if explicit:
+        return explicit if explicit[0] == "/" else os.path.abspath(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        return os.path.join(runtime, "freeport-compose")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.abspath(cache), "freeport-compose")
+
+
+def _shared_opt_in() -> bool:
+    return os.environ.get(SHARED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _verify(st: os.stat_result, path: str, shared: bool) -> None:
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"state dir {path} is not a directory")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise StateDirError(f"state dir {path} is world-writable without the sticky bit: anyone could swap its files")
+    if shared:
+        return
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise StateDirError(
+            f"state dir {path} belongs to uid {st.st_uid}, not to you (uid {uid}); "
+            f"set {STATE_ENV} to a directory of yours, or {SHARED_ENV}=1 to share one on purpose"
+        )
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StateDirError(f"state dir {path} is writable by others (mode {mode:o}); chmod 700 it")
+
+
+def _open_dir(name: str, shown: str, shared: bool, dir_fd: int | None = None) -> int:
+    """Open (creating if missing) a directory without following a symlink in its last component."""
+    mode = 0o1777 if shared else 0o700
+    for attempt in (1, 2):
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+            try:
+                if dir_fd is None:
+                    os.makedirs(os.path.dirname(name) or ".", mode=0o700, exist_ok=True)
+                os.mkdir(name, mode, dir_fd=dir_fd)
+                if shared:  # mkdir's mode went through the umask
+                    os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise StateDirError(f"cannot create state dir {shown}: {e.strerror}") from None
+            continue
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StateDirError(f"state dir {shown} is a symlink; refusing to follow it") from None
+            if e.errno == errno.ENOTDIR:
+                raise StateDirError(f"state dir {shown} is not a directory") from None
+            raise StateDirError(f"cannot open state dir {shown}: {e.strerror}") from None
+        try:
+            _verify(os.fstat(fd), shown, shared)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    raise AssertionError("unreachable")
+
+
+class StateDir:
+    """An opened, verified state directory.
+
+    Every file below it is reached through directory descriptors with O_NOFOLLOW, so a path or
+    symlink swapped in after the check can never redirect a read or a write.
+    """
+
+    def __init__(self, path: str, *, shared: bool = False) -> None:
+        self.path = path
+        self.shared = shared
+        self.file_mode = 0o666 if shared else 0o600
+        self.fd = _open_dir(path, path, shared)
+        self.ports_fd = _open_dir("ports", os.path.join(path, "ports"), shared, self.fd)
+        self.owners_fd = _open_dir("owners", os.path.join(path, "owners"), shared, self.fd)
+        self.stacks_fd = _open_dir("stacks", os.path.join(path, "stacks"), shared, self.fd)
+
+    def is_deleted(self) -> bool:
+        """True when the directory we hold was removed (its link count drops to zero)."""
+        return os.fstat(self.fd).st_nlink == 0
+
+    def subdir(self, parent_fd: int, name: str, shown: str) -> int:
+        """Open (creating if missing) a directory below `parent_fd`; the caller closes it."""
+        return _open_dir(name, shown, self.shared, parent_fd)
+
+    def close(self) -> None:
+        for fd in (self.stacks_fd, self.owners_fd, self.ports_fd, self.fd):
+            os.close(fd)
+
+
+_CACHE: dict[tuple[str, bool], StateDir] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _CACHE_LOCK
+    _CACHE_LOCK = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def state_dir(path: str | None = None) -> StateDir:
+    """The verified state directory for `path` (default: default_state_path()), opened once per process."""
+    path = path if path and path[0] == "/" else os.path.abspath(path) if path else default_state_path()
+    key = (path, _shared_opt_in())
+    with _CACHE_LOCK:
+        sd = _CACHE.get(key)
+        if sd is not None and sd.is_deleted():
+            sd.close()  # held descriptors keep working; new leases go to the new directory
+            sd = None
+        if sd is None:
+            sd = _CACHE[key] = StateDir(path, shared=key[1])
+        return sd
+
+
+def open_file(dir_fd: int, name: str, flags: int, mode: int = 0o600) -> int:
+    """os.open below dir_fd, never following a symlink and never leaking into exec'd children."""
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+
+
+def read_small(dir_fd: int, name: str, limit: int = 1 << 20) -> bytes | None:
+    """A regular file's bytes (at most `limit`), or None if it is missing or not a regular file."""
+    try:
+        fd = open_file(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None  # a planted symlink is not a record of ours
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace `name` below dir_fd with `data` all at once: readers see the old or the new, never half."""
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = open_file(dir_fd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+@contextmanager
+def state_errors(what: str) -> Iterator[None]:
+    """Turn an OSError from the state dir into one StateDirError line saying what we were doing."""
+    try:
+        yield
+    except StateDirError:
+        raise
+    except OSError as e:
+        raise StateDirError(f"{what}: {e.strerror or e}") from None
