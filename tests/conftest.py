@@ -1,0 +1,51 @@
+"""Shared test fixtures: every test gets its own private state directory."""
+
+from __future__ import annotations
+
+import random
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh FREEPORT_STATE_DIR per test (inherited by the processes a test starts)."""
+    d = tmp_path / "state"
+    monkeypatch.setenv("FREEPORT_STATE_DIR", str(d))
+    for var in ("FREEPORT_RANGE", "FREEPORT_SHARED", "COMPOSE_PROJECT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    return d
+
+
+def _really_free(port: int) -> bool:
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(family, kind) as s:
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    return False
+    return True
+
+
+def find_free_block(n: int) -> int:
+    """First port of n consecutive ports in 20000-29999 that nothing on the machine uses right now."""
+    for _ in range(1000):
+        first = random.randrange(20000, 30000 - n)
+        if all(_really_free(p) for p in range(first, first + n)):
+            return first
+    raise RuntimeError(f"no block of {n} free ports found")
+
+
+@pytest.fixture
+def free_block() -> Callable[[int], int]:
+    """find_free_block as a fixture: `first = free_block(10)` gives ports first..first+9."""
+    return find_free_block
