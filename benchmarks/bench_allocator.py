@@ -1,0 +1,674 @@
+"""Benchmark: freeport's allocator against portpicker, ephemeral-port-reserve, bind(0), a lock-file recipe.
+
+Scenarios, all measured in one run:
+  a) uncontended, one process: per-port cost of allocate+release, against the bare syscalls freeport
+     cannot avoid (lock file open + flock + the probe's four binds + close);
+  b) contended: 16 processes x 6 ports in a 96-port range, all holding until everyone is done;
+     per-port cost measured inside each process, and ports handed to two processes at once;
+  c) flat as leases grow: FreePort(range)+release with 10 vs 10,000 named leases held in the range.
+
+Prints a Markdown section on stdout (progress goes to stderr). Everything freeport writes goes to a
+private FREEPORT_STATE_DIR that is removed at the end. Only loopback and wildcard binds are made.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import multiprocessing
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
+from threading import BrokenBarrierError
+from typing import Any
+
+import ephemeral_port_reserve
+import portpicker
+from _common import (
+    WILDCARDS,
+    count_free,
+    find_free_block,
+    machine_line,
+    median,
+    parse_args,
+    percentile,
+    progress,
+    table,
+    us,
+)
+from filelock import FileLock, Timeout
+
+import freeport_compose
+from freeport_compose import FreePort, FreePorts
+from freeport_compose._lease import LeaseStore
+
+PROCS, PER_PROC = 16, 6  # scenario b: 16 processes x 6 ports in a 96-port range
+CONTENDED_RANGE = PROCS * PER_PROC
+UNCONTENDED_RANGE = 256  # scenario a: the range freeport, the bare baseline and the recipe draw from
+HELD_OWNER = "bench-held"
+HELD_MANY = 10_000
+HELD_FEW = 10
+CONTROL_RANGE = 500  # scenario c: a sub-range no lease is put in, to tell store size from range fill
+FLAT_LIMIT = 1.25  # "near 1" for the 10k/10 ratio
+UNCONTENDED_LIMIT = 1.5
+RECIPE_MAX_TRIES = 100_000
+WAIT = 180.0  # seconds before a stuck worker or barrier fails the run instead of hanging it
+
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    reps: int  # a, c: repetitions (the median is reported)
+    per_rep: int  # a: allocations per repetition
+    ephemeral_per_rep: int  # a: fewer for ephemeral-port-reserve, which leaves each port in TIME_WAIT for 60 s
+    rounds: int  # b
+    lease_per_rep: int  # c: allocations per repetition
+
+    @classmethod
+    def make(cls, quick: bool) -> Config:
+        if quick:
+            return cls(quick, reps=3, per_rep=500, ephemeral_per_rep=300, rounds=5, lease_per_rep=300)
+        return cls(quick, reps=7, per_rep=2000, ephemeral_per_rep=1000, rounds=20, lease_per_rep=1000)
+
+
+# -- the tools ----------------------------------------------------------------------------------------
+
+Handle = tuple[int, Callable[[], None] | None]  # a port, and how to give it back (None: nothing is held)
+
+
+def bind_zero() -> int:
+    """The naive way: let the kernel pick, read the port, close (nothing is held afterwards)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def tcp_bind_ok(port: int) -> bool:
+    """The lock-file recipe's check: can a TCP socket bind the port on the IPv4 wildcard?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+class LockFileRecipe:
+    """The classic recipe: random port in the range, a non-blocking FileLock on its lock file, a bind check.
+
+    The lock is kept while the port is held and released to give the port back.
+    """
+
+    def __init__(self, lock_dir: str, lo: int, hi: int) -> None:
+        self.lock_dir, self.lo, self.hi = lock_dir, lo, hi
+
+    def acquire(self) -> tuple[int, FileLock]:
+        for _ in range(RECIPE_MAX_TRIES):
+            port = random.randint(self.lo, self.hi)
+            lock = FileLock(os.path.join(self.lock_dir, f"port_{port}_lock"))
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:
+                continue
+            if tcp_bind_ok(port):
+                return port, lock
+            lock.release()
+        raise RuntimeError(f"lock-file recipe: no free port in {self.lo}-{self.hi} after {RECIPE_MAX_TRIES} tries")
+
+
+def bare_claim(dir_fd: int, port: int) -> None:
+    """The kernel work the allocator cannot avoid for one port: lock file open + flock + probe binds + close."""
+    fd = os.open(f"{port}.lock", _LOCK_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            for family, address in WILDCARDS:
+                with socket.socket(family, kind) as s:
+                    if family == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    s.bind((address, port))
+                    if kind == socket.SOCK_STREAM:
+                        s.listen(1)
+    finally:
+        os.close(fd)
+
+
+def take_freeport(lo: int, hi: int, lock_dir: str) -> Handle:
+    fp = FreePort(lo, hi)
+    return fp.port, fp.release
+
+
+def take_recipe(lo: int, hi: int, lock_dir: str) -> Handle:
+    port, lock = LockFileRecipe(lock_dir, lo, hi).acquire()
+    return port, lock.release
+
+
+def take_portpicker(lo: int, hi: int, lock_dir: str) -> Handle:
+    port = portpicker.pick_unused_port()
+    return port, lambda: portpicker.return_port(port)
+
+
+def take_ephemeral(lo: int, hi: int, lock_dir: str) -> Handle:
+    return ephemeral_port_reserve.reserve(), None
+
+
+def take_bind_zero(lo: int, hi: int, lock_dir: str) -> Handle:
+    return bind_zero(), None
+
+
+FREEPORT = "freeport `FreePort(start, stop)`"
+RECIPE = "lock-file recipe (random + `FileLock` + bind)"
+PORTPICKER = "portpicker `pick_unused_port()`"
+EPHEMERAL = "ephemeral-port-reserve `reserve()`"
+BIND_ZERO = "naive `bind(0)`"
+BARE = "bare syscalls (open + flock + 4 probe binds + close)"
+
+TAKERS: dict[str, Callable[[int, int, str], Handle]] = {
+    FREEPORT: take_freeport,
+    RECIPE: take_recipe,
+    PORTPICKER: take_portpicker,
+    EPHEMERAL: take_ephemeral,
+    BIND_ZERO: take_bind_zero,
+}
+HOLDS = {FREEPORT: "yes (flock)", RECIPE: "yes (FileLock)", PORTPICKER: "no", EPHEMERAL: "no", BIND_ZERO: "no"}
+TAKES_RANGE = {FREEPORT, RECIPE}
+
+
+# -- a) uncontended -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Uncontended:
+    lo: int
+    hi: int
+    per_port: dict[str, list[float]] = field(default_factory=dict)  # seconds per port, one per repetition
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def time_cycles(cycle: Callable[[], None], n: int) -> float:
+    """Seconds per call of `cycle` (one allocate+release), over n calls."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        cycle()
+    return (time.perf_counter() - t0) / n
+
+
+def scenario_uncontended(cfg: Config, lock_root: str) -> Uncontended:
+    lo = find_free_block(UNCONTENDED_RANGE, 10000, 19999)
+    hi = lo + UNCONTENDED_RANGE - 1
+    result = Uncontended(lo, hi)
+    progress(f"a) uncontended: range {lo}-{hi}, {cfg.reps} x {cfg.per_rep} allocations per tool")
+
+    bare_dir = tempfile.mkdtemp(prefix="bare-", dir=lock_root)
+    bare_fd = os.open(bare_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    ports = itertools.cycle(range(lo, hi + 1))
+    recipe = LockFileRecipe(tempfile.mkdtemp(prefix="recipe-a-", dir=lock_root), lo, hi)
+
+    def freeport_cycle() -> None:
+        FreePort(lo, hi).release()
+
+    def bare_cycle() -> None:
+        bare_claim(bare_fd, next(ports))
+
+    def recipe_cycle() -> None:
+        recipe.acquire()[1].release()
+
+    def portpicker_cycle() -> None:
+        portpicker.return_port(portpicker.pick_unused_port())
+
+    def ephemeral_cycle() -> None:
+        ephemeral_port_reserve.reserve()
+
+    def bind_zero_cycle() -> None:
+        bind_zero()
+
+    # ephemeral-port-reserve last in each repetition: the TIME_WAIT sockets it leaves sit in the kernel's
+    # ephemeral range, where bind(0) and portpicker pick.
+    cycles: list[tuple[str, Callable[[], None], int]] = [
+        (FREEPORT, freeport_cycle, cfg.per_rep),
+        (BARE, bare_cycle, cfg.per_rep),
+        (RECIPE, recipe_cycle, cfg.per_rep),
+        (PORTPICKER, portpicker_cycle, cfg.per_rep),
+        (BIND_ZERO, bind_zero_cycle, cfg.per_rep),
+        (EPHEMERAL, ephemeral_cycle, cfg.ephemeral_per_rep),
+    ]
+    try:
+        for _, cycle, n in cycles:  # warm-up: lock files created, caches filled
+            time_cycles(cycle, min(n, UNCONTENDED_RANGE))
+        for _ in range(cfg.reps):  # interleaved, so drift hits every tool alike
+            for name, cycle, n in cycles:
+                result.per_port.setdefault(name, []).append(time_cycles(cycle, n))
+                result.counts[name] = n
+    finally:
+        os.close(bare_fd)
+    return result
+
+
+# -- b) contended -------------------------------------------------------------------------------------
+
+Task = tuple[str, int, int, str, int]  # tool, range lo, range hi, lock dir, ports to take
+Report = tuple[list[int], list[float], list[str]]  # ports, seconds per allocation, errors
+
+
+def worker(conn: Connection, barrier: Barrier) -> None:
+    """One contending process: for each task, start with the others, take ports one by one, hold them
+    until every process has taken its own, report, give them back."""
+    conn.send("ready")
+    while True:
+        task: Task | None = conn.recv()
+        if task is None:
+            return
+        tool, lo, hi, lock_dir, count = task
+        take = TAKERS[tool]
+        held: list[Handle] = []
+        times: list[float] = []
+        errors: list[str] = []
+        try:
+            barrier.wait(WAIT)  # everyone starts together
+            for _ in range(count):
+                t0 = time.perf_counter()
+                try:
+                    handle = take(lo, hi, lock_dir)
+                except Exception as e:
+                    errors.append(f"{type(e).__name__}: {e}")
+                    continue
+                times.append(time.perf_counter() - t0)
+                held.append(handle)
+            barrier.wait(WAIT)  # hold until everyone has taken theirs
+        except BrokenBarrierError:
+            errors.append("barrier broken")
+        finally:
+            for _, release in held:
+                if release is not None:
+                    release()
+        conn.send(([port for port, _ in held], times, errors))
+
+
+class Pool:
+    """PROCS spawned worker processes sharing a barrier; started once, reused for every round."""
+
+    def __init__(self, n: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.barrier = ctx.Barrier(n)
+        self.conns: list[Connection] = []
+        self.procs: list[Any] = []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker, args=(child, self.barrier), daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            if self._recv(conn) != "ready":
+                raise RuntimeError("a worker did not start")
+
+    @staticmethod
+    def _recv(conn: Connection) -> Any:
+        if not conn.poll(WAIT):
+            raise RuntimeError(f"a worker gave no answer in {WAIT:g} s")
+        return conn.recv()
+
+    def run(self, task: Task) -> list[Report]:
+        for conn in self.conns:
+            conn.send(task)
+        reports: list[Report] = [self._recv(conn) for conn in self.conns]
+        if any("barrier broken" in errors for _, _, errors in reports):
+            raise RuntimeError(f"{task[0]}: a worker failed to reach a barrier: {reports}")
+        return reports
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+
+
+@dataclass
+class Contended:
+    lo: int
+    hi: int
+    rounds: int
+    times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    duplicates: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # across processes
+    repeats: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # within one process
+    out_of_range: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    errors: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+
+def count_duplicates(reports: Sequence[Report]) -> tuple[int, int]:
+    """(ports also handed to another process, ports handed twice to the same process) in one round."""
+    holders: dict[int, set[int]] = defaultdict(set)
+    for index, (ports, _, _) in enumerate(reports):
+        for port in ports:
+            holders[port].add(index)
+    across = sum(len(who) - 1 for who in holders.values())
+    within = sum(len(ports) - len(set(ports)) for ports, _, _ in reports)
+    return across, within
+
+
+def scenario_contended(cfg: Config, lock_root: str, avoid: tuple[int, int]) -> Contended:
+    lo = find_free_block(CONTENDED_RANGE, 10000, 19999, avoid=[avoid])
+    hi = lo + CONTENDED_RANGE - 1
+    result = Contended(lo, hi, cfg.rounds)
+    progress(f"a) done; b) contended: {PROCS} processes x {PER_PROC} ports in {lo}-{hi}, {cfg.rounds} rounds")
+    pool = Pool(PROCS)
+    try:
+        for round_no in range(cfg.rounds + 1):  # round 0 warms every process up and is not counted
+            for tool in TAKERS:
+                lock_dir = os.path.join(lock_root, "recipe-b")
+                os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+                reports = pool.run((tool, lo, hi, lock_dir, PER_PROC))
+                if round_no == 0:
+                    continue
+                across, within = count_duplicates(reports)
+                result.duplicates[tool] += across
+                result.repeats[tool] += within
+                for ports, times, errors in reports:
+                    result.times[tool].extend(times)
+                    result.errors[tool].extend(errors)
+                    if tool in TAKES_RANGE:
+                        result.out_of_range[tool] += sum(not lo <= p <= hi for p in ports)
+    finally:
+        pool.close()
+    return result
+
+
+# -- c) flat as leases grow ---------------------------------------------------------------------------
+
+
+@dataclass
+class LeaseRow:
+    held: int
+    range_text: str
+    free: int  # free candidates in the allocation range while the leases are held
+    candidates: float  # lock files tried per allocation (counted in a separate, untimed pass)
+    per_port: list[float]  # seconds per port, one per repetition
+
+
+@dataclass
+class Leases:
+    lo: int
+    hi: int
+    free_at_start: int
+    rows: list[LeaseRow] = field(default_factory=list)
+    hold_seconds: float = 0.0
+    release_seconds: float = 0.0
+    released: int = 0
+
+
+def kernel_ephemeral_lo() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def choose_lease_range() -> tuple[int, int, int]:
+    """A range below the kernel's ephemeral range with >= 10,000 + 1,000 + the control block free."""
+    hi = min(32767, kernel_ephemeral_lo() - 1)
+    need = HELD_MANY + 1000 + CONTROL_RANGE
+    for lo in (20000, 16000, 12000, 10000, 5000):
+        if hi - lo + 1 < need:
+            continue
+        free = count_free(lo, hi)
+        if free >= need:
+            return lo, hi, free
+    raise RuntimeError(f"no range below {hi + 1} has {need} free ports")
+
+
+def count_candidates(lo: int, hi: int, n: int) -> float:
+    """Lock files tried per FreePort(lo, hi) allocation, counted by wrapping LeaseStore.try_claim."""
+    original = LeaseStore.try_claim
+    calls = 0
+
+    def counting(self: LeaseStore, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(self, *args, **kwargs)
+
+    LeaseStore.try_claim = counting  # type: ignore[method-assign]
+    try:
+        for _ in range(n):
+            FreePort(lo, hi).release()
+    finally:
+        LeaseStore.try_claim = original  # type: ignore[method-assign]
+    return calls / n
+
+
+def scenario_leases(cfg: Config) -> Leases:
+    lo, hi, free = choose_lease_range()
+    ctl_lo = find_free_block(CONTROL_RANGE, lo, hi)
+    ctl_hi = ctl_lo + CONTROL_RANGE - 1
+    control = range(ctl_lo, ctl_hi + 1)
+    result = Leases(lo, hi, free)
+    progress(f"b) done; c) leases: range {lo}-{hi} ({free} free), control {ctl_lo}-{ctl_hi}")
+
+    def measure(held: int) -> None:
+        per_port: dict[str, list[float]] = {"range": [], "control": []}
+
+        def in_range() -> None:
+            FreePort(lo, hi).release()
+
+        def in_control() -> None:
+            FreePort(ctl_lo, ctl_hi).release()
+
+        time_cycles(in_range, 200)
+        time_cycles(in_control, 200)
+        for _ in range(cfg.reps):
+            per_port["range"].append(time_cycles(in_range, cfg.lease_per_rep))
+            per_port["control"].append(time_cycles(in_control, cfg.lease_per_rep))
+        n_count = min(cfg.lease_per_rep, 500)
+        result.rows.append(
+            LeaseRow(held, f"{lo}-{hi} (the leases' range)", free - held, count_candidates(lo, hi, n_count),
+                     per_port["range"])
+        )
+        result.rows.append(
+            LeaseRow(held, f"{ctl_lo}-{ctl_hi} (control: no lease in it)", CONTROL_RANGE,
+                     count_candidates(ctl_lo, ctl_hi, n_count), per_port["control"])
+        )
+
+    try:
+        FreePorts(HELD_FEW, lo, hi, exclude=control, owner=HELD_OWNER)
+        measure(HELD_FEW)
+        progress(f"c) {HELD_FEW} leases measured; taking {HELD_MANY - HELD_FEW} more")
+        t0 = time.perf_counter()
+        FreePorts(HELD_MANY - HELD_FEW, lo, hi, exclude=control, owner=HELD_OWNER, timeout=120)
+        result.hold_seconds = time.perf_counter() - t0
+        measure(HELD_MANY)
+    finally:
+        t0 = time.perf_counter()
+        result.released = len(freeport_compose.release_owner(HELD_OWNER))
+        result.release_seconds = time.perf_counter() - t0
+    return result
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool, miss: str = "") -> str:
+    return "met" if ok else f"**NOT met**{' (' + miss + ')' if miss else ''}"
+
+
+def render(cfg: Config, a: Uncontended, b: Contended, c: Leases, seconds: float) -> str:
+    out: list[str] = ["## Allocator", ""]
+    mode = "quick run (`--quick`)" if cfg.quick else "full run"
+    out += [
+        f"{machine_line()} {mode}, {seconds:.0f} s. freeport_compose {FreePort.__module__.split('.')[0]} from "
+        f"`{os.path.dirname(freeport_compose.__file__)}`; private FREEPORT_STATE_DIR; portpicker without a "
+        "portserver.",
+        "",
+    ]
+
+    # targets
+    fp_a = median(a.per_port[FREEPORT])
+    bare_a = median(a.per_port[BARE])
+    ratio_a = fp_a / bare_a
+    fp_b = b.times[FREEPORT]
+    eph_b = b.times[EPHEMERAL]
+    mean_fp_b = sum(fp_b) / len(fp_b) if fp_b else float("nan")
+    mean_eph_b = sum(eph_b) / len(eph_b) if eph_b else float("nan")
+    fp_dups = b.duplicates[FREEPORT] + b.repeats[FREEPORT]
+    fp_fail = len(b.errors[FREEPORT])
+    few = next(r for r in c.rows if r.held == HELD_FEW and "leases' range" in r.range_text)
+    many = next(r for r in c.rows if r.held == HELD_MANY and "leases' range" in r.range_text)
+    few_ctl = next(r for r in c.rows if r.held == HELD_FEW and "control" in r.range_text)
+    many_ctl = next(r for r in c.rows if r.held == HELD_MANY and "control" in r.range_text)
+    ratio_c = median(many.per_port) / median(few.per_port)
+    ratio_ctl = median(many_ctl.per_port) / median(few_ctl.per_port)
+
+    out += ["### Targets", ""]
+    rows = [
+        [
+            "b) zero duplicates for freeport",
+            f"{fp_dups} duplicates, {fp_fail} failed allocations in {b.rounds} rounds",
+            verdict(fp_dups == 0 and fp_fail == 0),
+        ],
+        [
+            "b) contended per-port cost <= ephemeral-port-reserve's (mean)",
+            f"freeport {us(mean_fp_b)} µs vs {us(mean_eph_b)} µs",
+            verdict(mean_fp_b <= mean_eph_b, f"{(mean_fp_b / mean_eph_b - 1) * 100:.0f}% slower"),
+        ],
+        [
+            f"a) uncontended within {UNCONTENDED_LIMIT:g}x bare syscalls",
+            f"{ratio_a:.2f}x ({us(fp_a)} vs {us(bare_a)} µs)",
+            verdict(ratio_a <= UNCONTENDED_LIMIT, f"{(ratio_a / UNCONTENDED_LIMIT - 1) * 100:.1f}% over"),
+        ],
+        [
+            f"c) flat as leases grow: 10k/10 ratio near 1 (taken as <= {FLAT_LIMIT:g})",
+            f"{ratio_c:.2f}x in the leases' range; {ratio_ctl:.2f}x in the control range",
+            verdict(ratio_c <= FLAT_LIMIT, f"{ratio_c:.2f}x > {FLAT_LIMIT:g}x"),
+        ],
+    ]
+    out += [table(["target", "measured", "verdict"], rows), ""]
+
+    # a
+    out += [
+        f"### a) Uncontended, 1 process (range {a.lo}-{a.hi} where a tool takes one)",
+        "",
+        f"Per-port cost of allocate + release, median of {cfg.reps} repetitions of {cfg.per_rep} "
+        f"({cfg.ephemeral_per_rep} for ephemeral-port-reserve, whose ports each sit in TIME_WAIT for a minute).",
+        "",
+    ]
+    order = [FREEPORT, BARE, RECIPE, PORTPICKER, EPHEMERAL, BIND_ZERO]
+    rows = []
+    for name in order:
+        runs = a.per_port[name]
+        rows.append([name, us(median(runs)), f"{us(min(runs))}-{us(max(runs))}", f"{median(runs) / bare_a:.2f}x"])
+    out += [table(["tool", "µs/port (median)", "range over reps", "vs bare"], rows, [False, True, True, True]), ""]
+    out += [f"freeport / bare = **{ratio_a:.2f}x** (target <= {UNCONTENDED_LIMIT:g}x).", ""]
+
+    # b
+    out += [
+        f"### b) Contended: {PROCS} processes x {PER_PROC} ports, {CONTENDED_RANGE}-port range {b.lo}-{b.hi}",
+        "",
+        f"{b.rounds} rounds (plus one warm-up round, not counted), tools interleaved round by round. Each round all "
+        "processes start at a barrier, take their ports one by one and hold them until every process is done "
+        "(second barrier). Per-port cost is each allocation's time measured inside its process. Duplicates: "
+        "ports handed to two processes at once, summed over rounds. Only freeport and the recipe use the range; "
+        "the others pick where they pick.",
+        "",
+    ]
+    rows = []
+    for name in TAKERS:
+        times = b.times[name]
+        mean = sum(times) / len(times) if times else float("nan")
+        rows.append([
+            name,
+            HOLDS[name],
+            us(mean),
+            us(percentile(times, 0.5)) if times else "-",
+            us(percentile(times, 0.99)) if times else "-",
+            str(b.duplicates[name]),
+            str(b.repeats[name]),
+            str(len(b.errors[name])) + (f" (out of range: {b.out_of_range[name]})" if b.out_of_range[name] else ""),
+        ])
+    headers = ["tool", "holds the port", "µs/port mean", "p50", "p99", "duplicates", "repeat in one process",
+               "failed"]
+    out += [table(headers, rows, [False, False, True, True, True, True, True, True]), ""]
+    failures = sorted({e for errors in b.errors.values() for e in errors})
+    if failures:
+        out += ["Failures: " + "; ".join(failures[:5]), ""]
+
+    # c
+    out += [
+        f"### c) Flat as leases grow (range {c.lo}-{c.hi}, {c.free_at_start} ports free at the start)",
+        "",
+        f"FreePort(range) + release with named leases (`owner={HELD_OWNER!r}`) held in the range; median of "
+        f"{cfg.reps} repetitions of {cfg.lease_per_rep}. The control range is inside the leases' range but kept "
+        "out of the leases, so it shows the cost of the store's size alone; the leases' range also fills up. "
+        "Candidates tried = lock files opened per allocation, counted in a separate untimed pass.",
+        "",
+    ]
+    rows = []
+    for row in c.rows:
+        base = few if "leases' range" in row.range_text else few_ctl
+        rows.append([
+            f"{row.held:,}",
+            row.range_text,
+            f"{row.free:,}",
+            f"{row.candidates:.2f}",
+            us(median(row.per_port)),
+            f"{median(row.per_port) / median(base.per_port):.2f}x",
+        ])
+    headers = ["leases held", "allocating from", "free in it", "candidates tried", "µs/port (median)", "vs 10 held"]
+    out += [table(headers, rows, [True, False, True, True, True, True]), ""]
+    out += [
+        f"Taking the other {HELD_MANY - HELD_FEW:,} named leases took {c.hold_seconds:.1f} s; "
+        f"`release_owner({HELD_OWNER!r})` freed {c.released:,} in {c.release_seconds:.1f} s.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+
+def private_dirs() -> Iterator[str]:
+    """Yields nothing; present so the cleanup order is explicit in main()."""
+    yield from ()
+
+
+def main() -> int:
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
+    cfg = Config.make(args.quick)
+    for var in ("FREEPORT_RANGE", "FREEPORT_SHARED", "PORTSERVER_ADDRESS"):
+        os.environ.pop(var, None)
+    state = tempfile.mkdtemp(prefix="freeport-bench-state-")  # mode 0700
+    locks = tempfile.mkdtemp(prefix="freeport-bench-locks-")
+    os.environ["FREEPORT_STATE_DIR"] = state  # inherited by the spawned workers
+    t0 = time.perf_counter()
+    try:
+        a = scenario_uncontended(cfg, locks)
+        b = scenario_contended(cfg, locks, avoid=(a.lo, a.hi))
+        c = scenario_leases(cfg)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(locks, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    progress(f"c) done in {seconds:.0f} s total")
+    print(render(cfg, a, b, c, seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

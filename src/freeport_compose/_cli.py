@@ -1,0 +1,305 @@
+"""The `freeport-compose` command line: argument parsing, output, and exit codes. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from ._error import ExitCode, FreeportError, InvalidRangeError, UnknownOwnerError
+
+FORMATS = ("json", "dotenv", "make", "shell")
+
+
+def _range(text: str) -> tuple[int, int]:
+    from ._range import parse_range
+
+    return parse_range(text, "--range")
+
+
+def _ports_list(text: str) -> list[int]:
+    from ._range import parse_port
+
+    return [parse_port(p, "--exclude port") for p in text.split(",") if p.strip()]
+
+
+def _timeout(text: str) -> float | None:
+    if text.lower() in ("none", "inf", "forever"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidRangeError(f"--timeout must be seconds or 'none', not {text!r}") from None
+    if not value >= 0:
+        raise InvalidRangeError(f"--timeout must be >= 0, not {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def _stack_options(p: argparse.ArgumentParser, *, files_required: bool = True) -> None:
+    p.add_argument("-f", "--file", dest="files", action="append", required=files_required, metavar="FILE",
+                   help="Compose file or template (repeatable, merged in order like `docker compose -f`)")
+    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT",
+                   help="Compose project name (default: $COMPOSE_PROJECT_NAME, else a unique one)")
+    p.add_argument("--project-directory", metavar="DIR",
+                   help="passed to Compose (default: the directory of the first -f file)")
+    p.add_argument("--profile", dest="profiles", action="append", default=[], metavar="NAME",
+                   help="Compose profile to enable (repeatable)")
+    p.add_argument("--env-file", dest="env_files", action="append", default=[], metavar="FILE",
+                   help="passed to Compose (repeatable)")
+    p.add_argument("--timeout", type=str, default="30", metavar="SECONDS",
+                   help="how long to wait for free ports while the range is exhausted (default 30; 'none': forever)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="freeport-compose", description=__doc__ and "Leased host ports for Compose stacks.")
+    parser.add_argument("--state-dir", metavar="DIR", help="state directory (default: $FREEPORT_STATE_DIR, else a private per-user one)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("get", help="lease ports under an owner name and print them")
+    p.add_argument("--owner", required=True, help="name the leases are held under until `release --owner`")
+    p.add_argument("-n", type=int, default=1, help="how many ports (all or nothing; default 1)")
+    p.add_argument("--range", type=str, metavar="A-B", help="inclusive port range (default: $FREEPORT_RANGE, else outside the kernel's ephemeral range)")
+    p.add_argument("--contiguous", action="store_true", help="one block of consecutive ports")
+    p.add_argument("--host", action="append", default=[], help="also check the port is free on this address (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="P[,P...]", help="ports never to hand out")
+    p.add_argument("--timeout", type=str, default="30", metavar="SECONDS", help="wait this long while the range is exhausted (default 30)")
+    p.add_argument("--format", choices=("lines", "json"), default="lines", help="one port per line (default) or a JSON list")
+
+    p = sub.add_parser("release", help="free every lease held under an owner name")
+    p.add_argument("--owner", required=True)
+
+    p = sub.add_parser("ls", help="list leases and stacks")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("gc", help="free leases whose holder is gone and stacks that no longer exist")
+
+    p = sub.add_parser("render", help="lease ports and write the concrete Compose file(s)")
+    _stack_options(p)
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (one template) or directory (default: the state dir)")
+    p.add_argument("--no-check", action="store_true", help="skip the `docker compose config` check")
+
+    p = sub.add_parser("up", help="render and `docker compose up -d`; leases kept until `down`")
+    _stack_options(p)
+    p.add_argument("--wait", action="store_true", help="wait until services are running/healthy")
+
+    p = sub.add_parser("down", help="`docker compose down` as recorded at `up`, and free the leases")
+    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
+    p.add_argument("-v", "--volumes", action="store_true", help="remove volumes too")
+
+    p = sub.add_parser("ports", help="print a stack's ports")
+    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
+    p.add_argument("--format", choices=FORMATS, default="dotenv")
+
+    p = sub.add_parser("port", help="print one placeholder's port")
+    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
+    p.add_argument("name", help="FREEPORT_1, 1, FREEPORT_db or db")
+
+    p = sub.add_parser("run", help="up --wait, run a command with FREEPORT_* set, down; exits with its status")
+    _stack_options(p)
+    p.add_argument("--keep-volumes", action="store_true", help="do not remove the stack's volumes at the end")
+    return parser
+
+
+def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def _opts(args: argparse.Namespace) -> Any:
+    from ._stack import Options
+
+    return Options(files=args.files, project=args.project, project_directory=args.project_directory,
+                   profiles=args.profiles, env_files=args.env_files, timeout=_timeout(args.timeout))
+
+
+def _say(message: str) -> None:
+    print(f"freeport-compose: {message}", file=sys.stderr)
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    from ._allocator import FreePorts
+
+    start, stop = _range(args.range) if args.range else (None, None)
+    exclude = [p for text in args.exclude for p in _ports_list(text)]
+    fps = FreePorts(args.n, start, stop, contiguous=args.contiguous, timeout=_timeout(args.timeout),
+                    host=args.host, exclude=exclude, owner=args.owner)
+    print(json.dumps(fps.ports) if args.format == "json" else "\n".join(map(str, fps.ports)))
+    return 0
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from ._allocator import release_owner
+
+    ports = release_owner(args.owner)
+    _say(f"released {len(ports)} port(s) of {args.owner!r}: {' '.join(map(str, ports))}")
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from ._allocator import store
+    from ._stack import Stacks
+
+    lease_store = store()
+    leases = []
+    for r in lease_store.records():
+        held = lease_store.is_held(r)
+        if held:
+            leases.append({"port": r.port, "owner": r.owner, "label": r.label, "pid": r.holder.pid,
+                           "host": r.holder.host, "created": r.created, "kind": "named" if r.owner else "process"})
+    stacks = Stacks().all()
+    containers: dict[str, int] | None = None
+    if stacks:
+        try:
+            from ._engine import project_containers
+
+            containers = dict(project_containers())
+        except FreeportError as e:
+            _say(f"warning: container counts unknown: {e}")
+    if args.json:
+        out = {
+            "state_dir": lease_store.sd.path,
+            "leases": leases,
+            "stacks": [{"project": s.project, "status": s.status, "ports": s.ports, "files": s.files,
+                        "containers": None if containers is None else containers.get(s.project, 0)} for s in stacks],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"# state dir: {lease_store.sd.path}")
+    rows = [("PORT", "KIND", "OWNER", "LABEL", "HOLDER", "SINCE")]
+    for lease in leases:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease["created"]))
+        rows.append((str(lease["port"]), lease["kind"], lease["owner"] or "-", lease["label"] or "-",
+                     f"pid {lease['pid']}@{lease['host']}", since))
+    _table(rows)
+    if stacks:
+        print()
+        srows = [("PROJECT", "STATUS", "CONTAINERS", "PORTS")]
+        for s in stacks:
+            count = "?" if containers is None else str(containers.get(s.project, 0))
+            srows.append((s.project, s.status, count, " ".join(f"{k}={v}" for k, v in s.ports.items())))
+        _table(srows)
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from ._stack import gc
+
+    report = gc()
+    if report.dead_process_leases:
+        _say(f"freed {len(report.dead_process_leases)} lease record(s) of dead processes")
+    for project, why in report.stacks:
+        _say(f"freed stack {project}: {why}")
+    if not report.dead_process_leases and not report.stacks:
+        _say("nothing to free")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from ._stack import render
+
+    record = render(_opts(args), out=args.output, check=not args.no_check)
+    _say(f"project {record.project}: " + " ".join(f"{k}={v}" for k, v in record.ports.items()))
+    print("\n".join(record.compose_files))
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
+    from ._stack import format_ports, up
+
+    record = up(_opts(args), wait=args.wait, extra=extra)
+    _say(f"project {record.project} is up; `freeport-compose down -p {record.project}` stops it")
+    print(format_ports(record.ports, "dotenv"))
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from ._stack import down, find_project
+
+    project = find_project(args.project)
+    down(project, volumes=args.volumes)
+    _say(f"project {project} is down; its ports are free")
+    return 0
+
+
+def _cmd_ports(args: argparse.Namespace) -> int:
+    from ._stack import find_project, format_ports, ports_of
+
+    print(format_ports(ports_of(find_project(args.project)), args.format))
+    return 0
+
+
+def _cmd_port(args: argparse.Namespace) -> int:
+    from ._stack import find_project, ports_of
+
+    project = find_project(args.project)
+    ports = ports_of(project)
+    name = args.name if args.name.startswith("FREEPORT_") else f"FREEPORT_{args.name}"
+    if name not in ports:
+        raise UnknownOwnerError(f"stack {project!r} has no placeholder {name} (it has {', '.join(ports)})")
+    print(ports[name])
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
+    from ._stack import run
+
+    if not command:
+        raise _UsageError("run needs a command after `--`: freeport-compose run -f FILE -- CMD ARGS...")
+    return run(_opts(args), command, keep_volumes=args.keep_volumes)
+
+
+class _UsageError(FreeportError):
+    exit_code = ExitCode.USAGE
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: cleanup code runs, leases are freed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `freeport-compose` command."""
+    own, after = _split_dashdash(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(own)
+    if args.state_dir:
+        os.environ["FREEPORT_STATE_DIR"] = os.path.abspath(args.state_dir)
+    if after and args.command not in ("up", "run"):
+        _say(f"`--` is only for `up` (extra Compose arguments) and `run` (the command), not `{args.command}`")
+        return ExitCode.USAGE
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.command == "up":
+            return _cmd_up(args, after)
+        if args.command == "run":
+            return _cmd_run(args, after)
+        handler = globals()[f"_cmd_{args.command}"]
+        return int(handler(args))
+    except FreeportError as e:
+        _say(str(e))
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

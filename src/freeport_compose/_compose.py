@@ -1,0 +1,211 @@
+"""The Compose driver: one method per `docker compose` verb, every argument built as a list.
+
+No shell is ever involved: file names, project names and extra arguments reach Compose as argv
+items, whatever characters they hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from ._error import ComposeError, ComposeNotFoundError, EngineUnreachableError
+
+COMPOSE_ENV = "FREEPORT_COMPOSE"  # e.g. "docker compose" or "/opt/bin/docker-compose"
+_PLUGIN_DIRS = (
+    "~/.docker/cli-plugins",
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+_UNREACHABLE = re.compile(
+    r"Cannot connect to the Docker daemon|Is the docker daemon running|"
+    r"permission denied while trying to connect to the Docker daemon|error during connect",
+    re.IGNORECASE,
+)
+# "Bind for 0.0.0.0:20417 failed: port is already allocated" (the engine's own table) and
+# "listen tcp4 0.0.0.0:20417: bind: address already in use" (docker-proxy met a foreign socket).
+_PORT_CLASH = re.compile(
+    r"Bind for \[?[0-9A-Fa-f.:]*\]?:(\d+) failed: port is already allocated"
+    r"|listen (?:tcp|udp)[46]? \[?[0-9A-Fa-f.:]*\]?:(\d+): bind: address already in use"
+)
+
+
+@dataclass(frozen=True)
+class Project:
+    """The global options that name one stack to Compose; every verb replays them identically."""
+
+    name: str
+    files: tuple[str, ...]
+    project_directory: str
+    profiles: tuple[str, ...] = ()
+    env_files: tuple[str, ...] = ()
+
+    def args(self) -> list[str]:
+        # --project-directory keeps relative paths (build contexts, env_file, volumes, extends)
+        # resolving against the user's directory although rendered files live in the state dir.
+        out = ["--project-name", self.name, "--project-directory", self.project_directory]
+        for f in self.files:
+            out += ["--file", f]
+        for p in self.profiles:
+            out += ["--profile", p]
+        for e in self.env_files:
+            out += ["--env-file", e]
+        return out
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished Compose command: its status and what it wrote to stderr."""
+
+    returncode: int
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def port_clashes(self) -> set[int]:
+        """Host ports Compose could not bind because something outside our leases took them."""
+        return {int(a or b) for a, b in _PORT_CLASH.findall(self.stderr)}
+
+    def last_line(self) -> str:
+        lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
+        return lines[-1] if lines else f"exit status {self.returncode}"
+
+
+def _find_plugin() -> bool:
+    config = os.environ.get("DOCKER_CONFIG")
+    dirs = ([os.path.join(config, "cli-plugins")] if config else []) + [os.path.expanduser(d) for d in _PLUGIN_DIRS]
+    return any(os.access(os.path.join(d, "docker-compose"), os.X_OK) for d in dirs)
+
+
+class Compose:
+    """A Compose v2 command line; found as `docker compose`, then `docker-compose`, then `podman compose`."""
+
+    def __init__(self, command: Sequence[str]) -> None:
+        self.command = list(command)
+
+    @classmethod
+    def find(cls) -> Compose:
+        """The first Compose v2 on this machine, or ComposeNotFoundError (one line saying what to install)."""
+        explicit = os.environ.get(COMPOSE_ENV)
+        if explicit:
+            return cls(shlex.split(explicit))
+        # The plugin is looked up on disk: running `docker compose version` would cost every command ~40 ms.
+        if shutil.which("docker") and _find_plugin():
+            return cls(["docker", "compose"])
+        legacy = shutil.which("docker-compose")
+        if legacy and cls._is_v2([legacy]):
+            return cls([legacy])
+        if shutil.which("podman"):
+            return cls(["podman", "compose"])
+        raise ComposeNotFoundError(
+            "Docker Compose v2 not found: install the docker compose plugin (or docker-compose v2, or podman compose)"
+        )
+
+    @staticmethod
+    def _is_v2(command: list[str]) -> bool:
+        try:
+            out = subprocess.run([*command, "version", "--short"], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return out.returncode == 0 and not out.stdout.strip().lstrip("v").startswith("1.")
+
+    def version(self) -> tuple[int, ...]:
+        """Compose's version as numbers, e.g. (2, 40, 3)."""
+        out = self._run(["version", "--short"], capture_stdout=True, tee=False)
+        numbers = re.findall(r"\d+", out.stdout.split("-")[0]) if out.ok else []
+        return tuple(int(n) for n in numbers[:3])
+
+    def up(self, project: Project, *, wait: bool = False, extra: Sequence[str] = ()) -> Result:
+        """`up --detach`: start the stack in the background; --wait: until running/healthy."""
+        args = [*project.args(), "up", "--detach"]
+        if wait:
+            args.append("--wait")
+        return self._run([*args, *extra])
+
+    def down(self, project: Project | str, *, volumes: bool = False) -> Result:
+        """`down --remove-orphans`: stop and remove the stack's containers and networks; -v: volumes too.
+
+        Given only a name, Compose finds the stack by its containers' labels (no files needed).
+        """
+        head = project.args() if isinstance(project, Project) else ["--project-name", project]
+        args = [*head, "down", "--remove-orphans"]
+        if volumes:
+            args.append("--volumes")
+        if isinstance(project, Project):
+            return self._run(args)
+        # Name-only mode runs in an empty directory so that no compose.yml lying in the cwd is read.
+        with tempfile.TemporaryDirectory(prefix="freeport-") as empty:
+            return self._run(args, cwd=empty)
+
+    def config(self, project: Project) -> dict[str, Any]:
+        """`config --format json`: the model Compose will run, after merging and interpolation."""
+        out = self._run([*project.args(), "config", "--format", "json"], capture_stdout=True, tee=False)
+        if not out.ok:
+            raise ComposeError(f"docker compose config failed: {out.last_line()}", out.returncode)
+        try:
+            parsed = json.loads(out.stdout)
+        except ValueError:
+            raise ComposeError("docker compose config printed no JSON") from None
+        return parsed if isinstance(parsed, dict) else {}
+
+    def _run(
+        self, args: list[str], *, capture_stdout: bool = False, tee: bool = True, cwd: str | None = None
+    ) -> _Output:
+        """Run Compose with `args`; its stderr is copied through to ours (tee) and kept for diagnosis."""
+        try:
+            proc = subprocess.Popen(
+                [*self.command, *args],
+                stdout=subprocess.PIPE if capture_stdout else None,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+            )
+        except FileNotFoundError:
+            raise ComposeNotFoundError(f"cannot run {self.command[0]!r}: not installed") from None
+        stdout_chunks: list[bytes] = []
+        reader = None
+        if capture_stdout:
+            reader = threading.Thread(target=lambda: stdout_chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+            reader.start()
+        err: list[str] = []
+        try:
+            assert proc.stderr is not None
+            sink: IO[str] = sys.stderr
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace")
+                err.append(line)
+                if tee:
+                    sink.write(line)
+                    sink.flush()
+            proc.wait()
+        except BaseException:
+            proc.terminate()  # interrupted (Ctrl-C, SIGTERM): do not leave Compose running behind us
+            proc.wait()
+            raise
+        if reader is not None:
+            reader.join()
+        stderr = "".join(err)
+        if proc.returncode != 0 and _UNREACHABLE.search(stderr):
+            line = next((ln for ln in stderr.splitlines() if _UNREACHABLE.search(ln)), stderr.strip())
+            raise EngineUnreachableError(f"no Docker engine answers: {line.strip()}")
+        return _Output(proc.returncode, stderr, b"".join(stdout_chunks).decode(errors="replace"))
+
+
+@dataclass(frozen=True)
+class _Output(Result):
+    stdout: str = ""
+

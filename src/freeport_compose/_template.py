@@ -1,0 +1,452 @@
+"""The renderer: Compose templates whose host ports are `$<FREEPORT_name>` placeholders.
+
+A template is read once with YAML positions. Placeholders are looked for only inside YAML scalars
+(comments are left alone), checked, and replaced in the original text, so everything else in the
+file (comments, anchors, quoting, key order, `${VAR}` and `$$`) comes out byte for byte.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import yaml
+
+from ._error import TemplateError
+
+try:  # libyaml is 10x faster; positions are in characters either way
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+PREFIX = "FREEPORT_"
+PLACEHOLDER_RE = re.compile(r"\$<FREEPORT_([A-Za-z0-9_]+)>")
+MAX_TEMPLATE_BYTES = 4 << 20  # a Compose file larger than this is not a hand-written template
+_OVERRIDE_TAGS = ("!override", "!reset")
+
+
+def sort_key(name: str) -> tuple[int, int, str]:
+    """FREEPORT_1 < FREEPORT_2 < FREEPORT_10 < FREEPORT_api < FREEPORT_db."""
+    suffix = name[len(PREFIX) :]
+    return (0, int(suffix), "") if suffix.isdecimal() else (1, 0, suffix)
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One placeholder in a file: what it names, and where an editor finds it."""
+
+    name: str  # "FREEPORT_1", "FREEPORT_db"
+    start: int  # character offsets into the file's text
+    end: int
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class PortEntry:
+    """One item of a service's `ports:`, kept so a base binding can be found and replaced."""
+
+    service: str
+    target: str  # container port as written ("80", "8000-8001", or an interpolation)
+    protocol: str
+    host_ip: str | None
+    published: str  # host port as written, placeholders included
+    value: str  # the whole entry as Compose will read it (short syntax string or JSON of the mapping)
+    is_mapping: bool
+    names: tuple[str, ...]  # placeholders in the published part
+    path: str
+    line: int
+    column: int
+    resets: bool  # this file's `ports:` carries !override/!reset: earlier entries are dropped
+
+
+@dataclass
+class Template:
+    """One Compose file of a stack, read and checked, with its placeholders located."""
+
+    path: str
+    text: str
+    occurrences: list[Occurrence]
+    entries: list[PortEntry]
+    container_names: list[tuple[str, int, int]]  # (service, line, column) of container_name keys
+
+    @property
+    def names(self) -> set[str]:
+        return {o.name for o in self.occurrences}
+
+    def render(self, ports: Mapping[str, int]) -> str:
+        """The text with every placeholder replaced by its port, and nothing else changed."""
+        out, last = [], 0
+        for occ in self.occurrences:
+            out.append(self.text[last : occ.start])
+            out.append(str(ports[occ.name]))
+            last = occ.end
+        out.append(self.text[last:])
+        return "".join(out)
+
+
+class _Lines:
+    """Offset -> (line, column), both 1-based."""
+
+    def __init__(self, text: str) -> None:
+        self.starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def at(self, offset: int) -> tuple[int, int]:
+        i = bisect.bisect_right(self.starts, offset) - 1
+        return i + 1, offset - self.starts[i] + 1
+
+
+def _diagnose(raw: str, j: int) -> tuple[int, str]:
+    """End offset and explanation of a `$<` at raw[j] that is not a valid placeholder."""
+    stop = j + 2
+    while stop < len(raw) and raw[stop] != ">" and not raw[stop].isspace() and raw[stop] not in "\"',]}$":
+        stop += 1
+    if stop >= len(raw) or raw[stop] != ">":
+        return stop, f"unclosed placeholder {raw[j:stop]!r}: write $<FREEPORT_name>"
+    token, inner = raw[j : stop + 1], raw[j + 2 : stop]
+    if inner == PREFIX:
+        return stop + 1, f"placeholder {token!r} has no name: write $<FREEPORT_1> or $<FREEPORT_db>"
+    if inner.upper().startswith(PREFIX) and not inner.startswith(PREFIX):
+        return stop + 1, f"placeholder {token!r} must be upper case: $<{PREFIX}{inner[len(PREFIX):]}>"
+    if inner.startswith(PREFIX):
+        return stop + 1, f"placeholder {token!r}: a name holds only letters, digits and '_'"
+    return stop + 1, f"{token!r} is not a placeholder: write $<FREEPORT_name>, or $$< for a literal '$<'"
+
+
+def scan(raw: str) -> Iterator[tuple[int, int, str | None, str]]:
+    """(start, end, name, problem) for each `$<` in raw; `$$` escapes are skipped.
+
+    name is "FREEPORT_x" for a valid placeholder (problem empty), else None with the problem.
+    """
+    i = 0
+    while (j := raw.find("$", i)) >= 0:
+        nxt = raw[j + 1 : j + 2]
+        if nxt == "$":  # Compose's escaped dollar: `$$<FREEPORT_1>` stays literal
+            i = j + 2
+        elif nxt != "<":
+            i = j + 1
+        elif m := PLACEHOLDER_RE.match(raw, j):
+            yield j, m.end(), PREFIX + m.group(1), ""
+            i = m.end()
+        else:
+            end, problem = _diagnose(raw, j)
+            yield j, end, None, problem
+            i = end
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEMPLATE_BYTES + 1)
+    except FileNotFoundError:
+        raise TemplateError(path, 1, 1, "no such file") from None
+    except IsADirectoryError:
+        raise TemplateError(path, 1, 1, "is a directory, not a Compose file") from None
+    except OSError as e:
+        raise TemplateError(path, 1, 1, f"cannot read: {e.strerror}") from None
+    if len(data) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(path, 1, 1, f"larger than {MAX_TEMPLATE_BYTES >> 20} MiB: not a Compose template")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise TemplateError(path, line, nul - data.rfind(b"\n", 0, nul), "binary data (a NUL byte), not YAML text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise TemplateError(path, line, e.start - data.rfind(b"\n", 0, e.start), "not UTF-8 text") from None
+
+
+def _yaml_error(path: str, e: yaml.YAMLError) -> TemplateError:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    what = f"not valid YAML: {problem}" + (f" ({context})" if context else "")
+    if mark is None:
+        return TemplateError(path, 1, 1, what)
+    return TemplateError(path, mark.line + 1, mark.column + 1, what)
+
+
+def _scalar(node: yaml.Node | None) -> str | None:
+    return node.value if isinstance(node, yaml.ScalarNode) else None
+
+
+def _get(mapping: yaml.MappingNode, key: str) -> yaml.Node | None:
+    for k, v in mapping.value:
+        if _scalar(k) == key:
+            return v  # type: ignore[no-any-return]
+    return None
+
+
+def _parse_short(value: str) -> tuple[str | None, str, str, str] | None:
+    """(host_ip, published, target, protocol) of `[IP:]HOST:CONTAINER[/PROTO]`; None without a host port."""
+    protocol = "tcp"
+    if "/" in value:
+        value, protocol = value.rsplit("/", 1)
+    if ":" not in value:
+        return None  # container port only: Compose picks a random host port
+    rest, target = value.rsplit(":", 1)
+    host_ip: str | None = None
+    if rest.startswith("["):
+        close = rest.find("]")
+        host_ip, published = rest[1:close], rest[close + 2 :]
+    elif ":" in rest:
+        host_ip, published = rest.rsplit(":", 1)
+    else:
+        published = rest
+    return host_ip or None, published, target, protocol.lower() or "tcp"
+
+
+class _Reader:
+    """Reads one file: YAML nodes with positions, then placeholders and port entries."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.text = _read_text(path)
+        self.lines = _Lines(self.text)
+        self.occurrences: list[Occurrence] = []
+        self.entries: list[PortEntry] = []
+        self.container_names: list[tuple[str, int, int]] = []
+
+    def error(self, offset: int, problem: str) -> TemplateError:
+        line, column = self.lines.at(offset)
+        return TemplateError(self.path, line, column, problem)
+
+    def read(self) -> Template:
+        if not self.text.strip() or all(
+            not ln.strip() or ln.lstrip().startswith("#") for ln in self.text.splitlines()
+        ):
+            raise TemplateError(self.path, 1, 1, "empty file: a Compose file is a mapping with `services:`")
+        try:
+            documents = list(yaml.compose_all(self.text, Loader=_Loader))
+        except yaml.YAMLError as e:
+            raise _yaml_error(self.path, e) from None
+        seen: set[int] = set()
+        if not any(isinstance(doc, yaml.MappingNode) for doc in documents) and all(d is None for d in documents):
+            raise TemplateError(self.path, 1, 1, "empty file: a Compose file is a mapping with `services:`")
+        for doc in documents:
+            if doc is None:
+                continue
+            if not isinstance(doc, yaml.MappingNode):
+                kind = "a list" if isinstance(doc, yaml.SequenceNode) else "a single value"
+                raise self.error(doc.start_mark.index, f"not a Compose file: the top level is {kind}, not a mapping")
+            self._walk(doc, seen, is_key=False)
+            self._services(doc)
+        self.occurrences.sort(key=lambda o: o.start)
+        return Template(self.path, self.text, self.occurrences, self.entries, self.container_names)
+
+    def _walk(self, node: yaml.Node, seen: set[int], is_key: bool) -> None:
+        if id(node) in seen:
+            return  # an alias: the anchored node was (or is being) read already
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            self._scalar(node, is_key)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                self._walk(item, seen, False)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                self._walk(k, seen, True)
+                self._walk(v, seen, False)
+
+    def _scalar(self, node: yaml.ScalarNode, is_key: bool) -> None:
+        start, end = node.start_mark.index, node.end_mark.index
+        raw = self.text[start:end]
+        found = 0
+        if "$" in raw:
+            for s, e, name, problem in scan(raw):
+                if name is None:
+                    raise self.error(start + s, problem)
+                if is_key:
+                    raise self.error(start + s, f"placeholder $<{name}> in a mapping key: ports go in values")
+                line, column = self.lines.at(start + s)
+                self.occurrences.append(Occurrence(name, start + s, start + e, line, column))
+                found += 1
+        if "$<" in node.value and sum(1 for _ in scan(node.value)) != found:
+            # The value holds a `$<` the source does not show literally (a YAML escape such as "\x24<"):
+            # Compose would receive it untouched, so it must be written out plainly.
+            raise self.error(start, "a `$<` made with YAML escapes: write placeholders literally")
+
+    def _services(self, doc: yaml.MappingNode) -> None:
+        services = _get(doc, "services")
+        if services is None:
+            return
+        if not isinstance(services, yaml.MappingNode):
+            raise self.error(services.start_mark.index, "`services:` must be a mapping of service names")
+        for key, svc in services.value:
+            name = _scalar(key) or "?"
+            if not isinstance(svc, yaml.MappingNode):
+                if isinstance(svc, yaml.ScalarNode) and svc.tag.endswith(":null"):
+                    continue
+                raise self.error(svc.start_mark.index, f"service {name!r} must be a mapping")
+            for k, _ in svc.value:
+                if _scalar(k) == "container_name":
+                    line, column = self.lines.at(k.start_mark.index)
+                    self.container_names.append((name, line, column))
+            ports = _get(svc, "ports")
+            if ports is not None:
+                self._ports(name, ports)
+
+    def _ports(self, service: str, ports: yaml.Node) -> None:
+        resets = ports.tag in _OVERRIDE_TAGS
+        if not isinstance(ports, yaml.SequenceNode):
+            if isinstance(ports, yaml.ScalarNode) and (ports.tag in _OVERRIDE_TAGS or ports.tag.endswith(":null")):
+                return
+            raise self.error(ports.start_mark.index, f"`ports:` of service {service!r} must be a list")
+        for item in ports.value:
+            line, column = self.lines.at(item.start_mark.index)
+            if isinstance(item, yaml.ScalarNode):
+                parsed = _parse_short(item.value)
+                if parsed is None:
+                    continue
+                host_ip, published, target, protocol = parsed
+                value, is_mapping = item.value, False
+            elif isinstance(item, yaml.MappingNode):
+                fields = {_scalar(k): _scalar(v) for k, v in item.value}
+                published = fields.get("published") or ""
+                if not published:
+                    continue
+                target = fields.get("target") or ""
+                protocol = (fields.get("protocol") or "tcp").lower()
+                host_ip = fields.get("host_ip") or None
+                value, is_mapping = json.dumps({k: v for k, v in fields.items() if k is not None}), True
+            else:
+                raise self.error(item.start_mark.index, f"a `ports:` item of service {service!r} must be a string or mapping")
+            names = tuple(PREFIX + m.group(1) for m in PLACEHOLDER_RE.finditer(published))
+            if host_ip is not None and (host_ip.startswith("$") or "${" in host_ip):
+                host_ip = None  # set by interpolation: only Compose knows it
+            self.entries.append(
+                PortEntry(service, target, protocol, host_ip, published, value, is_mapping, names,
+                          self.path, line, column, resets)
+            )
+            resets = False
+
+
+def load(path: str) -> Template:
+    """Read and check one Compose file; TemplateError (file:line:column) on any problem."""
+    return _Reader(path).read()
+
+
+@dataclass
+class Stack:
+    """All -f files of a stack, read and checked together: one port per placeholder name across them."""
+
+    templates: list[Template]
+    names: list[str] = field(default_factory=list)  # every placeholder name, in allocation order
+
+    def __post_init__(self) -> None:
+        self.names = sorted(set().union(*(t.names for t in self.templates)), key=sort_key)
+
+    def hosts(self, name: str) -> list[str]:
+        """Host addresses a placeholder is published on (besides the wildcards): each must be free there."""
+        return sorted({e.host_ip for t in self.templates for e in t.entries if name in e.names and e.host_ip})
+
+    def protocols(self, name: str) -> list[str]:
+        return sorted({e.protocol for t in self.templates for e in t.entries if name in e.names})
+
+    def warnings(self) -> list[str]:
+        return [
+            f"{t.path}:{line}:{column}: service {svc!r} sets container_name, so two stacks from this file "
+            f"cannot run at once; remove it to run stacks side by side"
+            for t in self.templates
+            for svc, line, column in t.container_names
+        ]
+
+    def conflicts(self) -> dict[str, list[PortEntry]]:
+        """Services whose base files publish a container port that a placeholder publishes too.
+
+        Compose appends `ports:` lists across files, so both bindings would be made (and the base's
+        fixed port clash). For each such service: its whole merged ports list, base bindings of those
+        container ports removed, in the order Compose would merge them.
+        """
+        merged: dict[str, list[PortEntry]] = {}
+        for t in self.templates:
+            for e in t.entries:
+                if e.resets:
+                    merged[e.service] = []
+                merged.setdefault(e.service, []).append(e)
+        out = {}
+        for service, entries in merged.items():
+            leased = {(e.target, e.protocol) for e in entries if e.names}
+            clash = [e for e in entries if not e.names and (e.target, e.protocol) in leased]
+            if clash:
+                out[service] = [e for e in entries if e not in clash]
+        return out
+
+    def override_text(self, ports: Mapping[str, int], conflicts: Mapping[str, list[PortEntry]]) -> str:
+        """A Compose file replacing the `ports:` of conflicting services (needs Compose >= 2.24.4)."""
+        lines = [
+            "# Written by freeport-compose: these services publish a container port that a base file",
+            "# publishes too; !override makes the leased binding replace the base one instead of adding to it.",
+            "services:",
+        ]
+        for service, entries in conflicts.items():
+            lines += [f"  {json.dumps(service)}:", "    ports: !override"]
+            for e in entries:
+                rendered = PLACEHOLDER_RE.sub(lambda m: str(ports[PREFIX + m.group(1)]), e.value)
+                lines.append(f"      - {rendered if e.is_mapping else json.dumps(rendered)}")
+        return "\n".join(lines) + "\n"
+
+
+def load_stack(paths: Sequence[str]) -> Stack:
+    """Read every file of a stack; TemplateError if any is bad or none holds a placeholder."""
+    templates = [load(p) for p in paths]
+    stack = Stack(templates)
+    if not stack.names:
+        shown = ", ".join(paths)
+        raise TemplateError(paths[0], 1, 1, f"no $<FREEPORT_name> placeholder in {shown}: nothing to lease")
+    return stack
+
+
+def check_published(config: Mapping[str, object], stack: Stack, ports: Mapping[str, int]) -> list[str]:
+    """Problems in `docker compose config --format json` output: leased ports not published as leased.
+
+    For every service and container port that a placeholder publishes, Compose must publish exactly
+    the leased host ports: a base binding left beside them, or an interpolation that replaced the
+    placeholder, is reported.
+    """
+    services = config.get("services")
+    if not isinstance(services, dict):
+        return ["`docker compose config` printed no services"]
+    expected: dict[tuple[str, str, str], tuple[set[str], PortEntry]] = {}
+    for t in stack.templates:
+        for e in t.entries:
+            if e.names and e.service in services and e.target.isdecimal():  # else: disabled by a profile
+                want = PLACEHOLDER_RE.sub(lambda m: str(ports[PREFIX + m.group(1)]), e.published)
+                expected.setdefault((e.service, e.target, e.protocol), (set(), e))[0].add(want)
+    problems = []
+    for (service, target, protocol), (want, e) in expected.items():
+        got = {
+            str(p.get("published"))
+            for p in services[service].get("ports") or []
+            if str(p.get("target")) == target and (p.get("protocol") or "tcp") == protocol
+        }
+        if got != want:
+            problems.append(
+                f"{e.path}:{e.line}:{e.column}: Compose publishes {service}'s container port {target}/{protocol} "
+                f"on {', '.join(sorted(got)) or 'nothing'}, expected only the leased {', '.join(sorted(want))}"
+            )
+    return problems
+
+
+def write_file(path: str, text: str) -> None:
+    """Write `path` atomically (temporary file + rename): never half-written, even if killed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
