@@ -1,0 +1,111 @@
+"""Benchmark: `freeport-compose up` against plain `docker compose up -d` of the same stack, and
+`render` of a 100-placeholder template including interpreter start. Prints a Markdown section.
+
+Needs the engine, Compose v2 and the test image of scripts/setup.sh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FPC = str(Path(sys.executable).with_name("freeport-compose"))
+IMAGE = os.environ.get("FREEPORT_TEST_IMAGE", "freeport-test-busybox:latest")
+SERVICES = ("web", "api", "cache")
+SERVICE = """  {name}:
+    image: {image}
+    pull_policy: never
+    stop_signal: SIGKILL
+    command: ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/"]
+    environment:
+      SELF_URL: "http://127.0.0.1:{port}/"
+    ports:
+      - "127.0.0.1:{port}:8080"
+"""
+
+
+def stack(ports: dict[str, str]) -> str:
+    body = "".join(SERVICE.format(name=n, image=IMAGE, port=ports[n]) for n in SERVICES)
+    return "services:\n" + body
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def quiet(cmd: list[str], env: dict[str, str]) -> None:
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv
+    rounds = 4 if quick else 10
+    work = Path(tempfile.mkdtemp(prefix="fpc-bench-"))
+    state = work / "state"
+    env = {**os.environ, "FREEPORT_STATE_DIR": str(state)}
+    try:
+        template = work / "template.yml"
+        template.write_text(stack({n: f"$<FREEPORT_{n}>" for n in SERVICES}))
+        # The plain stack gets fixed ports leased for the whole run, so both sides bind free ports.
+        held = subprocess.run([FPC, "get", "--owner", "bench-plain", "-n", str(len(SERVICES))],
+                              env=env, capture_output=True, text=True, check=True).stdout.split()
+        plain = work / "plain.yml"
+        plain.write_text(stack(dict(zip(SERVICES, held))))
+        docker = ["docker", "compose", "--project-directory", str(work)]
+        plain_times, fpc_times = [], []
+        for i in range(rounds + 1):  # round 0 warms caches and is dropped
+            t_plain = timed([*docker, "-p", "bench-plain", "-f", str(plain), "up", "-d"], env)
+            quiet([*docker, "-p", "bench-plain", "-f", str(plain), "down"], env)
+            t_fpc = timed([FPC, "up", "-p", "bench-fpc", "-f", str(template)], env)
+            quiet([FPC, "down", "-p", "bench-fpc"], env)
+            if i:
+                plain_times.append(t_plain)
+                fpc_times.append(t_fpc)
+        quiet([FPC, "release", "--owner", "bench-plain"], env)
+
+        big = work / "big.yml"
+        lines = ["services:", "  app:", f"    image: {IMAGE}", "    pull_policy: never", "    ports:"]
+        lines += [f'      - "127.0.0.1:$<FREEPORT_{i}>:{10000 + i}"' for i in range(1, 101)]
+        big.write_text("\n".join(lines) + "\n")
+        render_times: dict[str, list[float]] = {"--no-check": [], "with `compose config` check": []}
+        for i in range(rounds * 2 + 1):
+            for label, extra in (("--no-check", ["--no-check"]), ("with `compose config` check", [])):
+                out = work / "rendered.yml"
+                t = timed([FPC, "render", "-p", "bench-render", "-f", str(big), "-o", str(out), *extra], env)
+                quiet([FPC, "release", "--owner", "bench-render"], env)
+                if i:
+                    render_times[label].append(t)
+    finally:
+        quiet(["docker", "compose", "-p", "bench-plain", "down"], env)
+        quiet(["docker", "compose", "-p", "bench-fpc", "down"], env)
+        shutil.rmtree(work, ignore_errors=True)
+
+    med_plain, med_fpc = statistics.median(plain_times), statistics.median(fpc_times)
+    ratio = med_fpc / med_plain
+    print("## Compose\n")
+    print(f"{len(SERVICES)}-service stack, {rounds} rounds, medians of wall time; {os.cpu_count()} cores, "
+          f"Python {sys.version.split()[0]}.\n")
+    print("| command | median | min | max |")
+    print("|---|---|---|---|")
+    print(f"| `docker compose up -d` (fixed ports) | {med_plain:.3f} s | {min(plain_times):.3f} s | {max(plain_times):.3f} s |")
+    print(f"| `freeport-compose up` (render + lease + check + up) | {med_fpc:.3f} s | {min(fpc_times):.3f} s | {max(fpc_times):.3f} s |")
+    for label, times in render_times.items():
+        print(f"| `freeport-compose render` 100 placeholders, {label} | {statistics.median(times):.3f} s "
+              f"| {min(times):.3f} s | {max(times):.3f} s |")
+    render_med = statistics.median(render_times["--no-check"])
+    print(f"\n- up / plain: **{ratio:.2f}x** (target <= 1.10x): {'met' if ratio <= 1.10 else 'NOT met'}")
+    print(f"- render of 100 placeholders incl. interpreter start: **{render_med:.3f} s** (target <= 0.3 s): "
+          f"{'met' if render_med <= 0.3 else 'NOT met'}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

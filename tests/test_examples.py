@@ -1,0 +1,111 @@
+"""The shipped templates and examples work as their comments say, on the real engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+FPC = str(Path(sys.executable).with_name("freeport-compose"))
+IMAGE = os.environ.get("FREEPORT_TEST_IMAGE", "freeport-test-busybox:latest")
+TEMPLATES = sorted((ROOT / "templates").glob("*.yml"))
+
+
+def _docker_ok() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True, check=False
+    ).returncode == 0
+
+
+needs_docker = pytest.mark.skipif(not _docker_ok(), reason="no Docker engine answers (run scripts/setup.sh)")
+
+
+def fpc(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FPC, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300, check=False)
+
+
+@pytest.mark.docker
+@needs_docker
+@pytest.mark.parametrize("template", TEMPLATES, ids=[t.name for t in TEMPLATES])
+def test_template_renders_and_compose_accepts_it(template: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "WEB_IMAGE": "example/web:dev"}
+    project = f"tpl-{template.stem.replace('_', '-')}"
+    out = tmp_path / "rendered.yml"
+    # With the check: `docker compose config` must publish exactly the leased ports.
+    result = fpc("render", "-p", project, "-f", str(template), "-o", str(out), env=env)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == str(out)
+        ports = json.loads(fpc("ports", "-p", project, "--format", "json").stdout)
+        assert ports and all(name.startswith("FREEPORT_") for name in ports)
+        config = subprocess.run(
+            ["docker", "compose", "-p", project, "-f", str(out), "config", "--format", "json"],
+            capture_output=True, text=True, env=env, check=True,
+        )
+        published = {
+            int(p["published"])
+            for svc in json.loads(config.stdout)["services"].values()
+            for p in svc.get("ports", [])
+        }
+        assert published == set(ports.values())
+        assert "$<" not in out.read_text()
+    finally:
+        fpc("release", "--owner", project)
+
+
+@pytest.mark.docker
+@needs_docker
+def test_demo_runs_and_cleans_up() -> None:
+    result = fpc("run", "-f", str(ROOT / "examples/demo/compose.yml"), "--", "sh", str(ROOT / "examples/demo/check.sh"))
+    assert result.returncode == 0, result.stderr
+    lines = [ln for ln in result.stdout.splitlines() if "answers HTTP" in ln]
+    assert len(lines) == 2, result.stdout
+    assert json.loads(fpc("ls", "--json").stdout)["leases"] == []
+
+
+@pytest.mark.docker
+@needs_docker
+def test_makefile_example(tmp_path: Path) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    work = tmp_path / "it"
+    shutil.copytree(ROOT / "examples/makefile", work)
+    env = {**os.environ, "HTTP_IMAGE": IMAGE, "PULL_POLICY": "never"}
+    make = ["make", "-C", str(work), f"FREEPORT={FPC}", "PROJECT=fpc-make-example"]
+    one_shot = subprocess.run([*make, "integration-test"], capture_output=True, text=True, env=env, check=False)
+    assert one_shot.returncode == 0, one_shot.stdout + one_shot.stderr
+    assert "HTTP 404" in one_shot.stdout
+    try:
+        up = subprocess.run([*make, "stack-up"], capture_output=True, text=True, env=env, check=False)
+        assert up.returncode == 0, up.stderr
+        included = (work / ".ports.mk").read_text()
+        assert included.startswith("FREEPORT_api := ")
+        test = subprocess.run([*make, "test-against-stack"], capture_output=True, text=True, env=env, check=False)
+        assert test.returncode == 0, test.stdout + test.stderr
+        assert included.split(":= ")[1].strip() in test.stdout
+    finally:
+        down = subprocess.run([*make, "stack-down"], capture_output=True, text=True, env=env, check=False)
+    assert down.returncode == 0, down.stderr
+    assert json.loads(fpc("ls", "--json").stdout) ["stacks"] == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples/ci").glob("*.yml")), ids=lambda p: p.name)
+def test_ci_examples_use_real_commands(path: Path) -> None:
+    """The CI examples are valid YAML and every freeport-compose call in them parses."""
+    doc = yaml.safe_load(path.read_text())
+    assert isinstance(doc, dict)
+    calls = [ln.strip().lstrip("- ").removeprefix("run: ") for ln in path.read_text().splitlines()
+             if "freeport-compose " in ln and not ln.strip().startswith("#")]
+    assert calls
+    from freeport_compose._cli import build_parser
+
+    for call in calls:
+        words = call.split("freeport-compose ", 1)[1].replace('"', "").split(">>")[0].split(")")[0].split()
+        build_parser().parse_args(words)  # exits with status 2 on an unknown flag
