@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 
-from ._error import InvalidRangeError, NoFreePortError, UnknownOwnerError
+from ._error import EmptyRangeError, InvalidRangeError, NoFreePortError, UnknownOwnerError
 from ._lease import Claim, LeaseRecord, LeaseStore, check_owner
 from ._probe import check_hosts, port_is_free
 from ._range import PortRange
@@ -123,6 +123,8 @@ class FreePorts:
         self.range = _candidates(start, stop, exclude)
         if n > len(self.range):
             raise InvalidRangeError(f"cannot lease {n} ports from the {len(self.range)}-port range {self.range}")
+        if contiguous and n > max(hi - lo + 1 for lo, hi in self.range.intervals):
+            raise EmptyRangeError(f"no run of {n} consecutive ports in {self.range}")  # waiting cannot help
         hosts = [host] if isinstance(host, str) else list(host or ())
         self._hosts = check_hosts(hosts)
         self._labels = list(labels)

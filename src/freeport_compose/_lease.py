@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from filelock import lock_descriptor, unlock_descriptor
 
@@ -53,7 +52,7 @@ class Holder:
     start_time: int | None
     host: str
 
-    @cached_property
+    @property  # not cached_property: on Python < 3.12 its class-wide lock can be held across fork()
     def json(self) -> str:
         return json.dumps({"pid": self.pid, "start_time": self.start_time, "host": self.host}, separators=(",", ":"))
 
@@ -127,7 +126,7 @@ class LeaseRecord:
                 token=raw["token"],
                 label=label,
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deeply nested JSON
             return None
         ok = (
             record.port == port
@@ -207,6 +206,12 @@ class LeaseStore:
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             os.close(fd)  # a device, FIFO or hard link to a file elsewhere: never write through it
             raise StateDirError(f"{self.sd.path}/ports/{port}.lock is not a plain lock file; remove it")
+        if self.sd.shared and (st.st_mode & 0o666) != 0o666 and st.st_uid == os.geteuid():
+            try:  # O_CREAT's mode went through the umask: every user sharing the dir must open it read-write
+                os.fchmod(fd, self.sd.file_mode)
+            except OSError:
+                os.close(fd)
+                raise
         return fd
 
     def try_claim(
@@ -401,7 +406,14 @@ class LeaseStore:
                 yield record
 
     def is_held(self, record: LeaseRecord) -> bool:
-        """Named leases are held until released; a process lease while its lock file is locked."""
+        """Named leases are held until released; a process lease while its lock file is locked.
+
+        Either way only while the port's lock file still holds this very record (its token): a lease
+        released since, or replaced by a later one, is not held.
+        """
+        current = self.read(record.port)
+        if current is None or current.token != record.token or current.owner != record.owner:
+            return False
         if record.owner is not None:
             return True
         try:

@@ -51,6 +51,13 @@ def _verify(st: os.stat_result, path: str, shared: bool) -> None:
         raise StateDirError(f"state dir {path} is writable by others (mode {mode:o}); chmod 700 it")
 
 
+def _is_symlink(name: str, dir_fd: int | None) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def _open_dir(name: str, shown: str, shared: bool, dir_fd: int | None = None) -> int:
     """Open (creating if missing) a directory without following a symlink in its last component."""
     mode = 0o1777 if shared else 0o700
@@ -72,6 +79,8 @@ def _open_dir(name: str, shown: str, shared: bool, dir_fd: int | None = None) ->
                 raise StateDirError(f"cannot create state dir {shown}: {e.strerror}") from None
             continue
         except OSError as e:
+            if e.errno == errno.ENOTDIR and _is_symlink(name, dir_fd):  # Linux: O_DIRECTORY wins over O_NOFOLLOW
+                e.errno = errno.ELOOP
             if e.errno == errno.ELOOP:
                 raise StateDirError(f"state dir {shown} is a symlink; refusing to follow it") from None
             if e.errno == errno.ENOTDIR:
