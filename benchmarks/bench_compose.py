@@ -58,7 +58,7 @@ def main() -> int:
         held = subprocess.run([FPC, "get", "--owner", "bench-plain", "-n", str(len(SERVICES))],
                               env=env, capture_output=True, text=True, check=True).stdout.split()
         plain = work / "plain.yml"
-        plain.write_text(stack(dict(zip(SERVICES, held))))
+        plain.write_text(stack(dict(zip(SERVICES, held, strict=True))))
         docker = ["docker", "compose", "--project-directory", str(work)]
         plain_times, fpc_times = [], []
         for i in range(rounds + 1):  # round 0 warms caches and is dropped
@@ -95,8 +95,9 @@ def main() -> int:
           f"Python {sys.version.split()[0]}.\n")
     print("| command | median | min | max |")
     print("|---|---|---|---|")
-    print(f"| `docker compose up -d` (fixed ports) | {med_plain:.3f} s | {min(plain_times):.3f} s | {max(plain_times):.3f} s |")
-    print(f"| `freeport-compose up` (render + lease + check + up) | {med_fpc:.3f} s | {min(fpc_times):.3f} s | {max(fpc_times):.3f} s |")
+    for label, times in (("`docker compose up -d` (fixed ports)", plain_times),
+                         ("`freeport-compose up` (lease + render + check + up)", fpc_times)):
+        print(f"| {label} | {statistics.median(times):.3f} s | {min(times):.3f} s | {max(times):.3f} s |")
     for label, times in render_times.items():
         print(f"| `freeport-compose render` 100 placeholders, {label} | {statistics.median(times):.3f} s "
               f"| {min(times):.3f} s | {max(times):.3f} s |")

@@ -44,7 +44,8 @@ def test_template_renders_and_compose_accepts_it(template: Path, tmp_path: Path)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == str(out)
         ports = json.loads(fpc("ports", "-p", project, "--format", "json").stdout)
-        assert ports and all(name.startswith("FREEPORT_") for name in ports)
+        assert ports
+        assert all(name.startswith("FREEPORT_") for name in ports)
         config = subprocess.run(
             ["docker", "compose", "-p", project, "-f", str(out), "config", "--format", "json"],
             capture_output=True, text=True, env=env, check=True,
@@ -93,7 +94,7 @@ def test_makefile_example(tmp_path: Path) -> None:
     finally:
         down = subprocess.run([*make, "stack-down"], capture_output=True, text=True, env=env, check=False)
     assert down.returncode == 0, down.stderr
-    assert json.loads(fpc("ls", "--json").stdout) ["stacks"] == []
+    assert json.loads(fpc("ls", "--json").stdout)["stacks"] == []
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples/ci").glob("*.yml")), ids=lambda p: p.name)
