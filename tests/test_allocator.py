@@ -803,6 +803,7 @@ BAD_INPUT: list[tuple[str, BadCall, type[Exception]]] = [
     ("n-bool", lambda f: FreePorts(_any(True), f, f + 3), InvalidRangeError),
     ("negative-timeout", lambda f: FreePort(f, f, timeout=-1), InvalidRangeError),
     ("nan-timeout", lambda f: FreePort(f, f, timeout=math.nan), InvalidRangeError),
+    ("string-timeout", lambda f: FreePort(f, f, timeout=_any("5")), InvalidRangeError),
     ("owner-dotdot", lambda f: FreePort(f, f, owner="../x"), InvalidNameError),
     ("owner-empty", lambda f: FreePort(f, f, owner=""), InvalidNameError),
     ("owner-space", lambda f: FreePort(f, f, owner="a b"), InvalidNameError),
@@ -831,3 +832,18 @@ def test_bad_input_raises_typed_error_and_leases_nothing(
     assert type(exc.value) is error
     assert time.monotonic() - t0 < 2, "a request that can never succeed waited instead of failing"
     assert list(store().records()) == []
+
+
+def test_release_owner_does_not_hang_on_a_stale_index_entry(free_block: FreeBlock, state_dir: Any) -> None:
+    """An owners/<name>/<port> entry left by a crash, for a port a live process lease now holds."""
+    first = free_block(1)
+    with FreePort(first, first, owner="crashed") as named:
+        assert named.port == first
+    (state_dir / "owners" / "crashed").mkdir(parents=True, exist_ok=True)
+    (state_dir / "owners" / "crashed" / str(first)).touch()
+    with FreePort(first, first) as live:  # a process lease: its flock stays held
+        t0 = time.monotonic()
+        with pytest.raises(UnknownOwnerError):
+            release_owner("crashed")
+        assert time.monotonic() - t0 < 5
+        assert store().is_held(store().read(live.port))  # type: ignore[arg-type]

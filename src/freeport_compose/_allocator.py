@@ -116,7 +116,7 @@ class FreePorts:
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidRangeError(f"the number of ports must be a positive integer, not {n!r}")
-        if timeout is not None and not timeout >= 0:
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0):
             raise InvalidRangeError(f"timeout must be None or >= 0, not {timeout!r}")
         self.n, self.contiguous, self.timeout = n, contiguous, timeout
         self.owner = check_owner(owner) if owner is not None else None

@@ -156,6 +156,8 @@ class Claim:
 # Process leases held by this process, so a forked child can drop its copies of their descriptors.
 _HELD: set[Claim] = set()
 _HELD_LOCK = threading.Lock()
+# Lock files open in a claim or release under way in some thread (set.add/discard are atomic).
+_IN_FLIGHT: set[int] = set()
 
 
 def _forget_inherited_leases() -> None:
@@ -166,14 +168,18 @@ def _forget_inherited_leases() -> None:
     """
     global _HELD_LOCK
     _HELD_LOCK = threading.Lock()  # another thread may have held it at fork time
+    inherited = set(_IN_FLIGHT)  # a claim another thread was making when fork() came
     for claim in _HELD:
         if claim.fd is not None:
-            try:
-                os.close(claim.fd)
-            except OSError:
-                pass
+            inherited.add(claim.fd)
             claim.fd = None
+    for fd in inherited:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     _HELD.clear()
+    _IN_FLIGHT.clear()
 
 
 os.register_at_fork(after_in_child=_forget_inherited_leases)
@@ -230,6 +236,7 @@ class LeaseStore:
             fd = self._open_lock(port)
         except OSError as e:
             raise StateDirError(f"cannot open the lock file of port {port} in {self.sd.path}: {e.strerror}") from None
+        _IN_FLIGHT.add(fd)
         keep = False
         try:
             if not lock_descriptor(fd, blocking=False):
@@ -262,6 +269,7 @@ class LeaseStore:
                 if not keep:
                     unlock_descriptor(fd)
         finally:
+            _IN_FLIGHT.discard(fd)
             if not keep:
                 os.close(fd)
 
@@ -291,18 +299,26 @@ class LeaseStore:
 
     def _release_named(self, port: int, owner: str, token: str | None) -> bool:
         """Clear `port`'s record if it is `owner`'s (and this lease's, given `token`)."""
+        mine = False
         with state_errors(f"cannot release port {port} in {self.sd.path}"):
             fd = self._open_lock(port)
+            _IN_FLIGHT.add(fd)
             try:
-                lock_descriptor(fd, poll_interval=0.001)  # held by claimers for microseconds only
-                try:
-                    record = _read_record(fd, port)
-                    mine = record is not None and record.owner == owner and token in (None, record.token)
-                    if mine:
-                        os.ftruncate(fd, 0)
-                finally:
-                    unlock_descriptor(fd)
+                # A claimer holds the flock for microseconds; one held longer is a process lease's,
+                # and then the port is not a named lease of ours (a stale index entry).
+                deadline = time.monotonic() + 1.0
+                while not (locked := lock_descriptor(fd, blocking=False)) and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                if locked:
+                    try:
+                        record = _read_record(fd, port)
+                        mine = record is not None and record.owner == owner and token in (None, record.token)
+                        if mine:
+                            os.ftruncate(fd, 0)
+                    finally:
+                        unlock_descriptor(fd)
             finally:
+                _IN_FLIGHT.discard(fd)
                 os.close(fd)
             self._index(owner, port, add=False)
         return mine
