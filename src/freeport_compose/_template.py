@@ -27,12 +27,16 @@ PREFIX = "FREEPORT_"
 PLACEHOLDER_RE = re.compile(r"\$<FREEPORT_([A-Za-z0-9_]+)>")
 MAX_TEMPLATE_BYTES = 4 << 20  # a Compose file larger than this is not a hand-written template
 _OVERRIDE_TAGS = ("!override", "!reset")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_BREAK_RE = re.compile(r"[\r\n\x85\u2028\u2029]")  # YAML 1.1 line breaks
+_PROPERTIES_RE = re.compile(r"(?:[&!]\S*\s+(?:#.*\s+)*)+")  # `&anchor !tag  # comment` before a scalar
+_DEFAULT_RE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^${}]*)\}")  # ${VAR:-default}, ${VAR-default}
 
 
 def sort_key(name: str) -> tuple[int, int, str]:
     """FREEPORT_1 < FREEPORT_2 < FREEPORT_10 < FREEPORT_api < FREEPORT_db."""
     suffix = name[len(PREFIX) :]
-    return (0, int(suffix), "") if suffix.isdecimal() else (1, 0, suffix)
+    return (0, int(suffix), suffix) if suffix.isdecimal() else (1, 0, suffix)  # FREEPORT_01 != FREEPORT_1
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class Template:
     occurrences: list[Occurrence]
     entries: list[PortEntry]
     container_names: list[tuple[str, int, int]]  # (service, line, column) of container_name keys
+    resets: list[str] = field(default_factory=list)  # services whose `ports:` are !override/!reset here
 
     @property
     def names(self) -> set[str]:
@@ -138,6 +143,15 @@ def scan(raw: str) -> Iterator[tuple[int, int, str | None, str]]:
             i = end
 
 
+def _byte_position(data: bytes, pos: int) -> tuple[int, int]:
+    """1-based line and column of byte offset pos, in characters like every other position (no BOM)."""
+    start = data.rfind(b"\n", 0, pos) + 1
+    before = data[start:pos]
+    if start == 0 and before.startswith(b"\xef\xbb\xbf"):
+        before = before[3:]
+    return data.count(b"\n", 0, pos) + 1, len(before.decode("utf-8", "replace")) + 1
+
+
 def _read_text(path: str) -> str:
     try:
         with open(path, "rb") as f:
@@ -152,13 +166,11 @@ def _read_text(path: str) -> str:
         raise TemplateError(path, 1, 1, f"larger than {MAX_TEMPLATE_BYTES >> 20} MiB: not a Compose template")
     nul = data.find(b"\0")
     if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        raise TemplateError(path, line, nul - data.rfind(b"\n", 0, nul), "binary data (a NUL byte), not YAML text")
+        raise TemplateError(path, *_byte_position(data, nul), "binary data (a NUL byte), not YAML text")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise TemplateError(path, line, e.start - data.rfind(b"\n", 0, e.start), "not UTF-8 text") from None
+        raise TemplateError(path, *_byte_position(data, e.start), "not UTF-8 text") from None
 
 
 def _yaml_error(path: str, e: yaml.YAMLError) -> TemplateError:
@@ -176,26 +188,53 @@ def _scalar(node: yaml.Node | None) -> str | None:
 
 
 def _get(mapping: yaml.MappingNode, key: str) -> yaml.Node | None:
-    for k, v in mapping.value:
-        if _scalar(k) == key:
-            return v  # type: ignore[no-any-return]
+    """mapping[key], also through `<<` merge keys (own keys first, then merged mappings in order)."""
+    todo, seen = [mapping], set()
+    while todo:
+        m = todo.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        merged: list[yaml.Node] = []
+        for k, v in m.value:
+            if k.tag == _MERGE_TAG:
+                merged += v.value if isinstance(v, yaml.SequenceNode) else [v]
+            elif _scalar(k) == key:
+                return v  # type: ignore[no-any-return]
+        todo += [n for n in reversed(merged) if isinstance(n, yaml.MappingNode)]
     return None
+
+
+def _rsplit(value: str, sep: str) -> tuple[str, str] | None:
+    """value split at its last `sep` outside `${...}` interpolations, or None without one."""
+    depth, at, i = 0, -1, 0
+    while i < len(value):
+        if value.startswith("$$", i) or value.startswith("${", i):
+            depth += value[i + 1] == "{"
+            i += 2
+            continue
+        if value[i] == "}" and depth:
+            depth -= 1
+        elif value[i] == sep and not depth:
+            at = i
+        i += 1
+    return None if at < 0 else (value[:at], value[at + 1 :])
 
 
 def _parse_short(value: str) -> tuple[str | None, str, str, str] | None:
     """(host_ip, published, target, protocol) of `[IP:]HOST:CONTAINER[/PROTO]`; None without a host port."""
     protocol = "tcp"
-    if "/" in value:
-        value, protocol = value.rsplit("/", 1)
-    if ":" not in value:
+    if split := _rsplit(value, "/"):
+        value, protocol = split
+    if not (split := _rsplit(value, ":")):
         return None  # container port only: Compose picks a random host port
-    rest, target = value.rsplit(":", 1)
+    rest, target = split
     host_ip: str | None = None
     if rest.startswith("["):
         close = rest.find("]")
         host_ip, published = rest[1:close], rest[close + 2 :]
-    elif ":" in rest:
-        host_ip, published = rest.rsplit(":", 1)
+    elif split := _rsplit(rest, ":"):
+        host_ip, published = split
     else:
         published = rest
     return host_ip or None, published, target, protocol.lower() or "tcp"
@@ -207,10 +246,15 @@ class _Reader:
     def __init__(self, path: str) -> None:
         self.path = path
         self.text = _read_text(path)
-        self.lines = _Lines(self.text)
+        # YAML reads the text without its BOM (libyaml's marks skip it, PyYAML's count it): positions
+        # are in self.body, occurrences in self.text, `shift` apart.
+        self.shift = 1 if self.text.startswith("\ufeff") else 0
+        self.body = self.text[self.shift :]
+        self.lines = _Lines(self.body)
         self.occurrences: list[Occurrence] = []
         self.entries: list[PortEntry] = []
         self.container_names: list[tuple[str, int, int]] = []
+        self.resets: list[str] = []
 
     def error(self, offset: int, problem: str) -> TemplateError:
         line, column = self.lines.at(offset)
@@ -222,40 +266,55 @@ class _Reader:
         ):
             raise TemplateError(self.path, 1, 1, "empty file: a Compose file is a mapping with `services:`")
         try:
-            documents = list(yaml.compose_all(self.text, Loader=_Loader))
+            documents = list(yaml.compose_all(self.body, Loader=_Loader))
         except yaml.YAMLError as e:
-            raise _yaml_error(self.path, e) from None
+            error = _yaml_error(self.path, e)
+            bad = yaml.reader.Reader.NON_PRINTABLE.search(self.body)
+            if isinstance(e, yaml.reader.ReaderError) and bad:  # its position is in bytes with libyaml
+                raise self.error(bad.start(), error.problem) from None
+            raise error from None
+        except RecursionError:  # PyYAML without libyaml recurses once per nesting level
+            raise TemplateError(self.path, 1, 1, "not valid YAML: nested too deeply") from None
         seen: set[int] = set()
-        if not any(isinstance(doc, yaml.MappingNode) for doc in documents) and all(d is None for d in documents):
+        if all(_empty_document(d) for d in documents):
             raise TemplateError(self.path, 1, 1, "empty file: a Compose file is a mapping with `services:`")
         for doc in documents:
-            if doc is None:
+            if _empty_document(doc):
                 continue
             if not isinstance(doc, yaml.MappingNode):
                 kind = "a list" if isinstance(doc, yaml.SequenceNode) else "a single value"
                 raise self.error(doc.start_mark.index, f"not a Compose file: the top level is {kind}, not a mapping")
-            self._walk(doc, seen, is_key=False)
+            self._walk(doc, seen)
             self._services(doc)
         self.occurrences.sort(key=lambda o: o.start)
-        return Template(self.path, self.text, self.occurrences, self.entries, self.container_names)
+        return Template(self.path, self.text, self.occurrences, self.entries, self.container_names,
+                        self.resets)
 
-    def _walk(self, node: yaml.Node, seen: set[int], is_key: bool) -> None:
-        if id(node) in seen:
-            return  # an alias: the anchored node was (or is being) read already
-        seen.add(id(node))
-        if isinstance(node, yaml.ScalarNode):
-            self._scalar(node, is_key)
-        elif isinstance(node, yaml.SequenceNode):
-            for item in node.value:
-                self._walk(item, seen, False)
-        elif isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                self._walk(k, seen, True)
-                self._walk(v, seen, False)
+    def _walk(self, root: yaml.Node, seen: set[int]) -> None:
+        """Every scalar once, in document order; a loop, not recursion: libyaml nests up to 1000 deep."""
+        todo: list[tuple[yaml.Node, bool]] = [(root, False)]
+        while todo:
+            node, is_key = todo.pop()
+            if id(node) in seen:
+                continue  # an alias: the anchored node was read already
+            seen.add(id(node))
+            if isinstance(node, yaml.ScalarNode):
+                self._scalar(node, is_key)
+            elif isinstance(node, yaml.SequenceNode):
+                todo += [(item, False) for item in reversed(node.value)]
+            elif isinstance(node, yaml.MappingNode):
+                for k, v in reversed(node.value):
+                    todo += [(v, False), (k, True)]
 
     def _scalar(self, node: yaml.ScalarNode, is_key: bool) -> None:
         start, end = node.start_mark.index, node.end_mark.index
-        raw = self.text[start:end]
+        # Comments can sit inside a scalar's marks: after its `&anchor !tag`, and after a block
+        # scalar's `|` or `>` on its header line. Neither is part of the value.
+        if props := _PROPERTIES_RE.match(self.body, start, end):
+            start = props.end()
+        if node.style in ("|", ">") and (header := _BREAK_RE.search(self.body, start, end)):
+            start = header.end()
+        raw = self.body[start:end]
         found = 0
         if "$" in raw:
             for s, e, name, problem in scan(raw):
@@ -264,7 +323,8 @@ class _Reader:
                 if is_key:
                     raise self.error(start + s, f"placeholder $<{name}> in a mapping key: ports go in values")
                 line, column = self.lines.at(start + s)
-                self.occurrences.append(Occurrence(name, start + s, start + e, line, column))
+                at = self.shift + start
+                self.occurrences.append(Occurrence(name, at + s, at + e, line, column))
                 found += 1
         if "$<" in node.value and sum(1 for _ in scan(node.value)) != found:
             # The value holds a `$<` the source does not show literally (a YAML escape such as "\x24<"):
@@ -293,6 +353,8 @@ class _Reader:
 
     def _ports(self, service: str, ports: yaml.Node) -> None:
         resets = ports.tag in _OVERRIDE_TAGS
+        if resets:
+            self.resets.append(service)
         if not isinstance(ports, yaml.SequenceNode):
             if isinstance(ports, yaml.ScalarNode) and (ports.tag in _OVERRIDE_TAGS or ports.tag.endswith(":null")):
                 return
@@ -324,6 +386,11 @@ class _Reader:
                           self.path, line, column, resets)
             )
             resets = False
+
+
+def _empty_document(doc: yaml.Node | None) -> bool:
+    """A document with no content at all (`---` alone), which the YAML parser reads as an empty null."""
+    return doc is None or (isinstance(doc, yaml.ScalarNode) and doc.tag.endswith(":null") and doc.value == "")
 
 
 def load(path: str) -> Template:
@@ -365,14 +432,16 @@ class Stack:
         """
         merged: dict[str, list[PortEntry]] = {}
         for t in self.templates:
+            for service in t.resets:  # even when the reset list is empty: earlier entries are dropped
+                merged[service] = []
             for e in t.entries:
-                if e.resets:
-                    merged[e.service] = []
                 merged.setdefault(e.service, []).append(e)
         out = {}
         for service, entries in merged.items():
-            leased = {(e.target, e.protocol) for e in entries if e.names}
-            clash = [e for e in entries if not e.names and (e.target, e.protocol) in leased]
+            leased = {(e.target, e.protocol, e.path) for e in entries if e.names}
+            # a fixed binding beside a leased one in the same file is the author's choice, not a clash
+            clash = [e for e in entries if not e.names
+                     and any(k[:2] == (e.target, e.protocol) and k[2] != e.path for k in leased)]
             if clash:
                 out[service] = [e for e in entries if e not in clash]
         return out
@@ -402,6 +471,13 @@ def load_stack(paths: Sequence[str]) -> Stack:
     return stack
 
 
+def _unset(text: str) -> str:
+    """text with each `${VAR:-default}` read as its default, as Compose does while VAR is unset."""
+    while (done := _DEFAULT_RE.sub(r"\1", text)) != text:
+        text = done
+    return text
+
+
 def check_published(config: Mapping[str, object], stack: Stack, ports: Mapping[str, int]) -> list[str]:
     """Problems in `docker compose config --format json` output: leased ports not published as leased.
 
@@ -416,8 +492,14 @@ def check_published(config: Mapping[str, object], stack: Stack, ports: Mapping[s
     for t in stack.templates:
         for e in t.entries:
             if e.names and e.service in services and e.target.isdecimal():  # else: disabled by a profile
-                want = PLACEHOLDER_RE.sub(lambda m: str(ports[PREFIX + m.group(1)]), e.published)
-                expected.setdefault((e.service, e.target, e.protocol), (set(), e))[0].add(want)
+                published = PLACEHOLDER_RE.sub(lambda m: str(ports[PREFIX + m.group(1)]), e.published)
+                expected.setdefault((e.service, e.target, e.protocol), (set(), e))[0].add(_unset(published))
+    entries = [e for t in stack.templates for e in t.entries]
+    leased_in = {(e.service, e.target, e.protocol, e.path) for e in entries if e.names}
+    for e in entries:  # a fixed binding written beside a leased one in its own file stays
+        key = (e.service, e.target, e.protocol)
+        if not e.names and key in expected and (*key, e.path) in leased_in:
+            expected[key][0].add(_unset(e.published))
     problems = []
     for (service, target, protocol), (want, e) in expected.items():
         got = {
