@@ -102,7 +102,12 @@ class Compose:
         """The first Compose v2 on this machine, or ComposeNotFoundError (one line saying what to install)."""
         explicit = os.environ.get(COMPOSE_ENV)
         if explicit:
-            return cls(shlex.split(explicit))
+            try:
+                command = shlex.split(explicit)
+            except ValueError as e:
+                raise ComposeNotFoundError(f"${COMPOSE_ENV} is not a valid command line ({e}): {explicit!r}") from None
+            if command:
+                return cls(command)
         # The plugin is looked up on disk: running `docker compose version` would cost every command ~40 ms.
         if shutil.which("docker") and _find_plugin():
             return cls(["docker", "compose"])
@@ -176,6 +181,8 @@ class Compose:
             )
         except FileNotFoundError:
             raise ComposeNotFoundError(f"cannot run {self.command[0]!r}: not installed") from None
+        except OSError as e:  # not executable, a directory, a bad interpreter line...
+            raise ComposeNotFoundError(f"cannot run {self.command[0]!r}: {e.strerror or e}") from None
         stdout_chunks: list[bytes] = []
         reader = None
         if capture_stdout:

@@ -341,11 +341,29 @@ def up(opts: Options, *, wait: bool = False, extra: Sequence[str] = (), compose:
         except BaseException:
             with _deferred_signals():
                 if started:
-                    with suppress(FreeportError):
-                        compose.down(record.compose_project())
+                    _down_until_gone(compose, record.compose_project())
                 _release(project)
                 stacks.forget(project)
             raise
+
+
+def _down_until_gone(compose: Compose, project: Project, rounds: int = 5) -> None:
+    """`down` after a failed `up`, repeated while the engine still lists containers of the project.
+
+    When one service fails, Compose gives up on the others while the engine may still be creating
+    their containers: such a container can outlive the first `down` (seen as "Error while Stopping").
+    """
+    from ._engine import project_containers
+
+    for attempt in range(rounds):
+        with suppress(FreeportError):
+            compose.down(project)
+        try:
+            if not project_containers().get(project.name, 0):
+                return
+        except FreeportError:
+            return  # the engine does not answer: nothing more to do
+        time.sleep(0.2 * (attempt + 1))
 
 
 def _relocate(stack: Stack, project: str, ports: dict[str, int], names: set[str], timeout: float | None) -> dict[str, int]:
