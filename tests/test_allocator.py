@@ -835,12 +835,11 @@ def test_bad_input_raises_typed_error_and_leases_nothing(
 
 
 def test_release_owner_does_not_hang_on_a_stale_index_entry(free_block: FreeBlock, state_dir: Any) -> None:
-    """An owners/<name>/<port> entry left by a crash, for a port a live process lease now holds."""
+    """An owners/<name> entry left by a crash, for a port a live process lease now holds."""
     first = free_block(1)
     with FreePort(first, first, owner="crashed") as named:
         assert named.port == first
-    (state_dir / "owners" / "crashed").mkdir(parents=True, exist_ok=True)
-    (state_dir / "owners" / "crashed" / str(first)).touch()
+    (state_dir / "owners" / "crashed").write_text(f"{first}\n")
     with FreePort(first, first) as live:  # a process lease: its flock stays held
         t0 = time.monotonic()
         with pytest.raises(UnknownOwnerError):

@@ -15,6 +15,7 @@ each other too (fcntl/lockf locks would not: they belong to the process).
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import random
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from filelock import lock_descriptor, unlock_descriptor
 
 from ._error import InvalidNameError, StateDirError, UnknownOwnerError
-from ._state import StateDir, open_file, state_errors
+from ._state import StateDir, open_file, read_small, state_errors
 
 RECORD_LIMIT = 4096  # a record is ~200 bytes; anything longer is not one of ours
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -254,7 +255,7 @@ class LeaseStore:
                 record = LeaseRecord(port, owner, current_holder(), time.time(), token, label)
                 try:
                     if owner is not None:
-                        self._index(owner, port, add=True)
+                        self._index_add(owner, port)
                     _write_record(fd, record, len(data))
                 except OSError as e:
                     raise StateDirError(f"cannot record the lease of port {port} in {self.sd.path}: {e.strerror}") from None
@@ -320,78 +321,69 @@ class LeaseStore:
             finally:
                 _IN_FLIGHT.discard(fd)
                 os.close(fd)
-            self._index(owner, port, add=False)
         return mine
 
     # -- owners ------------------------------------------------------------------------------------
 
-    def _index(self, owner: str, port: int, *, add: bool) -> None:
-        """owners/<owner>/<port> marks the ports of an owner, so releasing by name needs no scan."""
-        shown = os.path.join(self.sd.path, "owners", owner)
-        for attempt in (1, 2):
+    def _open_index(self, owner: str, flags: int) -> int:
+        try:
+            fd = open_file(self.sd.owners_fd, owner, flags | os.O_NONBLOCK, self.sd.file_mode)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StateDirError(f"{self.sd.path}/owners/{owner} is a symlink; refusing to follow it") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateDirError(f"{self.sd.path}/owners/{owner} is not a plain file; remove it")
+        return fd
+
+    def _index_add(self, owner: str, port: int) -> None:
+        """Append `port` to owners/<owner>, before its record is written: releasing by name needs no scan.
+
+        Appends happen under a shared flock, a release under an exclusive one; an appender that finds
+        its file unlinked by a release meanwhile starts over on a new one.
+        """
+        while True:
+            fd = self._open_index(owner, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
-                dfd = self.sd.subdir(self.sd.owners_fd, owner, shown) if add else os.open(
-                    owner, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.owners_fd
-                )
-            except FileNotFoundError:
-                return  # nothing to remove
-            try:
-                if add:
-                    os.close(open_file(dfd, str(port), os.O_WRONLY | os.O_CREAT, self.sd.file_mode))
-                else:
-                    try:
-                        os.unlink(str(port), dir_fd=dfd)
-                    except FileNotFoundError:
-                        pass
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if os.fstat(fd).st_nlink == 0:
+                    continue  # released and unlinked between our open and our lock
+                os.write(fd, b"%d\n" % port)
                 return
-            except FileNotFoundError:
-                if attempt == 2:  # the directory was removed by a concurrent release twice in a row
-                    raise
             finally:
-                os.close(dfd)
+                os.close(fd)
+
+    def _index_ports(self, owner: str) -> list[int] | None:
+        data = read_small(self.sd.owners_fd, owner)
+        if data is None:
+            return None
+        return sorted({int(w) for w in data.split() if w.isdigit() and 0 < int(w) < 65536})
 
     def owner_ports(self, owner: str) -> list[LeaseRecord] | None:
         """The live records of `owner`'s leases, sorted by port; None if the owner holds nothing."""
         check_owner(owner)
-        records = []
         with state_errors(f"cannot read the leases of {owner!r} in {self.sd.path}"):
-            try:
-                dfd = os.open(owner, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.owners_fd)
-            except FileNotFoundError:
-                return None
-            try:
-                names = os.listdir(dfd)
-            finally:
-                os.close(dfd)
-            for name in names:
-                if name.isdecimal():
-                    record = self.read(int(name))
-                    if record is not None and record.owner == owner:
-                        records.append(record)
-        return sorted(records, key=lambda r: r.port) if records else None
+            ports = self._index_ports(owner) or []
+            records = [r for r in map(self.read, ports) if r is not None and r.owner == owner]
+        return records or None
 
     def release_owner(self, owner: str) -> list[int]:
         """Free every lease held under `owner`; UnknownOwnerError if it holds none."""
         check_owner(owner)
-        shown = os.path.join(self.sd.path, "owners", owner)
         with state_errors(f"cannot release the leases of {owner!r} in {self.sd.path}"):
             try:
-                dfd = os.open(owner, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.owners_fd)
+                fd = self._open_index(owner, os.O_RDWR)
             except FileNotFoundError:
                 raise UnknownOwnerError(f"owner {owner!r} holds no lease (in {self.sd.path})") from None
-            except OSError as e:
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise StateDirError(f"{shown} is not a directory of ours; refusing to follow it") from None
-                raise
             try:
-                names = [n for n in os.listdir(dfd) if n.isdecimal()]
+                fcntl.flock(fd, fcntl.LOCK_EX)  # appenders hold it shared for microseconds
+                data = os.pread(fd, 1 << 20, 0)
+                ports = sorted({int(w) for w in data.split() if w.isdigit() and 0 < int(w) < 65536})
+                released = [p for p in ports if self._release_named(p, owner, None)]
+                os.unlink(owner, dir_fd=self.sd.owners_fd)
             finally:
-                os.close(dfd)
-            released = [int(n) for n in sorted(names, key=int) if self._release_named(int(n), owner, None)]
-            try:
-                os.rmdir(owner, dir_fd=self.sd.owners_fd)
-            except OSError:
-                pass  # a concurrent claim for the same owner added a port: its lease stays
+                os.close(fd)
         if not released:
             raise UnknownOwnerError(f"owner {owner!r} holds no lease (in {self.sd.path})")
         return released

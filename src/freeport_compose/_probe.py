@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
 
@@ -20,6 +19,8 @@ _ABSENT = {errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL}
 
 def normalize_host(host: str) -> tuple[socket.AddressFamily, str]:
     """A numeric IPv4/IPv6 address (brackets allowed) as (family, text); InvalidRangeError otherwise."""
+    import ipaddress  # only requests naming a host pay for it
+
     text = host.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]

@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -226,10 +227,32 @@ def _write_outputs(stack: Stack, ports: Mapping[str, int], stacks: Stacks, proje
     return files
 
 
-def _verify(compose: Compose, record: StackRecord, stack: Stack) -> None:
-    problems = check_published(compose.config(record.compose_project()), stack, record.ports)
+def _verify(compose: Compose, project: Project, stack: Stack, ports: Mapping[str, int]) -> None:
+    """Raise ComposeError unless `docker compose config` publishes exactly the leased ports."""
+    problems = check_published(compose.config(project), stack, ports)
     if problems:
         raise ComposeError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+class _Check(threading.Thread):
+    """_verify run beside `docker compose up`: the ~60 ms of `compose config` need not add to up's time."""
+
+    def __init__(self, compose: Compose, project: Project, stack: Stack, ports: Mapping[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.args_ = (compose, project, stack, ports)
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            _verify(*self.args_)
+        except BaseException as e:  # handed to the main thread by result()
+            self.error = e
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 @dataclass
@@ -286,7 +309,7 @@ def render(opts: Options, *, out: str | None = None, check: bool = True) -> Stac
             record.ports = lease(stack, project, reuse=old is not None, timeout=opts.timeout)
             record.compose_files = _write_outputs(stack, record.ports, stacks, project, out, compose)
             if compose is not None:
-                _verify(compose, record, stack)
+                _verify(compose, record.compose_project(), stack, record.ports)
             record.status = "rendered" if old is None or old.status == "rendering" else old.status
             stacks.save(record)
         except BaseException:
@@ -324,9 +347,10 @@ def up(opts: Options, *, wait: bool = False, extra: Sequence[str] = (), compose:
             for attempt in range(PORT_RETRIES + 1):
                 record.compose_files = _write_outputs(stack, record.ports, stacks, project, None, compose)
                 stacks.save(record)
-                _verify(compose, record, stack)
+                check = _Check(compose, record.compose_project(), stack, dict(record.ports))
                 started = True
                 result = compose.up(record.compose_project(), wait=wait, extra=extra)
+                check.result()  # a mismatch brings the stack just started down again, below
                 if result.ok:
                     break
                 clashed = {n for n, p in record.ports.items() if p in result.port_clashes()}
@@ -513,7 +537,9 @@ def gc(*, containers: Callable[[], Mapping[str, int]] | None = None, compose: Co
     for record in records:
         interrupted = record.status in ("rendering", "starting") and holder_alive(record.driver) is False
         gone = record.status == "up" and live.get(record.project, 0) == 0
-        if not (interrupted or gone):
+        # `release --owner P` after `render`: the record outlived its leases.
+        released = record.status == "rendered" and store().owner_ports(record.project) is None
+        if not (interrupted or gone or released):
             continue
         try:
             with stacks.locked(record.project):
@@ -525,5 +551,9 @@ def gc(*, containers: Callable[[], Mapping[str, int]] | None = None, compose: Co
         except FreeportError as e:
             warn(f"gc: skipped {record.project}: {e}")
             continue
-        report.stacks.append((record.project, f"its `{'up' if record.status == 'starting' else 'render'}` was killed" if interrupted else "no container left"))
+        if interrupted:
+            why = f"its `{'up' if record.status == 'starting' else 'render'}` was killed"
+        else:
+            why = "no container left" if gone else "its leases were released"
+        report.stacks.append((record.project, why))
     return report

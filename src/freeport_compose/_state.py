@@ -174,7 +174,9 @@ def read_small(dir_fd: int, name: str, limit: int = 1 << 20) -> bytes | None:
 
 
 def write_atomic(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
-    """Replace `name` below dir_fd with `data` all at once: readers see the old or the new, never half."""
+    """Replace `name` below dir_fd with `data` all at once: readers, and a writer killed half-way,
+    see the old or the new file, never half of one. (No fsync: a lease means nothing across a
+    power loss, which ends every holder too.)"""
     tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = open_file(dir_fd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -182,7 +184,6 @@ def write_atomic(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -524,7 +524,6 @@ def write_file(path: str, text: str) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode())
             f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
