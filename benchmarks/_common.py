@@ -63,6 +63,19 @@ def count_free(lo: int, hi: int) -> int:
     return sum(port_is_free(p) for p in range(lo, hi + 1))
 
 
+def time_wait_sockets() -> int | None:
+    """TCP sockets in TIME_WAIT on the machine (from /proc/net/sockstat), or None if unknown."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    return int(fields[fields.index("tw") + 1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-quantile (0..1) by nearest rank."""
     ordered = sorted(values)
