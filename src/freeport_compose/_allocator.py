@@ -81,7 +81,14 @@ class _Sweep:
                         return self.claims
                     self.undo()
                 return None
+            likely_leased = self.request._store.likely_leased
+            later = []  # ports the slots say are leased: tried only if the others do not suffice
             for port in self.request.range.shuffled():
+                if likely_leased(port):
+                    later.append(port)
+                elif self.claim(port) and len(self.claims) == n:
+                    return self.claims
+            for port in later:
                 if self.claim(port) and len(self.claims) == n:
                     return self.claims
             return None

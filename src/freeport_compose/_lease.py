@@ -6,6 +6,11 @@ A port is leased when either
 - its lock file records an owner name (a named lease: it outlives the process that took it, until
   it is released by name).
 
+Beside the lock files, ports/slots is a shared memory map with one 32-byte slot per port: whether
+the port is probably leased (so claimers try likely-free ports first, without a syscall) and, for a
+process lease, which pid took it, when, and for what. Slots are only ever hints and descriptions:
+the flock and the named records alone decide who has a port.
+
 Every change to a record happens while holding the file's flock, so two claimers of one port are
 serialised by the kernel whatever mix of threads and processes they are. flock locks belong to
 the open file description, so two threads of one process that open the file separately exclude
@@ -17,14 +22,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import mmap
 import os
 import random
 import re
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from filelock import lock_descriptor, unlock_descriptor
@@ -70,12 +78,13 @@ def process_start_time(pid: int) -> int | None:
 
 
 _SELF: tuple[int, Holder] | None = None
+_JSON: dict[Holder, str] = {}  # each holder's JSON, built once (the holder of most records is this process)
 
 
 def current_holder() -> Holder:
     """This process as a Holder (recomputed after fork, since the pid changes)."""
     global _SELF
-    pid = os.getpid()
+    pid = _PID
     if _SELF is None or _SELF[0] != pid:
         _SELF = (pid, Holder(pid, process_start_time(pid), socket.gethostname()))
     return _SELF[1]
@@ -107,7 +116,7 @@ class LeaseRecord:
         label = json.dumps(self.label) if self.label else '""'
         return (
             f'{{"port":{self.port},"owner":{owner},"created":{self.created!r},"token":"{self.token}",'
-            f'"label":{label},"holder":{h.json}}}'
+            f'"label":{label},"holder":{_JSON.get(h) or _JSON.setdefault(h, h.json)}}}'
         ).encode()
 
     @classmethod
@@ -141,13 +150,16 @@ class LeaseRecord:
         return record if ok else None
 
 
+_PID = os.getpid()  # os.getpid() is a syscall; refreshed in forked children
+
+
 @dataclass(eq=False)
 class Claim:
     """A lease taken by this process: for a process lease, the open lock file whose flock *is* the lease."""
 
     record: LeaseRecord
     fd: int | None  # the locked lock file (process lease); None for a named lease
-    pid: int = field(default_factory=os.getpid)  # a forked child must never release its parent's lock
+    pid: int = field(default_factory=lambda: _PID)  # a forked child must never release its parent's lock
 
     @property
     def port(self) -> int:
@@ -167,8 +179,9 @@ def _forget_inherited_leases() -> None:
     flock belongs to the open file description the child shares with the parent: unlocking here
     would free the parent's port, and keeping the copy open would keep it leased after the parent dies.
     """
-    global _HELD_LOCK
+    global _HELD_LOCK, _PID
     _HELD_LOCK = threading.Lock()  # another thread may have held it at fork time
+    _PID = os.getpid()
     inherited = set(_IN_FLIGHT)  # a claim another thread was making when fork() came
     for claim in _HELD:
         if claim.fd is not None:
@@ -198,28 +211,96 @@ def _read_record(fd: int, port: int) -> LeaseRecord | None:
     return LeaseRecord.decode(os.pread(fd, RECORD_LIMIT, 0), port)
 
 
+_SLOT = struct.Struct("<B3xId16s")  # state, pid, created, label
+_SLOTS_SIZE = 65536 * _SLOT.size
+FREE, PROCESS, NAMED = 0, 1, 2  # slot states
+
+
+def _open_slots(sd: StateDir) -> mmap.mmap | None:
+    """ports/slots, mapped shared by every process; None when it cannot be had (then records go to files)."""
+    try:
+        try:
+            fd = open_file(sd.ports_fd, "slots", os.O_RDWR | os.O_NONBLOCK)
+        except FileNotFoundError:
+            # Written whole, then linked into place: a half-written map would SIGBUS its readers, a
+            # sparse one could SIGBUS its writers once the filesystem is full, and a rename could
+            # replace the map a concurrent creator already uses (link fails if the name exists).
+            tmp = f".slots.{os.getpid()}.{random.getrandbits(32):08x}"
+            tfd = open_file(sd.ports_fd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, sd.file_mode)
+            try:
+                try:
+                    view = memoryview(bytes(_SLOTS_SIZE))
+                    while view:
+                        view = view[os.write(tfd, view) :]
+                finally:
+                    os.close(tfd)
+                with suppress(FileExistsError):
+                    os.link(tmp, "slots", src_dir_fd=sd.ports_fd, dst_dir_fd=sd.ports_fd, follow_symlinks=False)
+            finally:
+                os.unlink(tmp, dir_fd=sd.ports_fd)
+            fd = open_file(sd.ports_fd, "slots", os.O_RDWR | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != _SLOTS_SIZE:
+                return None
+            return mmap.mmap(fd, _SLOTS_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return None
+
+
 class LeaseStore:
     """Lease records in one state directory; every method is safe against any mix of threads and processes."""
 
     def __init__(self, sd: StateDir) -> None:
         self.sd = sd
+        self.slots = _open_slots(sd)
+
+    def likely_leased(self, port: int) -> bool:
+        """A hint, free of syscalls: True if the port was leased when last seen."""
+        return self.slots is not None and self.slots[port * _SLOT.size] != FREE
+
+    def _mark(self, port: int, state: int, pid: int = 0, created: float = 0.0, label: str = "") -> None:
+        if self.slots is not None:
+            _SLOT.pack_into(self.slots, port * _SLOT.size, state, pid, created, label.encode()[:16])
+
+    def _slot_record(self, port: int) -> LeaseRecord | None:
+        """The process lease a slot describes (not checked against the flock)."""
+        if self.slots is None:
+            return None
+        state, pid, created, label = _SLOT.unpack_from(self.slots, port * _SLOT.size)
+        if state != PROCESS:
+            return None
+        holder = Holder(pid, process_start_time(pid) if pid else None, current_holder().host)
+        return LeaseRecord(port, None, holder, created, "", label.rstrip(b"\0").decode(errors="replace"))
 
     # -- one port --------------------------------------------------------------------------------
 
-    def _open_lock(self, port: int) -> int:
+    def _open_lock(self, port: int, check: bool = True) -> int:
         # O_NONBLOCK: a FIFO planted under the name would otherwise block the open forever.
         fd = open_file(self.sd.ports_fd, f"{port}.lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            os.close(fd)  # a device, FIFO or hard link to a file elsewhere: never write through it
-            raise StateDirError(f"{self.sd.path}/ports/{port}.lock is not a plain lock file; remove it")
-        if self.sd.shared and (st.st_mode & 0o666) != 0o666 and st.st_uid == os.geteuid():
-            try:  # O_CREAT's mode went through the umask: every user sharing the dir must open it read-write
-                os.fchmod(fd, self.sd.file_mode)
-            except OSError:
+        if check:
+            try:
+                self._check_lock(fd, port)
+            except BaseException:
                 os.close(fd)
                 raise
         return fd
+
+    def _check_lock(self, fd: int, port: int) -> int:
+        """Refuse anything but a plain file before a record is written through it (the caller closes fd).
+
+        Returns the file's size: an empty lock file holds no record, and needs no read.
+        """
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            # a device, FIFO or hard link to a file elsewhere: never write through it
+            raise StateDirError(f"{self.sd.path}/ports/{port}.lock is not a plain lock file; remove it")
+        if self.sd.shared and (st.st_mode & 0o666) != 0o666 and st.st_uid == os.geteuid():
+            # O_CREAT's mode went through the umask: every user sharing the dir must open it read-write
+            os.fchmod(fd, self.sd.file_mode)
+        return st.st_size
 
     def try_claim(
         self,
@@ -234,31 +315,50 @@ class LeaseStore:
         This is the allocation hot path: every syscall and allocation here is on purpose.
         """
         try:
-            fd = self._open_lock(port)
+            fd = self._open_lock(port, check=False)
         except OSError as e:
             raise StateDirError(f"cannot open the lock file of port {port} in {self.sd.path}: {e.strerror}") from None
         _IN_FLIGHT.add(fd)
         keep = False
         try:
             if not lock_descriptor(fd, blocking=False):
-                return self._describe(_read_record(fd, port)) if explain else "leased"
+                if self.slots is not None and self.slots[port * _SLOT.size] == FREE:
+                    # Someone holds it: let the next claimers skip it cheaply. The state byte only:
+                    # the holder writes (or has written) the rest of the slot itself.
+                    self.slots[port * _SLOT.size] = PROCESS
+                return self._describe(self._held_record(fd, port)) if explain else "leased"
             try:
-                data = os.pread(fd, RECORD_LIMIT, 0)
-                # A process lease's record is stale once we hold its flock; only a named one still counts.
+                size = self._check_lock(fd, port)
+                data = os.pread(fd, RECORD_LIMIT, 0) if size else b""
+                # Only a named record still counts once we hold the flock: a process lease's is stale.
                 if data and not data.startswith(b'{"port":%d,"owner":null,' % port):
                     old = LeaseRecord.decode(data, port)
                     if old is not None and old.owner is not None:
+                        if self.slots is not None:
+                            self.slots[port * _SLOT.size] = NAMED
                         return self._describe(old) if explain else "leased"
                 if not is_free(port):
                     return "in use by another program"
-                token = f"{random.getrandbits(64):016x}"
-                record = LeaseRecord(port, owner, current_holder(), time.time(), token, label)
+                now = time.time()
+                if owner is None and self.slots is not None:
+                    # A process lease is the flock itself; its description goes to the slot, not the file.
+                    if data:
+                        os.ftruncate(fd, 0)  # a stale (or hostile) record must not speak for us
+                    record = LeaseRecord(port, None, current_holder(), now, "", label)
+                    self._mark(port, PROCESS, _PID, now, label)
+                    claim = Claim(record, fd)
+                    with _HELD_LOCK:
+                        _HELD.add(claim)
+                    keep = True
+                    return claim
+                record = LeaseRecord(port, owner, current_holder(), now, f"{random.getrandbits(64):016x}", label)
                 try:
                     if owner is not None:
                         self._index_add(owner, port)
                     _write_record(fd, record, len(data))
                 except OSError as e:
                     raise StateDirError(f"cannot record the lease of port {port} in {self.sd.path}: {e.strerror}") from None
+                self._mark(port, NAMED if owner is not None else PROCESS, _PID, now, label)
                 if owner is not None:
                     return Claim(record, None)
                 claim = Claim(record, fd)
@@ -274,6 +374,13 @@ class LeaseStore:
             if not keep:
                 os.close(fd)
 
+    def _held_record(self, fd: int, port: int) -> LeaseRecord | None:
+        """Who holds a port whose flock we could not get: its named record, else its slot."""
+        record = _read_record(fd, port)
+        if record is not None and record.owner is not None:
+            return record
+        return self._slot_record(port) or record
+
     @staticmethod
     def _describe(record: LeaseRecord | None) -> str:
         if record is None:
@@ -288,14 +395,13 @@ class LeaseStore:
             fd, claim.fd = claim.fd, None
             with _HELD_LOCK:
                 _HELD.discard(claim)
-            try:
-                if claim.pid == os.getpid():
-                    # The record stays: with its flock free it reads as stale, and the next claimer
-                    # overwrites it (no truncate here: a metadata write on the hot path).
-                    unlock_descriptor(fd)
-            finally:
-                os.close(fd)
-        elif claim.record.owner is not None and claim.pid == os.getpid():
+            if claim.pid == _PID:
+                self._mark(claim.port, FREE)  # before the lock goes: a claimer right after us marks it again
+            # Closing the last descriptor of the open file description drops its flock: the lease
+            # ends. (A forked child closed its copies at fork, so ours is the last.) The record
+            # stays: with its flock free it reads as stale, and the next claimer overwrites it.
+            os.close(fd)
+        elif claim.record.owner is not None and claim.pid == _PID:
             self._release_named(claim.port, claim.record.owner, claim.record.token)
 
     def _release_named(self, port: int, owner: str, token: str | None) -> bool:
@@ -316,6 +422,7 @@ class LeaseStore:
                         mine = record is not None and record.owner == owner and token in (None, record.token)
                         if mine:
                             os.ftruncate(fd, 0)
+                            self._mark(port, FREE)
                     finally:
                         unlock_descriptor(fd)
             finally:
@@ -391,20 +498,24 @@ class LeaseStore:
     # -- inspection --------------------------------------------------------------------------------
 
     def read(self, port: int) -> LeaseRecord | None:
-        """The record in port's lock file, read without locking (a snapshot for display)."""
+        """The lease record of a port, read without locking (a snapshot for display): the named or
+        file record in its lock file, else the process lease its slot describes."""
         try:
             fd = open_file(self.sd.ports_fd, f"{port}.lock", os.O_RDONLY | os.O_NONBLOCK)
-        except (FileNotFoundError, OSError):
+        except OSError:
             return None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
-            return _read_record(fd, port)
+            record = _read_record(fd, port)
+            if record is not None and record.owner is not None:
+                return record
+            return self._slot_record(port) or record
         finally:
             os.close(fd)
 
     def records(self) -> Iterator[LeaseRecord]:
-        """Every non-empty record, live or stale, in port order."""
+        """Every record, live or stale, in port order."""
         with state_errors(f"cannot list {self.sd.path}/ports"):
             names = os.listdir(self.sd.ports_fd)
         ports = sorted(int(n[:-5]) for n in names if n.endswith(".lock") and n[:-5].isdecimal())
@@ -413,19 +524,9 @@ class LeaseStore:
             if record is not None:
                 yield record
 
-    def is_held(self, record: LeaseRecord) -> bool:
-        """Named leases are held until released; a process lease while its lock file is locked.
-
-        Either way only while the port's lock file still holds this very record (its token): a lease
-        released since, or replaced by a later one, is not held.
-        """
-        current = self.read(record.port)
-        if current is None or current.token != record.token or current.owner != record.owner:
-            return False
-        if record.owner is not None:
-            return True
+    def _flock_held(self, port: int) -> bool:
         try:
-            fd = self._open_lock(record.port)
+            fd = self._open_lock(port)
         except (OSError, StateDirError):
             return False
         try:
@@ -435,6 +536,19 @@ class LeaseStore:
             return True
         finally:
             os.close(fd)
+
+    def is_held(self, record: LeaseRecord) -> bool:
+        """Named leases are held until released; a process lease while its lock file is locked.
+
+        Either way only while the port still carries this very lease (same owner, token, holder and
+        creation time): a lease released since, or replaced by a later one, is not held.
+        """
+        current = self.read(record.port)
+        if current is None or (current.owner, current.token, current.holder.pid, current.created) != (
+            record.owner, record.token, record.holder.pid, record.created
+        ):
+            return False
+        return record.owner is not None or self._flock_held(record.port)
 
     def collect_dead(self) -> list[LeaseRecord]:
         """Clear the records of process leases whose holder is gone (their ports are already free)."""
@@ -448,9 +562,10 @@ class LeaseStore:
                     if not lock_descriptor(fd, blocking=False):
                         continue  # its holder is alive
                     try:
-                        current = _read_record(fd, record.port)
+                        current = self._held_record(fd, record.port)
                         if current is not None and current.owner is None:
                             os.ftruncate(fd, 0)
+                            self._mark(record.port, FREE)
                             collected.append(current)
                     finally:
                         unlock_descriptor(fd)

@@ -89,10 +89,16 @@ class PortRange:
     @classmethod
     def between(cls, start: object, stop: object) -> PortRange:
         """The inclusive range start..stop, validated."""
+        key = (start, stop)
+        if type(start) is int and type(stop) is int and (found := _BETWEEN.get(key)) is not None:
+            return found
         lo, hi = parse_port(start, "start"), parse_port(stop, "stop")
         if lo > hi:
             raise InvalidRangeError(f"start {lo} is above stop {hi}")
-        return cls(((lo, hi),))
+        prange = cls(((lo, hi),))
+        if type(start) is int and type(stop) is int and len(_BETWEEN) < 256:
+            _BETWEEN[key] = prange
+        return prange
 
     @classmethod
     def default(cls) -> PortRange:
@@ -164,6 +170,7 @@ class PortRange:
 
 
 _DEFAULT_CACHE: tuple[float, PortRange] | None = None
+_BETWEEN: dict[tuple[object, object], PortRange] = {}  # ranges are immutable: reuse the validated ones
 
 
 def kernel_ephemeral_range() -> Interval:

@@ -7,6 +7,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -110,9 +111,17 @@ class StateDir:
         self.ports_fd = _open_dir("ports", os.path.join(path, "ports"), shared, self.fd)
         self.owners_fd = _open_dir("owners", os.path.join(path, "owners"), shared, self.fd)
         self.stacks_fd = _open_dir("stacks", os.path.join(path, "stacks"), shared, self.fd)
+        self._checked = time.monotonic()
 
     def is_deleted(self) -> bool:
-        """True when the directory we hold was removed (its link count drops to zero)."""
+        """True when the directory we hold was removed (its link count drops to zero).
+
+        Asked at most every 0.1 s: it is a syscall on every allocation otherwise.
+        """
+        now = time.monotonic()
+        if now - self._checked < 0.1:
+            return False
+        self._checked = now
         return os.fstat(self.fd).st_nlink == 0
 
     def subdir(self, parent_fd: int, name: str, shown: str) -> int:
