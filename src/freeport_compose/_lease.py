@@ -198,7 +198,6 @@ def _forget_inherited_leases() -> None:
 
 os.register_at_fork(after_in_child=_forget_inherited_leases)
 
-
 def _write_record(fd: int, record: LeaseRecord, old_size: int) -> None:
     data = record.encode()
     if os.pwrite(fd, data, 0) != len(data):
@@ -319,60 +318,61 @@ class LeaseStore:
         except OSError as e:
             raise StateDirError(f"cannot open the lock file of port {port} in {self.sd.path}: {e.strerror}") from None
         _IN_FLIGHT.add(fd)
-        keep = False
+        got: Claim | str = "leased"
         try:
             if not lock_descriptor(fd, blocking=False):
                 if self.slots is not None and self.slots[port * _SLOT.size] == FREE:
                     # Someone holds it: let the next claimers skip it cheaply. The state byte only:
                     # the holder writes (or has written) the rest of the slot itself.
                     self.slots[port * _SLOT.size] = PROCESS
-                return self._describe(self._held_record(fd, port)) if explain else "leased"
+                return self._describe(self._held_record(fd, port)) if explain else got
             try:
-                size = self._check_lock(fd, port)
-                data = os.pread(fd, RECORD_LIMIT, 0) if size else b""
-                # Only a named record still counts once we hold the flock: a process lease's is stale.
-                if data and not data.startswith(b'{"port":%d,"owner":null,' % port):
-                    old = LeaseRecord.decode(data, port)
-                    if old is not None and old.owner is not None:
-                        if self.slots is not None:
-                            self.slots[port * _SLOT.size] = NAMED
-                        return self._describe(old) if explain else "leased"
-                if not is_free(port):
-                    return "in use by another program"
-                now = time.time()
-                if owner is None and self.slots is not None:
-                    # A process lease is the flock itself; its description goes to the slot, not the file.
-                    if data:
-                        os.ftruncate(fd, 0)  # a stale (or hostile) record must not speak for us
-                    record = LeaseRecord(port, None, current_holder(), now, "", label)
-                    self._mark(port, PROCESS, _PID, now, label)
-                    claim = Claim(record, fd)
-                    with _HELD_LOCK:
-                        _HELD.add(claim)
-                    keep = True
-                    return claim
-                record = LeaseRecord(port, owner, current_holder(), now, f"{random.getrandbits(64):016x}", label)
-                try:
-                    if owner is not None:
-                        self._index_add(owner, port)
-                    _write_record(fd, record, len(data))
-                except OSError as e:
-                    raise StateDirError(f"cannot record the lease of port {port} in {self.sd.path}: {e.strerror}") from None
-                self._mark(port, NAMED if owner is not None else PROCESS, _PID, now, label)
-                if owner is not None:
-                    return Claim(record, None)
-                claim = Claim(record, fd)
-                with _HELD_LOCK:
-                    _HELD.add(claim)
-                keep = True
-                return claim
+                got = self._claim_locked(fd, port, owner, label, is_free, explain)
             finally:
-                if not keep:
+                if not isinstance(got, Claim) or got.fd is None:
                     unlock_descriptor(fd)
+            return got
         finally:
             _IN_FLIGHT.discard(fd)
-            if not keep:
+            if not isinstance(got, Claim) or got.fd is None:
                 os.close(fd)
+
+    def _claim_locked(
+        self, fd: int, port: int, owner: str | None, label: str, is_free: Callable[[int], bool], explain: bool
+    ) -> Claim | str:
+        """try_claim's part under the port's flock; a process lease's Claim takes over fd."""
+        size = self._check_lock(fd, port)
+        data = os.pread(fd, RECORD_LIMIT, 0) if size else b""
+        # Only a named record still counts once we hold the flock: a process lease's is stale.
+        if data and not data.startswith(b'{"port":%d,"owner":null,' % port):
+            old = LeaseRecord.decode(data, port)
+            if old is not None and old.owner is not None:
+                if self.slots is not None:
+                    self.slots[port * _SLOT.size] = NAMED
+                return self._describe(old) if explain else "leased"
+        if not is_free(port):
+            return "in use by another program"
+        now = time.time()
+        if owner is None and self.slots is not None:
+            # A process lease is the flock itself; its description goes to the slot, not the file.
+            if data:
+                os.ftruncate(fd, 0)  # a stale (or hostile) record must not speak for us
+            record = LeaseRecord(port, None, current_holder(), now, "", label)
+        else:
+            record = LeaseRecord(port, owner, current_holder(), now, f"{random.getrandbits(64):016x}", label)
+            try:
+                if owner is not None:
+                    self._index_add(owner, port)
+                _write_record(fd, record, len(data))
+            except OSError as e:
+                raise StateDirError(f"cannot record the lease of port {port} in {self.sd.path}: {e.strerror}") from None
+        self._mark(port, PROCESS if owner is None else NAMED, _PID, now, label)
+        if owner is not None:
+            return Claim(record, None)
+        claim = Claim(record, fd)
+        with _HELD_LOCK:
+            _HELD.add(claim)
+        return claim
 
     def _held_record(self, fd: int, port: int) -> LeaseRecord | None:
         """Who holds a port whose flock we could not get: its named record, else its slot."""
