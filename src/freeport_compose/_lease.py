@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from filelock import lock_descriptor, unlock_descriptor
 
 from ._error import InvalidNameError, StateDirError, UnknownOwnerError
+from . import _state
 from ._state import StateDir, open_file, read_small, state_errors
 
 RECORD_LIMIT = 4096  # a record is ~200 bytes; anything longer is not one of ours
@@ -108,16 +109,24 @@ class LeaseRecord:
     created: float
     token: str  # tells this lease from a later one on the same port, so a late release cannot free that
     label: str = ""  # what the port is for, e.g. "FREEPORT_db"
+    # A process lease found on a lock file of a deleted state dir, written into the new one: it
+    # holds while its holder process lives (the flock it holds is on a file no one can see now).
+    adopted: bool = False
 
     def encode(self) -> bytes:
         # Hand-built JSON (fields in this order: try_claim recognises a process record by its prefix).
         h = self.holder
         owner = "null" if self.owner is None else json.dumps(self.owner)
         label = json.dumps(self.label) if self.label else '""'
+        adopted = '"adopted":true,' if self.adopted else ""
         return (
-            f'{{"port":{self.port},"owner":{owner},"created":{self.created!r},"token":"{self.token}",'
+            f'{{"port":{self.port},{adopted}"owner":{owner},"created":{self.created!r},"token":"{self.token}",'
             f'"label":{label},"holder":{_JSON.get(h) or _JSON.setdefault(h, h.json)}}}'
         ).encode()
+
+    def holds(self) -> bool:
+        """Whether this record alone keeps its port leased, whoever holds the flock."""
+        return self.owner is not None or (self.adopted and holder_alive(self.holder) is not False)
 
     @classmethod
     def decode(cls, data: bytes, port: int) -> LeaseRecord | None:
@@ -135,6 +144,7 @@ class LeaseRecord:
                 created=float(raw["created"]),
                 token=raw["token"],
                 label=label,
+                adopted=raw.get("adopted", False) is True,
             )
         except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deeply nested JSON
             return None
@@ -209,6 +219,61 @@ def _write_record(fd: int, record: LeaseRecord, old_size: int) -> None:
 def _read_record(fd: int, port: int) -> LeaseRecord | None:
     return LeaseRecord.decode(os.pread(fd, RECORD_LIMIT, 0), port)
 
+
+def _orphaned_leases(ports_path: str) -> dict[int, int]:
+    """{port: pid} of flocks that live processes hold on lock files of a deleted ports_path.
+
+    Linux only (/proc): flocks listed in /proc/locks, matched by device and inode with the holders'
+    open files whose path reads `<ports_path>/<port>.lock (deleted)`.
+    """
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    locked: set[tuple[int, int, int]] = set()
+    pids: set[int] = set()
+    for line in lines:
+        parts = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; waiters have "->"
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[4].isdecimal():
+            major, minor, inode = parts[5].split(":")
+            locked.add((int(major, 16), int(minor, 16), int(inode)))
+            pids.add(int(parts[4]))
+    prefix, suffix = ports_path.rstrip("/") + "/", ".lock (deleted)"
+    found: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or not ours to look at
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                name = target[len(prefix) : -len(suffix)]
+                if not (target.startswith(prefix) and target.endswith(suffix) and name.isdecimal()):
+                    continue
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locked and 0 < int(name) < 65536:
+                found[int(name)] = pid
+    return found
+
+
+def _adopt_orphans(ports_fd: int, ports_path: str, mode: int) -> None:
+    """Fill a new ports/ with the leases live processes still hold in a deleted one (see _state)."""
+    host = socket.gethostname()
+    for port, pid in _orphaned_leases(ports_path).items():
+        holder = Holder(pid, process_start_time(pid), host)
+        record = LeaseRecord(port, None, holder, time.time(), f"{random.getrandbits(64):016x}", "", adopted=True)
+        fd = open_file(ports_fd, f"{port}.lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.write(fd, record.encode())
+        finally:
+            os.close(fd)
+
+
+_state.ADOPT_HOOK = _adopt_orphans
 
 _SLOT = struct.Struct("<B3xId16s")  # state, pid, created, label
 _SLOTS_SIZE = 65536 * _SLOT.size
@@ -346,9 +411,9 @@ class LeaseStore:
         # Only a named record still counts once we hold the flock: a process lease's is stale.
         if data and not data.startswith(b'{"port":%d,"owner":null,' % port):
             old = LeaseRecord.decode(data, port)
-            if old is not None and old.owner is not None:
+            if old is not None and old.holds():
                 if self.slots is not None:
-                    self.slots[port * _SLOT.size] = NAMED
+                    self.slots[port * _SLOT.size] = NAMED if old.owner is not None else PROCESS
                 return self._describe(old) if explain else "leased"
         if not is_free(port):
             return "in use by another program"
@@ -377,7 +442,7 @@ class LeaseStore:
     def _held_record(self, fd: int, port: int) -> LeaseRecord | None:
         """Who holds a port whose flock we could not get: its named record, else its slot."""
         record = _read_record(fd, port)
-        if record is not None and record.owner is not None:
+        if record is not None and record.holds():
             return record
         return self._slot_record(port) or record
 
@@ -387,6 +452,8 @@ class LeaseStore:
             return "leased by a process"
         if record.owner is not None:
             return f"leased by owner {record.owner!r}"
+        if record.adopted:
+            return f"leased by pid {record.holder.pid} (in a state dir deleted since)"
         return f"leased by pid {record.holder.pid}"
 
     def release(self, claim: Claim) -> None:
@@ -508,7 +575,7 @@ class LeaseStore:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
             record = _read_record(fd, port)
-            if record is not None and record.owner is not None:
+            if record is not None and (record.owner is not None or record.adopted):
                 return record
             return self._slot_record(port) or record
         finally:
@@ -548,7 +615,9 @@ class LeaseStore:
             record.owner, record.token, record.holder.pid, record.created
         ):
             return False
-        return record.owner is not None or self._flock_held(record.port)
+        if record.owner is not None or record.adopted:
+            return record.holds()
+        return self._flock_held(record.port)
 
     def collect_dead(self) -> list[LeaseRecord]:
         """Clear the records of process leases whose holder is gone (their ports are already free)."""
@@ -563,7 +632,7 @@ class LeaseStore:
                         continue  # its holder is alive
                     try:
                         current = self._held_record(fd, record.port)
-                        if current is not None and current.owner is None:
+                        if current is not None and current.owner is None and not current.holds():
                             os.ftruncate(fd, 0)
                             self._mark(record.port, FREE)
                             collected.append(current)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ._error import StateDirError
@@ -59,14 +60,14 @@ def _is_symlink(name: str, dir_fd: int | None) -> bool:
         return False
 
 
-def _open_dir(name: str, shown: str, shared: bool, dir_fd: int | None = None) -> int:
+def _open_dir(name: str, shown: str, shared: bool, dir_fd: int | None = None, create: bool = True) -> int:
     """Open (creating if missing) a directory without following a symlink in its last component."""
     mode = 0o1777 if shared else 0o700
     for attempt in (1, 2):
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
-            if attempt == 2:
+            if attempt == 2 or not create:
                 raise
             try:
                 if dir_fd is None:
@@ -96,6 +97,11 @@ def _open_dir(name: str, shown: str, shared: bool, dir_fd: int | None = None) ->
     raise AssertionError("unreachable")
 
 
+# Set by the lease store: fills a new ports/ (descriptor, shown path, file mode) with the leases
+# that live processes still hold in a deleted one.
+ADOPT_HOOK: Callable[[int, str, int], None] | None = None
+
+
 class StateDir:
     """An opened, verified state directory.
 
@@ -108,10 +114,42 @@ class StateDir:
         self.shared = shared
         self.file_mode = 0o666 if shared else 0o600
         self.fd = _open_dir(path, path, shared)
-        self.ports_fd = _open_dir("ports", os.path.join(path, "ports"), shared, self.fd)
+        self.ports_fd = self._open_ports()
         self.owners_fd = _open_dir("owners", os.path.join(path, "owners"), shared, self.fd)
         self.stacks_fd = _open_dir("stacks", os.path.join(path, "stacks"), shared, self.fd)
         self._checked = time.monotonic()
+
+    def _open_ports(self) -> int:
+        """ports/, made complete before anyone can see it.
+
+        A new ports/ (first use, or after someone deleted the state dir) is filled in under a
+        private name, with a record for every lease that processes still hold on lock files of a
+        deleted ports/ at this path, and only then renamed into place, under an flock on the
+        state dir so two creators do not race.
+        """
+        shown = os.path.join(self.path, "ports")
+        try:
+            return _open_dir("ports", shown, self.shared, self.fd, create=False)
+        except FileNotFoundError:
+            pass
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            try:
+                return _open_dir("ports", shown, self.shared, self.fd, create=False)
+            except FileNotFoundError:
+                pass
+            tmp = f".ports.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = _open_dir(tmp, shown, self.shared, self.fd)
+            try:
+                if ADOPT_HOOK is not None:
+                    ADOPT_HOOK(fd, shown, self.file_mode)
+                os.rename(tmp, "ports", src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def is_deleted(self) -> bool:
         """True when the directory we hold was removed (its link count drops to zero).
