@@ -123,7 +123,8 @@ class FreePorts:
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidRangeError(f"the number of ports must be a positive integer, not {n!r}")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0):
+        numeric = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+        if timeout is not None and not (numeric and timeout >= 0):
             raise InvalidRangeError(f"timeout must be None or >= 0, not {timeout!r}")
         self.n, self.contiguous, self.timeout = n, contiguous, timeout
         self.owner = check_owner(owner) if owner is not None else None

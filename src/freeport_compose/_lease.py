@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 
 from filelock import lock_descriptor, unlock_descriptor
 
-from ._error import InvalidNameError, StateDirError, UnknownOwnerError
 from . import _state
+from ._error import InvalidNameError, StateDirError, UnknownOwnerError
 from ._state import StateDir, open_file, read_small, state_errors
 
 RECORD_LIMIT = 4096  # a record is ~200 bytes; anything longer is not one of ours
@@ -49,7 +49,8 @@ def check_owner(name: str) -> str:
     """An owner name that is safe as a file name: [A-Za-z0-9][A-Za-z0-9_.-]*, at most 128 chars."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidNameError(
-            f"owner name {name!r} is invalid: use letters, digits, '_', '.', '-' (up to 128), starting with a letter or digit"
+            f"owner name {name!r} is invalid: use letters, digits, '_', '.', '-' (up to 128), "
+            "starting with a letter or digit"
         )
     return name
 
@@ -198,10 +199,8 @@ def _forget_inherited_leases() -> None:
             inherited.add(claim.fd)
             claim.fd = None
     for fd in inherited:
-        try:
+        with suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _HELD.clear()
     _IN_FLIGHT.clear()
 
