@@ -110,3 +110,43 @@ def test_ci_examples_use_real_commands(path: Path) -> None:
     for call in calls:
         words = call.split("freeport-compose ", 1)[1].replace('"', "").split(">>")[0].split(")")[0].split()
         build_parser().parse_args(words)  # exits with status 2 on an unknown flag
+
+
+@pytest.mark.docker
+@needs_docker
+def test_pytest_fixtures_in_a_user_test_suite(tmp_path: Path) -> None:
+    """The plugin's fixtures as a user's conftest-free test file sees them, run by pytest itself."""
+    (tmp_path / "compose.yml").write_text((ROOT / "examples/demo/compose.yml").read_text())
+    (tmp_path / "test_user.py").write_text(
+        """
+import socket, urllib.request, urllib.error
+
+def get(port):
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+def test_free_port(free_port):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", free_port))
+
+def test_factory(free_port_factory):
+    ports = free_port_factory(3, contiguous=True)
+    assert list(ports) == list(range(ports[0], ports[0] + 3))
+
+def test_stack(compose_stack):
+    stack = compose_stack("compose.yml")
+    assert get(stack.port("web")) == 404
+    assert get(stack.ports["FREEPORT_api"]) == 404
+"""
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_user.py")],
+        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
+    listing = json.loads(fpc("ls", "--json").stdout)
+    assert listing["leases"] == []
+    assert listing["stacks"] == []

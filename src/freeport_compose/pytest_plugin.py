@@ -1,8 +1,16 @@
-"""pytest fixtures: ports leased for one test, safe under pytest-xdist and parallel CI jobs."""
+"""pytest fixtures: ports and Compose stacks leased for one test, safe under pytest-xdist and
+parallel CI jobs.
+
+- `free_port`: one port, leased until the test ends.
+- `free_port_factory(n=1, **FreePorts options)`: more ports, all released when the test ends.
+- `compose_stack(*files, **options)`: `freeport-compose up --wait` a stack for this test; it is
+  brought down (volumes included) and its ports freed when the test ends.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,3 +38,33 @@ def free_port_factory() -> Iterator[Callable[..., FreePorts]]:
     yield take
     for fps in taken:
         fps.release()
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    """A stack started for a test: its Compose project name and the port of each placeholder."""
+
+    project: str
+    ports: dict[str, int]
+
+    def port(self, name: str) -> int:
+        """The port of `name`: "FREEPORT_db" or just "db"."""
+        return self.ports[name if name.startswith("FREEPORT_") else f"FREEPORT_{name}"]
+
+
+@pytest.fixture
+def compose_stack() -> Iterator[Callable[..., RunningStack]]:
+    """Call with template files (and Options fields: project, profiles, env_files, ...) to start a
+    stack with `up --wait`; every stack started is brought down when the test ends."""
+    from ._stack import Options, down, up
+
+    started: list[str] = []
+
+    def start(*files: str, wait: bool = True, **options: Any) -> RunningStack:
+        record = up(Options(files=list(files), **options), wait=wait)
+        started.append(record.project)
+        return RunningStack(record.project, dict(record.ports))
+
+    yield start
+    for project in started:
+        down(project, volumes=True)
