@@ -26,7 +26,14 @@ from filelock import lock_descriptor, unlock_descriptor
 
 from ._allocator import DEFAULT_TIMEOUT, FreePorts, store
 from ._compose import Compose, Project, Result
-from ._error import ComposeError, FreeportError, InvalidNameError, TemplateError, UnknownOwnerError
+from ._error import (
+    ComposeError,
+    EngineUnreachableError,
+    FreeportError,
+    InvalidNameError,
+    TemplateError,
+    UnknownOwnerError,
+)
 from ._lease import Holder, current_holder, holder_alive
 from ._state import StateDir, open_file, read_small, state_dir, state_errors, write_atomic
 from ._template import Stack, check_published, load_stack, sort_key, write_file
@@ -74,8 +81,10 @@ class StackRecord:
     profiles: list[str] = field(default_factory=list)
     env_files: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
-    status: str = "rendering"  # rendering -> rendered | starting -> up
-    driver: Holder = field(default_factory=current_holder)  # the process doing render/up: gc asks if it died
+    # rendering -> rendered | starting -> up (or run: up for as long as `run`'s process lives);
+    # stopping: a `down` that could not reach the engine, to be finished by `down` or gc.
+    status: str = "rendering"
+    driver: Holder = field(default_factory=current_holder)  # the process doing render/up/run: gc asks if it died
     created: float = field(default_factory=time.time)
 
     def compose_project(self) -> Project:
@@ -307,10 +316,18 @@ def render(opts: Options, *, out: str | None = None, check: bool = True) -> Stac
         stacks.save(record)
         try:
             record.ports = lease(stack, project, reuse=old is not None, timeout=opts.timeout)
-            record.compose_files = _write_outputs(stack, record.ports, stacks, project, out, compose)
-            if compose is not None:
-                _verify(compose, record.compose_project(), stack, record.ports)
-            record.status = "rendered" if old is None or old.status == "rendering" else old.status
+            if out is None or compose is not None:
+                # With -o, the check runs on copies in the state dir: OUT is written only once Compose
+                # accepted the stack, so a failed render never leaves OUT changed or created.
+                record.compose_files = _write_outputs(stack, record.ports, stacks, project, None, compose)
+                if compose is not None:
+                    _verify(compose, record.compose_project(), stack, record.ports)
+            if out is not None:
+                record.compose_files = _write_outputs(stack, record.ports, stacks, project, out, compose)
+            if old is None or old.status in ("rendering", "stopping"):
+                record.status = "rendered"
+            else:  # a stack that was there before keeps its status, and the process gc checks it by
+                record.status, record.driver = old.status, old.driver
             stacks.save(record)
         except BaseException:
             with _deferred_signals():
@@ -323,12 +340,14 @@ def render(opts: Options, *, out: str | None = None, check: bool = True) -> Stac
     return record
 
 
-def up(opts: Options, *, wait: bool = False, extra: Sequence[str] = (), compose: Compose | None = None) -> StackRecord:
+def up(opts: Options, *, wait: bool = False, extra: Sequence[str] = (), compose: Compose | None = None,
+       status: str = "up") -> StackRecord:
     """Render, then `docker compose up --detach`; the leases stay until `down`.
 
     If something outside our leases grabbed a leased port in the meantime, those placeholders get
     new ports and `up` is retried (PORT_RETRIES times). If `up` fails, the stack is brought down
-    and its leases freed: nothing is left behind.
+    and its leases freed: nothing is left behind. `status="run"` records a stack that must not
+    outlive this process: gc brings it down once the process is gone (even by SIGKILL).
     """
     stack = load_stack(opts.files)
     project = project_name(opts.project, opts.files)
@@ -359,7 +378,7 @@ def up(opts: Options, *, wait: bool = False, extra: Sequence[str] = (), compose:
                 warn(f"port(s) {', '.join(str(record.ports[n]) for n in sorted(clashed))} taken outside "
                      f"freeport-compose meanwhile; leasing new ones and retrying")
                 record.ports = _relocate(stack, project, record.ports, clashed, opts.timeout)
-            record.status = "up"
+            record.status = status
             stacks.save(record)
             return record
         except BaseException:
@@ -437,6 +456,7 @@ def down(project: str, *, volumes: bool = False, compose: Compose | None = None)
             _release(project)
             return None
         with _deferred_signals():
+            unfinished = False
             try:
                 compose = compose or Compose.find()
                 target: Project | str = record.compose_project()
@@ -445,9 +465,20 @@ def down(project: str, *, volumes: bool = False, compose: Compose | None = None)
                 result = compose.down(target, volumes=volumes)
                 if not result.ok:
                     raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
+            except EngineUnreachableError as e:
+                # Nothing was removed: forgetting the stack now would leave its containers to no one.
+                unfinished = True
+                raise EngineUnreachableError(
+                    f"{e} (its ports are freed, its containers left: run `freeport-compose down -p {project}` "
+                    "again, or `freeport-compose gc`, once the engine answers)"
+                ) from None
             finally:
                 _release(project)
-                stacks.forget(project)
+                if unfinished:
+                    record.status = "stopping"
+                    stacks.save(record)
+                else:
+                    stacks.forget(project)
     return record
 
 
@@ -493,7 +524,7 @@ def run(opts: Options, command: Sequence[str], *, keep_volumes: bool = False,
 
     Ctrl-C and SIGTERM reach the command, and the stack is brought down whatever happens.
     """
-    record = up(opts, wait=True, extra=extra)
+    record = up(opts, wait=True, extra=extra, status="run")  # gc brings it down if this process is killed
     try:
         env = {**os.environ, **{k: str(v) for k, v in record.ports.items()}, "COMPOSE_PROJECT_NAME": record.project}
         try:
@@ -525,7 +556,8 @@ class GcReport:
 
 def gc(*, containers: Callable[[], Mapping[str, int]] | None = None, compose: Compose | None = None) -> GcReport:
     """Free what no one holds any more: leases of dead processes, and stacks that no longer exist
-    (a plain `docker compose down`, a reboot, an `up` or `render` killed half-way)."""
+    (a plain `docker compose down`, a reboot, an `up`, `render` or `run` killed half-way, a `down`
+    that could not reach the engine)."""
     report = GcReport(dead_process_leases=[r.port for r in store().collect_dead()])
     stacks = Stacks()
     records = stacks.all()
@@ -535,7 +567,15 @@ def gc(*, containers: Callable[[], Mapping[str, int]] | None = None, compose: Co
         from ._engine import project_containers as containers
     live = containers()
     for record in records:
-        interrupted = record.status in ("rendering", "starting") and holder_alive(record.driver) is False
+        if record.status == "stopping":  # a `down` that could not reach the engine: finish it
+            try:
+                down(record.project, compose=compose)
+            except FreeportError as e:
+                warn(f"gc: skipped {record.project}: {e}")
+            else:
+                report.stacks.append((record.project, "its `down` did not finish"))
+            continue
+        interrupted = record.status in ("rendering", "starting", "run") and holder_alive(record.driver) is False
         gone = record.status == "up" and live.get(record.project, 0) == 0
         # `release --owner P` after `render`: the record outlived its leases.
         released = record.status == "rendered" and store().owner_ports(record.project) is None
@@ -552,7 +592,8 @@ def gc(*, containers: Callable[[], Mapping[str, int]] | None = None, compose: Co
             warn(f"gc: skipped {record.project}: {e}")
             continue
         if interrupted:
-            why = f"its `{'up' if record.status == 'starting' else 'render'}` was killed"
+            verb = {"starting": "up", "rendering": "render"}.get(record.status, record.status)
+            why = f"its `{verb}` was killed"
         else:
             why = "no container left" if gone else "its leases were released"
         report.stacks.append((record.project, why))

@@ -1,0 +1,630 @@
+"""Bad input through the `freeport-compose` command line, one table row per case.
+
+Every case runs the installed CLI in a subprocess and checks the whole contract of an error
+(README, "Exit codes"): the documented exit code (ExitCode), nothing on stdout, exactly one final
+stderr line `freeport-compose: ...` (argparse's usage errors: exit 2 and its own
+`freeport-compose COMMAND: ... (see --help)` line), no traceback, no lease or stack record left,
+no temporary file left in the state dir, no container or network left for the cases that reach
+Docker, and for `render -o OUT` an untouched OUT: a file that existed is byte-identical, one that
+did not is not created, and OUT's directory holds no stray temporary file.
+
+The security section checks that no shell ever sees input: file and directory names, extra
+Compose arguments, profiles, env files and `run`'s command hold `$(touch MARK)`, backticks, `;`
+and `|`, and the marker file never appears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import freeport_compose
+from freeport_compose._error import ExitCode
+
+FPC = str(Path(sys.executable).with_name("freeport-compose"))
+IMAGE = "freeport-test-busybox:latest"
+PROJECT_LABEL = "com.docker.compose.project"
+NOBODY = 65534
+CLI_TIMEOUT = 120.0
+USAGE_LINE = re.compile(r"freeport-compose(?: [a-z]+)?: .+ \(see --help\)")
+
+VALID = (
+    "services:\n"
+    "  web:\n"
+    f"    image: {IMAGE}\n"
+    "    pull_policy: never\n"
+    "    stop_signal: SIGKILL\n"
+    '    command: ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/"]\n'
+    "    ports:\n"
+    '      - "$<FREEPORT_web>:80"\n'
+)
+
+
+def with_port(published: str) -> str:
+    """VALID with another `ports:` item: how each malformed placeholder is written."""
+    return VALID.replace('"$<FREEPORT_web>:80"', json.dumps(published))
+
+
+NO_IMAGE = 'services:\n  web:\n    ports:\n      - "$<FREEPORT_web>:80"\n'  # Compose's config rejects it
+HUGE = VALID + ("# padding to make the file larger than 4 MiB\n" * ((4 << 20) // 45 + 1))
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad invocation. argv items are formatted with {work} (the case's directory), {project}
+    (a fresh project name), {out} (render's -o target) and {mark}."""
+
+    argv: tuple[str, ...]
+    code: ExitCode
+    fragment: str = ""  # in the error line
+    files: Mapping[str, str | bytes | None] = field(default_factory=dict)  # under {work}; None: a directory
+    env: Mapping[str, str] = field(default_factory=dict)  # formatted like argv
+    out: str = ""  # "file": OUT exists before; "new": it does not; "dir"/"newdir": a directory OUT
+    state: str = "ok"  # ok | symlink | other-uid | world-writable | unwritable | nobody
+    unreadable: str = ""  # this file is made root-only 0600 (the case runs as nobody)
+    usage: bool = False  # an argparse error: its own `prog: message (see --help)` line
+    docker: bool = False  # reaches Compose/the engine: needs them; containers are checked
+    cwd_work: bool = False  # run in {work} instead of the test's directory
+
+
+def render(name: str = "t.yml", out: str = "file", **kw: Any) -> Case:
+    """`render -f {work}/name -p {project} -o {out}` with the given expectations."""
+    return Case(("render", "-f", f"{{work}}/{name}", "-p", "{project}", "-o", "{out}"), out=out, **kw)
+
+
+T = ExitCode.TEMPLATE
+CASES: dict[str, Case] = {
+    # --- malformed YAML and files that are not Compose files --------------------------------
+    "yaml-unclosed-flow": render(code=T, fragment="t.yml:3:1: not valid YAML",
+                                 files={"t.yml": "services:\n  web: [\n"}),
+    "yaml-tab-indent": render(code=T, fragment="t.yml:2:1: not valid YAML", out="new",
+                              files={"t.yml": "services:\n\tweb:\n"}),
+    "yaml-mapping-in-scalar": render(code=T, fragment="t.yml:1:12: not valid YAML: mapping values are not allowed",
+                                     files={"t.yml": "services: a: b\n"}),
+    "yaml-unclosed-quote": render(code=T, fragment="not valid YAML", out="new",
+                                  files={"t.yml": 'services:\n  web:\n    image: "abc\n    ports: []\n'}),
+    "yaml-undefined-alias": render(code=T, fragment="t.yml:2:8: not valid YAML: found undefined alias",
+                                   files={"t.yml": "services:\n  web: *nope\n"}),
+    "yaml-bad-indent": render(code=T, fragment="t.yml:9:4: not valid YAML", out="new",
+                              files={"t.yml": VALID + "   extra: 1\n"}),
+    "not-utf8": render(code=T, fragment="t.yml:3:15: not UTF-8 text",
+                       files={"t.yml": VALID.encode().replace(b"image: ", b"image: caf\xe9")}),
+    "binary": render(code=T, fragment="t.yml:1:5: binary data (a NUL byte)", out="new",
+                     files={"t.yml": b"\x7fELF\x00\x01\x02services:\n" + os.urandom(64)}),
+    "huge": render(code=T, fragment="t.yml:1:1: larger than 4 MiB", files={"t.yml": HUGE}),
+    # --- malformed placeholders, and placeholders where they cannot be -----------------------
+    "placeholder-no-name": render(code=T, fragment="t.yml:8:10: placeholder '$<FREEPORT_>' has no name",
+                                  files={"t.yml": with_port("$<FREEPORT_>:80")}),
+    "placeholder-lower-case": render(code=T, out="new",
+                                     fragment="t.yml:8:10: placeholder '$<freeport_1>' must be upper",
+                                     files={"t.yml": with_port("$<freeport_1>:80")}),
+    "placeholder-other-prefix": render(code=T, fragment="t.yml:8:10: '$<FOO_1>' is not a placeholder",
+                                       files={"t.yml": with_port("$<FOO_1>:80")}),
+    "placeholder-unclosed": render(code=T, out="new", fragment="t.yml:8:10: unclosed placeholder '$<FREEPORT_1:80'",
+                                   files={"t.yml": with_port("$<FREEPORT_1:80")}),
+    "placeholder-bad-name": render(code=T, fragment="t.yml:8:10: placeholder '$<FREEPORT_a-b>': a name holds only",
+                                   files={"t.yml": with_port("$<FREEPORT_a-b>:80")}),
+    "placeholder-in-key": render(code=T, out="new", fragment="t.yml:10:8: placeholder $<FREEPORT_1> in a mapping key",
+                                 files={"t.yml": VALID + '    labels:\n      "$<FREEPORT_1>": x\n'}),
+    "placeholder-in-second-file": Case(("up", "-f", "{work}/t.yml", "-f", "{work}/u.yml", "-p", "{project}"), T,
+                                       "u.yml:1:27: unclosed placeholder",
+                                       files={"t.yml": VALID, "u.yml": 'services: {web: {ports: ["$<FREEPORT_x"]}}\n'}),
+    # --- empty and shapeless templates ---------------------------------------------------------
+    "empty": render(code=T, fragment="t.yml:1:1: empty file", files={"t.yml": ""}),
+    "whitespace-only": render(code=T, out="new", fragment="t.yml:1:1: empty file", files={"t.yml": "\n  \n\n"}),
+    "comments-only": render(code=T, fragment="t.yml:1:1: empty file", files={"t.yml": "# a comment\n  # another\n"}),
+    "no-placeholder": render(code=T, out="new", fragment="t.yml:1:1: no $<FREEPORT_name> placeholder",
+                             files={"t.yml": VALID.replace("$<FREEPORT_web>", "8080")}),
+    "top-level-list": render(code=T, fragment="t.yml:1:1: not a Compose file: the top level is a list",
+                             files={"t.yml": "- services\n- $<FREEPORT_1>\n"}),
+    "top-level-scalar": render(code=T, out="new", fragment="t.yml:1:1: not a Compose file: the top level is a single",
+                               files={"t.yml": "$<FREEPORT_1>\n"}),
+    "services-a-list": render(code=T, fragment="t.yml:2:3: `services:` must be a mapping",
+                              files={"t.yml": "services:\n  - web\n  - $<FREEPORT_1>\n"}),
+    "service-a-scalar": render(code=T, out="new", fragment="t.yml:2:8: service 'web' must be a mapping",
+                               files={"t.yml": "services:\n  web: $<FREEPORT_1>\n"}),
+    "ports-a-scalar": render(code=T, fragment="t.yml:3:12: `ports:` of service 'web' must be a list",
+                             files={"t.yml": 'services:\n  web:\n    ports: "$<FREEPORT_1>:80"\n'}),
+    # --- files that cannot be read ---------------------------------------------------------------
+    "missing-file": render("nope.yml", code=T, out="new", fragment="nope.yml:1:1: no such file"),
+    "missing-file-up": Case(("up", "-f", "{work}/nope.yml", "-p", "{project}"), T, "nope.yml:1:1: no such file"),
+    "directory-as-file": render("adir", code=T, fragment="adir:1:1: is a directory", files={"adir": None}),
+    "unreadable-file": render(code=T, out="new", fragment="t.yml:1:1: cannot read: Permission denied",
+                              files={"t.yml": VALID}, unreadable="t.yml", state="nobody"),
+    # --- ranges, counts, exclusions, hosts, timeouts -----------------------------------------------
+    "range-reversed": Case(("get", "--owner", "x", "--range", "5-3"), ExitCode.INVALID_RANGE,
+                           "start 5 is above stop 3"),
+    "range-zero": Case(("get", "--owner", "x", "--range", "0-10"), ExitCode.INVALID_RANGE,
+                       "start 0 is outside 1-65535"),
+    "range-too-high": Case(("get", "--owner", "x", "--range", "1-70000"), ExitCode.INVALID_RANGE,
+                           "stop 70000 is outside 1-65535"),
+    "range-not-a-number": Case(("get", "--owner", "x", "--range", "abc"), ExitCode.INVALID_RANGE,
+                               "must be an integer, not 'abc'"),
+    "range-open-ended": Case(("get", "--owner", "x", "--range", "10-"), ExitCode.INVALID_RANGE,
+                             "must be an integer, not ''"),
+    "range-from-env": Case(("get", "--owner", "x"), ExitCode.INVALID_RANGE, "FREEPORT_RANGE",
+                           env={"FREEPORT_RANGE": "20000-10"}),
+    "count-zero": Case(("get", "--owner", "x", "-n", "0"), ExitCode.INVALID_RANGE, "positive integer, not 0"),
+    "count-not-a-number": Case(("get", "--owner", "x", "-n", "abc"), ExitCode.USAGE, "invalid int value: 'abc'",
+                               usage=True),
+    "count-above-range": Case(("get", "--owner", "x", "--range", "20000-20009", "-n", "11", "--contiguous"),
+                              ExitCode.INVALID_RANGE, "11"),
+    "exclude-empties-range": Case(("get", "--owner", "x", "--range", "20000-20002", "--exclude", "20000,20001",
+                                   "--exclude", "20002"), ExitCode.EMPTY_RANGE, "no port left in 20000-20002"),
+    "exclude-port-zero": Case(("get", "--owner", "x", "--exclude", "0"), ExitCode.INVALID_RANGE, "outside 1-65535"),
+    "exclude-not-a-port": Case(("get", "--owner", "x", "--exclude", "80,http"), ExitCode.INVALID_RANGE, "'http'"),
+    "host-not-an-address": Case(("get", "--owner", "x", "--host", "999.1.1.1"), ExitCode.INVALID_RANGE,
+                                "'999.1.1.1' is not an IPv4 or IPv6 address"),
+    "timeout-not-a-number": Case(("get", "--owner", "x", "--timeout", "soon"), ExitCode.INVALID_RANGE, "'soon'"),
+    "timeout-negative": Case(("render", "-f", "{work}/t.yml", "-p", "{project}", "-o", "{out}", "--timeout", "-1"),
+                             ExitCode.INVALID_RANGE, "--timeout must be >= 0", files={"t.yml": VALID}, out="file"),
+    # --- unknown owners, projects and placeholders ---------------------------------------------
+    "down-unknown-project": Case(("down", "-p", "{project}"), ExitCode.UNKNOWN_OWNER, "no stack or lease named"),
+    "down-nothing-here": Case(("down",), ExitCode.UNKNOWN_OWNER, "no stack of freeport-compose here", cwd_work=True),
+    "ports-unknown-project": Case(("ports", "-p", "{project}", "--format", "json"), ExitCode.UNKNOWN_OWNER,
+                                  "no stack named"),
+    "port-unknown-project": Case(("port", "-p", "{project}", "web"), ExitCode.UNKNOWN_OWNER, "no stack named"),
+    "release-unknown-owner": Case(("release", "--owner", "nobody-has-this"), ExitCode.UNKNOWN_OWNER,
+                                  "owner 'nobody-has-this' holds no lease"),
+    # --- invalid names ---------------------------------------------------------------------------
+    "project-upper-case": Case(("render", "-f", "{work}/t.yml", "-p", "MyStack", "-o", "{out}"), ExitCode.INVALID_NAME,
+                               "project name 'MyStack' is invalid", files={"t.yml": VALID}, out="file"),
+    "project-space": Case(("down", "-p", "my stack"), ExitCode.INVALID_NAME, "project name 'my stack' is invalid"),
+    "project-dash-first": Case(("ports", "--project-name=-rf"), ExitCode.INVALID_NAME, "project name '-rf'"),
+    "project-path": Case(("port", "-p", "../x", "web"), ExitCode.INVALID_NAME, "project name '../x'"),
+    "project-too-long": Case(("up", "-f", "{work}/t.yml", "-p", "a" * 64), ExitCode.INVALID_NAME, "is invalid",
+                             files={"t.yml": VALID}),
+    "project-from-env": Case(("up", "-f", "{work}/t.yml"), ExitCode.INVALID_NAME, "project name 'Bad;Name'",
+                             files={"t.yml": VALID}, env={"COMPOSE_PROJECT_NAME": "Bad;Name"}),
+    "owner-space": Case(("get", "--owner", "my owner"), ExitCode.INVALID_NAME, "owner name 'my owner' is invalid"),
+    "owner-path": Case(("release", "--owner", "../etc"), ExitCode.INVALID_NAME, "owner name '../etc'"),
+    "owner-empty": Case(("get", "--owner", ""), ExitCode.INVALID_NAME, "owner name '' is invalid"),
+    "owner-hidden": Case(("get", "--owner", ".x"), ExitCode.INVALID_NAME, "owner name '.x'"),
+    "owner-too-long": Case(("get", "--owner", "o" * 129), ExitCode.INVALID_NAME, "is invalid"),
+    # --- Compose and the engine --------------------------------------------------------------------
+    "no-compose": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.COMPOSE_MISSING,
+                       "/nonexistent/compose", files={"t.yml": VALID},
+                       env={"FREEPORT_COMPOSE": "/nonexistent/compose"}),
+    "compose-not-executable": Case(("run", "-f", "{work}/t.yml", "-p", "{project}", "--", "true"),
+                                   ExitCode.COMPOSE_MISSING, "t.yml", files={"t.yml": VALID},
+                                   env={"FREEPORT_COMPOSE": "{work}/t.yml"}),
+    "engine-unreachable-up": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.ENGINE_UNREACHABLE,
+                                  "no Docker engine answers", files={"t.yml": VALID},
+                                  env={"DOCKER_HOST": "unix:///tmp/nonexistent.sock"}, docker=True),
+    "engine-unreachable-run": Case(("run", "-f", "{work}/t.yml", "-p", "{project}", "--", "true"),
+                                   ExitCode.ENGINE_UNREACHABLE, "no Docker engine answers", files={"t.yml": VALID},
+                                   env={"DOCKER_HOST": "unix:///tmp/nonexistent.sock"}, docker=True),
+    "compose-rejects-render-file": render(code=ExitCode.COMPOSE_FAILED, fragment="docker compose config failed",
+                                          files={"t.yml": NO_IMAGE}, docker=True),
+    "compose-rejects-render-new": render(code=ExitCode.COMPOSE_FAILED, out="new", fragment="neither an image",
+                                         files={"t.yml": NO_IMAGE}, docker=True),
+    "compose-rejects-render-dir": Case(("render", "-f", "{work}/t.yml", "-f", "{work}/u.yml", "-p", "{project}",
+                                        "-o", "{out}"), ExitCode.COMPOSE_FAILED, "docker compose config failed",
+                                       files={"t.yml": VALID, "u.yml": NO_IMAGE.replace("web", "api")}, out="dir",
+                                       docker=True),
+    "compose-rejects-render-newdir": Case(("render", "-f", "{work}/t.yml", "-f", "{work}/u.yml", "-p", "{project}",
+                                           "-o", "{out}"), ExitCode.COMPOSE_FAILED, "docker compose config failed",
+                                          files={"t.yml": VALID, "u.yml": NO_IMAGE.replace("web", "api")},
+                                          out="newdir", docker=True),
+    "missing-env-file": Case(("up", "-f", "{work}/t.yml", "-p", "{project}", "--env-file", "{work}/nope.env"),
+                             ExitCode.COMPOSE_FAILED, "nope.env", files={"t.yml": VALID}, docker=True),
+    "bad-extra-compose-arg": Case(("up", "-f", "{work}/t.yml", "-p", "{project}", "--", "--no-such-flag"),
+                                  ExitCode.COMPOSE_FAILED, "docker compose up failed", files={"t.yml": VALID},
+                                  docker=True),
+    # --- the state directory -------------------------------------------------------------------------
+    "state-dir-symlink": Case(("get", "--owner", "x"), ExitCode.STATE_DIR, "is a symlink", state="symlink"),
+    "state-dir-symlink-render": render(code=ExitCode.STATE_DIR, fragment="is a symlink", files={"t.yml": VALID},
+                                       state="symlink"),
+    "state-dir-other-uid": Case(("ls",), ExitCode.STATE_DIR, f"belongs to uid {NOBODY}", state="other-uid"),
+    "state-dir-other-uid-up": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.STATE_DIR,
+                                   f"belongs to uid {NOBODY}", files={"t.yml": VALID}, state="other-uid"),
+    "state-dir-world-writable": Case(("get", "--owner", "x"), ExitCode.STATE_DIR,
+                                     "world-writable without the sticky bit", state="world-writable"),
+    "state-dir-world-writable-gc": Case(("gc",), ExitCode.STATE_DIR, "world-writable", state="world-writable"),
+    "state-dir-unwritable": Case(("get", "--owner", "x"), ExitCode.STATE_DIR, "cannot create state dir",
+                                 state="unwritable"),
+    "state-dir-unwritable-render": render(code=ExitCode.STATE_DIR, out="new", fragment="cannot create state dir",
+                                          files={"t.yml": VALID}, state="unwritable"),
+    # --- usage -------------------------------------------------------------------------------------------
+    "run-without-command": Case(("run", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.USAGE,
+                                "run needs a command after `--`", files={"t.yml": VALID}),
+    "run-empty-command": Case(("run", "-f", "{work}/t.yml", "-p", "{project}", "--"), ExitCode.USAGE,
+                              "run needs a command", files={"t.yml": VALID}),
+    "dashdash-for-ls": Case(("ls", "--", "x"), ExitCode.USAGE, "`--` is only for `up`"),
+    "dashdash-for-get": Case(("get", "--owner", "x", "--", "-n", "2"), ExitCode.USAGE, "not `get`"),
+    "dashdash-for-render": Case(("render", "-f", "{work}/t.yml", "-p", "{project}", "-o", "{out}", "--", "x"),
+                                ExitCode.USAGE, "not `render`", files={"t.yml": VALID}, out="file"),
+    "dashdash-for-down": Case(("down", "-p", "{project}", "--", "-v"), ExitCode.USAGE, "not `down`"),
+    "unknown-command": Case(("start",), ExitCode.USAGE, "invalid choice: 'start'", usage=True),
+    "no-command": Case((), ExitCode.USAGE, "required: COMMAND", usage=True),
+    "get-without-owner": Case(("get", "-n", "2"), ExitCode.USAGE, "required: --owner", usage=True),
+    "render-without-file": Case(("render", "-p", "{project}", "-o", "{out}"), ExitCode.USAGE, "-f/--file",
+                                usage=True, out="new"),
+    "ports-bad-format": Case(("ports", "-p", "{project}", "--format", "xml"), ExitCode.USAGE, "invalid choice: 'xml'",
+                             usage=True),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def docker(*args: str, timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          stdin=subprocess.DEVNULL)
+
+
+@functools.cache
+def docker_missing() -> str:
+    """Why the Docker cases cannot run here, or "" when the engine, Compose and the image are there."""
+    try:
+        if docker("info", timeout=30).returncode != 0:
+            return "`docker info` failed: run `bash scripts/setup.sh` to start dockerd"
+        if docker("compose", "version", "--short").returncode != 0:
+            return "`docker compose` (Compose v2 plugin) is missing: run `bash scripts/setup.sh`"
+        if docker("image", "inspect", IMAGE).returncode != 0:
+            return f"test image {IMAGE} is missing: run `bash scripts/setup.sh`"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"docker does not run: {e}"
+    return ""
+
+
+def _as_nobody(command: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=CLI_TIMEOUT, env={**os.environ, **env},
+                          stdin=subprocess.DEVNULL, cwd="/", user=NOBODY, group=NOBODY, extra_groups=[])
+
+
+@functools.cache
+def nobody_cli() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """How uid 65534 runs the CLI: (command, extra environment); ((), ()) when it cannot.
+
+    The console script first. Its interpreter may live where uid 65534 cannot reach it (a pyenv
+    Python under /root): then a system Python of the same version runs `-m freeport_compose` with
+    this virtualenv's site-packages and the package's source on PYTHONPATH.
+    """
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        if _as_nobody([FPC, "--help"], {}).returncode == 0:
+            return (FPC,), ()
+    src = str(Path(freeport_compose.__file__).resolve().parents[1])
+    path = os.pathsep.join([src, sysconfig.get_paths()["purelib"]])
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (shutil.which(version, path="/usr/local/bin:/usr/bin:/bin"), "/usr/bin/python3"):
+        if not python:
+            continue
+        command = (python, "-m", "freeport_compose")
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            if _as_nobody([*command, "--help"], {"PYTHONPATH": path}).returncode == 0:
+                return command, (("PYTHONPATH", path),)
+    return (), ()
+
+
+def fpc(*args: str, env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
+        user: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI, to completion; as uid and gid `user`, without supplementary groups, when given."""
+    command: tuple[str, ...] = (FPC,)
+    extra: dict[str, str] = {}
+    ids: dict[str, Any] = {}
+    if user is not None:
+        assert user == NOBODY
+        found, pairs = nobody_cli()
+        command, extra, ids = found, dict(pairs), {"user": user, "group": user, "extra_groups": []}
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=CLI_TIMEOUT, cwd=cwd,
+                          env={**os.environ, **(env or {}), **extra}, stdin=subprocess.DEVNULL, **ids)
+
+
+def ls_json(state: str | Path, user: int | None = None) -> dict[str, Any]:
+    result = fpc("ls", "--json", env={"FREEPORT_STATE_DIR": str(state)}, user=user)
+    assert result.returncode == 0, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def tree(path: Path) -> dict[str, bytes | None]:
+    """Every entry below path: file contents, None for directories."""
+    return {str(p.relative_to(path)): None if p.is_dir() else p.read_bytes() for p in sorted(path.rglob("*"))}
+
+
+def assert_error(result: subprocess.CompletedProcess[str], code: int, fragment: str, *, usage: bool = False) -> str:
+    """The documented error shape: the exit code, nothing on stdout, one final error line, no traceback."""
+    assert result.returncode == code, f"exit {result.returncode}, expected {code}:\n{result.stderr}"
+    assert result.stdout == "", result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines, "nothing on stderr"
+    last = lines[-1]
+    if usage:
+        assert USAGE_LINE.fullmatch(last), result.stderr
+    else:
+        assert last.startswith("freeport-compose: "), result.stderr
+        own = [ln for ln in lines if ln.startswith("freeport-compose")
+               and not ln.startswith("freeport-compose: warning:")]
+        assert own == [last], result.stderr
+    assert fragment in last, f"{fragment!r} not in {last!r}"
+    return last
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """A world-traversable directory (uid 65534 must reach its files), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="fpc-bad-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def compose_down(*projects: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="fpc-bad-") as empty:  # no compose.yml read by accident
+        for project in projects:
+            docker("compose", "-p", project, "down", "-v", "--remove-orphans", "--timeout", "0", cwd=empty)
+
+
+def engine_leftovers(project: str) -> tuple[list[str], list[str]]:
+    ps = docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={project}")
+    nets = docker("network", "ls", "-q", "--filter", f"label={PROJECT_LABEL}={project}")
+    assert ps.returncode == nets.returncode == 0, ps.stderr + nets.stderr
+    return ps.stdout.split(), nets.stdout.split()
+
+
+# --------------------------------------------------------------------------------------------
+# The table, run
+# --------------------------------------------------------------------------------------------
+
+
+def _params() -> list[Any]:
+    return [pytest.param(name, marks=[pytest.mark.docker] if case.docker else [], id=name)
+            for name, case in CASES.items()]
+
+
+def test_table_is_big_enough() -> None:
+    assert len(CASES) >= 30
+    assert {c.code for c in CASES.values()} >= set(ExitCode) - {ExitCode.OK, ExitCode.FAILURE, ExitCode.NO_FREE_PORT}
+
+
+@pytest.mark.parametrize("name", _params())
+def test_bad_input(name: str, work: Path, state_dir: Path) -> None:
+    case = CASES[name]
+    if case.docker and docker_missing():
+        pytest.skip(docker_missing())
+    as_nobody = case.state in ("nobody", "unwritable")
+    if (as_nobody or case.state == "other-uid" or case.unreadable) and os.geteuid() != 0:
+        pytest.skip("needs root to chown files and to run the CLI as another uid")
+    if as_nobody and not nobody_cli()[0]:
+        pytest.skip(f"uid {NOBODY} can run neither {FPC} nor a system Python with this package")
+    project = f"fpc-bad-{secrets.token_hex(4)}"
+
+    for rel, content in case.files.items():
+        path = work / rel
+        if content is None:
+            path.mkdir()
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    if case.unreadable:
+        (work / case.unreadable).chmod(0o600)  # owned by root: unreadable for uid 65534
+
+    # OUT and its directory, as they are before the command.
+    out_parent = work / "out"
+    out_parent.mkdir()
+    out = out_parent / ("rendered" if case.out in ("dir", "newdir") else "rendered.yml")
+    if case.out == "file":
+        out.write_bytes(b"# the user's own file: must survive a failed render\n")
+    elif case.out == "dir":
+        out.mkdir()
+        (out / "keep.yml").write_bytes(b"# must survive\n")
+    out_before = tree(out_parent)
+
+    # The state dir the case runs with, and what must be checked afterwards.
+    state: Path = state_dir  # conftest's: ls --json must show nothing in it afterwards
+    if case.state == "symlink":
+        target = work / "real-state"
+        target.mkdir(mode=0o700)
+        state = work / "state-link"
+        state.symlink_to(target)
+    elif case.state in ("other-uid", "nobody"):
+        state = work / "state-nobody"
+        state.mkdir(mode=0o700)
+        os.chown(state, NOBODY, NOBODY)
+    elif case.state == "world-writable":
+        state = work / "state-ww"
+        state.mkdir()
+        state.chmod(0o777)
+    elif case.state == "unwritable":
+        parent = work / "root-only"
+        parent.mkdir()
+        parent.chmod(0o755)
+        state = parent / "state"
+    work_before = tree(work)
+
+    values = {"work": str(work), "project": project, "out": str(out)}
+    argv = [a.format(**values) for a in case.argv]
+    env = {k: v.format(**values) for k, v in case.env.items()} | {"FREEPORT_STATE_DIR": str(state)}
+    try:
+        result = fpc(*argv, env=env, cwd=work if case.cwd_work else None, user=NOBODY if as_nobody else None)
+        assert_error(result, case.code, case.fragment.format(**values), usage=case.usage)
+
+        # No half-written or stray output: OUT's directory is exactly as it was.
+        assert tree(out_parent) == out_before
+        # Nothing leased, recorded or left half-written in the state dir.
+        if case.state in ("ok", "nobody"):
+            listing = ls_json(state, user=NOBODY if as_nobody else None)
+            assert (listing["leases"], listing["stacks"]) == ([], [])
+            if state.exists():
+                assert [p for p in state.rglob("*") if p.name.endswith(".tmp") or p.suffix == ".json"] == []
+        else:  # a refused state dir is left exactly as it was (nothing created through it)
+            assert tree(work) == work_before
+            if case.state == "unwritable":
+                assert not state.exists()
+        if case.docker:
+            assert engine_leftovers(project) == ([], [])
+    finally:
+        if case.docker and not docker_missing():
+            compose_down(project)
+
+
+# --------------------------------------------------------------------------------------------
+# Security: no shell string is ever built from input
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mark() -> Iterator[Path]:
+    """A marker path that a shell evaluating any of our inputs would create."""
+    path = Path(f"/tmp/pwned-{secrets.token_hex(6)}")
+    try:
+        yield path
+    finally:
+        if path.exists():
+            path.unlink()
+
+
+def hostile(mark: Path) -> list[str]:
+    """Strings that run `touch MARK` if a shell ever reads them (as an argument or inside a word)."""
+    return [f"$(touch {mark})", f"`touch {mark}`", f"x; touch {mark}", f"x | touch {mark}", f"x && touch {mark} #"]
+
+
+def hostile_name(mark: Path) -> str:
+    """The same, as one file or directory name (no '/': $FPC_MARK, set for the CLI, names the marker)."""
+    return "a$(touch $FPC_MARK)b`touch $FPC_MARK`c;touch $FPC_MARK|touch $FPC_MARK&& touch $FPC_MARK #"
+
+
+def needs_docker() -> None:
+    if docker_missing():
+        pytest.skip(docker_missing())
+
+
+def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.docker
+def test_hostile_file_and_directory_names(work: Path, state_dir: Path, mark: Path) -> None:
+    needs_docker()
+    env = {"FPC_MARK": str(mark)}
+    directory = work / hostile_name(mark)
+    directory.mkdir()
+    template = directory / (hostile_name(mark) + ".yml")
+    template.write_text(VALID)
+    env_file = directory / (hostile_name(mark) + ".env")
+    env_file.write_text("FPC_UNUSED=1\n")
+    projects = [f"fpc-bad-{secrets.token_hex(4)}" for _ in range(3)]
+    try:
+        # render with the `docker compose config` check, to a hostile OUT name
+        out = directory / ("out-" + hostile_name(mark) + ".yml")
+        rendered = fpc("render", "-f", str(template), "-p", projects[0], "--env-file", str(env_file),
+                       "-o", str(out), env=env)
+        assert rendered.returncode == 0, rendered.stderr
+        assert rendered.stdout == f"{out}\n"
+        assert "$<FREEPORT_web>" not in out.read_text()
+        assert fpc("down", "-p", projects[0], env=env).returncode == 0
+
+        # up and down, named by -p; then up without -p: the project name comes from the directory
+        up = fpc("up", "-f", str(template), "-p", projects[1], "--env-file", str(env_file),
+                 "--project-directory", str(directory), env=env)
+        assert up.returncode == 0, up.stderr
+        down = fpc("down", "-p", projects[1], env=env)
+        assert down.returncode == 0, down.stderr
+        unnamed = fpc("up", "-f", str(template), env=env, cwd=directory)
+        assert unnamed.returncode == 0, unnamed.stderr
+        found = re.search(r"project (\S+) is up", unnamed.stderr)
+        assert found, unnamed.stderr
+        projects[2] = found.group(1)
+        assert re.fullmatch(r"[a-z0-9][a-z0-9_-]*", projects[2])
+        down = fpc("down", env=env, cwd=directory)  # found from the (hostile) current directory
+        assert down.returncode == 0, down.stderr
+        assert not mark.exists(), "a shell ran on a file or directory name"
+        for project in projects:
+            assert engine_leftovers(project) == ([], [])
+        assert ls_json(state_dir)["leases"] == []
+    finally:
+        compose_down(*projects)
+    assert not mark.exists()
+
+
+@pytest.mark.docker
+def test_hostile_compose_arguments(work: Path, state_dir: Path, mark: Path) -> None:
+    needs_docker()
+    template = work / "compose.yml"
+    template.write_text(VALID)
+    project = f"fpc-bad-{secrets.token_hex(4)}"
+    env = {"FPC_MARK": str(mark)}
+    try:
+        # extra `docker compose up` arguments: service names that do not exist, so Compose fails
+        extra = fpc("up", "-f", str(template), "-p", project, "--", *hostile(mark), env=env)
+        assert extra.returncode == ExitCode.COMPOSE_FAILED, extra.stderr
+        assert_no_traceback(extra)
+        # as an option's value
+        scale = fpc("up", "-f", str(template), "-p", project, "--", "--scale", f"web=1;touch {mark}", env=env)
+        assert scale.returncode == ExitCode.COMPOSE_FAILED, scale.stderr
+        # profiles, env files and project directories
+        for option in ("--profile", "--env-file", "--project-directory"):
+            for value in hostile(mark):
+                result = fpc("up", "-f", str(template), "-p", project, option, value, env=env)
+                assert_no_traceback(result)
+                if result.returncode == 0:
+                    assert fpc("down", "-p", project, env=env).returncode == 0
+        # $FREEPORT_COMPOSE is split like a command line, never given to a shell
+        for value in (f"docker compose; touch {mark}", f"docker compose $(touch {mark})", f"docker `touch {mark}`"):
+            result = fpc("up", "-f", str(template), "-p", project, env={**env, "FREEPORT_COMPOSE": value})
+            assert result.returncode != 0, result.stderr
+            assert_no_traceback(result)
+        assert not mark.exists(), "a shell ran on a Compose argument"
+        assert engine_leftovers(project) == ([], [])
+        listing = ls_json(state_dir)
+        assert (listing["leases"], listing["stacks"]) == ([], [])
+    finally:
+        compose_down(project)
+    assert not mark.exists()
+
+
+@pytest.mark.docker
+def test_run_passes_literal_argv(work: Path, state_dir: Path, mark: Path) -> None:
+    needs_docker()
+    template = work / "compose.yml"
+    template.write_text(VALID)
+    project = f"fpc-bad-{secrets.token_hex(4)}"
+    try:
+        # The command's own shell (sh -c) expands $FREEPORT_web: run gave it the literal script.
+        shell = fpc("run", "-f", str(template), "-p", project, "--", "sh", "-c",
+                    'printf %s "$FREEPORT_web"; printf " %s" "$COMPOSE_PROJECT_NAME"')
+        assert shell.returncode == 0, shell.stderr
+        port, name = shell.stdout.split(" ")
+        assert 1 <= int(port) <= 65535
+        assert name == project
+
+        # Without a shell of the command's own, every word arrives as written.
+        words = [*hostile(mark), "$FREEPORT_web", "${FREEPORT_web}", "a b", "", "*", "'\"", "-", "--"]
+        echo = fpc("run", "-f", str(template), "-p", project, "--", sys.executable, "-c",
+                   "import json, sys; print(json.dumps(sys.argv[1:]))", *words)
+        assert echo.returncode == 0, echo.stderr
+        assert json.loads(echo.stdout) == words
+        assert not mark.exists(), "a shell ran on run's command"
+        assert engine_leftovers(project) == ([], [])
+        listing = ls_json(state_dir)
+        assert (listing["leases"], listing["stacks"]) == ([], [])
+    finally:
+        compose_down(project)
+    assert not mark.exists()

@@ -1,0 +1,540 @@
+"""Fault injection for the `freeport-compose` CLI on a real Docker engine.
+
+`up` and `run` are SIGKILLed at several points (waiting for a port, after rendering but before
+Compose ran, after Compose started the containers), and dockerd itself is stopped and restarted
+under a running stack. After each fault, the commands a user would reach for (`gc`, the same
+`up` again, `down`) must bring the machine back to a consistent or clean state: every container
+on its leased port or gone, no lease or stack record left over, no leased port handed out twice.
+
+Faults between rendering and Compose are placed with a Compose wrapper ($FREEPORT_COMPOSE, a
+shell script written by the test) that stops at a chosen point of the `up` verb and says so in
+a marker file. freeport-compose runs in its own session, and the whole process group (CLI,
+wrapper, Compose, `run`'s command) is SIGKILLed at once, as a cancelled CI job would be.
+
+Every stack runs the local image freeport-test-busybox:latest (`busybox httpd`), serving a body
+that names its leased port. Each test removes what it started, by project name, in a finally
+block; the dockerd test always restarts the engine, as scripts/setup.sh starts it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freeport_compose._error import ExitCode
+
+pytestmark = pytest.mark.docker
+
+IMAGE = "freeport-test-busybox:latest"
+FPC = str(Path(sys.executable).with_name("freeport-compose"))
+CLI_TIMEOUT = 120.0
+PROJECT_LABEL = "com.docker.compose.project"
+TOKEN_LABEL = "fpc.faults"  # noqa: S105 (a label name)
+# Serves /index.html holding $BODY ($$: Compose's escaped dollar, so the container's shell expands it).
+HTTPD = ["/bin/busybox", "sh", "-c", 'echo "$$BODY" > /index.html && exec /bin/busybox httpd -f -p 80 -h /']
+
+# A Compose stand-in: every verb goes straight to `docker compose`, except `up`, which stops
+# where $FPC_FAULT says and records that it got there (with its pid) in $FPC_FAULT_DIR.
+WRAPPER = """#!/bin/sh
+for arg in "$@"; do
+    if [ "$arg" = up ]; then
+        case "$FPC_FAULT" in
+        before-up)
+            echo $$ > "$FPC_FAULT_DIR/wrapper.tmp" && mv "$FPC_FAULT_DIR/wrapper.tmp" "$FPC_FAULT_DIR/before-up"
+            sleep 30
+            exec docker compose "$@" ;;
+        after-up)
+            docker compose "$@"
+            rc=$?
+            echo $rc > "$FPC_FAULT_DIR/wrapper.tmp" && mv "$FPC_FAULT_DIR/wrapper.tmp" "$FPC_FAULT_DIR/after-up"
+            sleep 30
+            exit $rc ;;
+        esac
+    fi
+done
+exec docker compose "$@"
+"""
+
+# `run`'s command: says it started (its pid, atomically), then waits to be killed.
+SLEEPER = (
+    "import os, sys, time; open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(120)"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def docker(*args: str, timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          stdin=subprocess.DEVNULL)
+
+
+def engine_answers() -> bool:
+    try:
+        return docker("info", timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _engine() -> None:
+    """Skip the module, saying why, without an engine, Compose v2, the test image or the CLI."""
+    if not engine_answers():
+        pytest.skip("`docker info` failed: run `bash scripts/setup.sh` to start dockerd")
+    if docker("compose", "version", "--short").returncode != 0:
+        pytest.skip("`docker compose` (Compose v2 plugin) is missing: run `bash scripts/setup.sh`")
+    if docker("image", "inspect", IMAGE).returncode != 0:
+        pytest.skip(f"test image {IMAGE} is missing: run `bash scripts/setup.sh`")
+    if not os.access(FPC, os.X_OK):
+        pytest.skip(f"{FPC} is not installed: run `bash scripts/setup.sh`")
+
+
+def fpc(*args: str, env: Mapping[str, str] | None = None,
+        timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion (FREEPORT_STATE_DIR comes from conftest's autouse fixture)."""
+    return subprocess.run([FPC, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def spawn(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start the CLI in a session of its own, so killpg reaches it and everything it started."""
+    return subprocess.Popen([FPC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen[str]) -> str:
+    """SIGKILL the process group led by proc (the CLI, Compose, the wrapper...); returns its stderr."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    return err
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"{result.args} exited {result.returncode}:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def ls_json() -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(ok(fpc("ls", "--json")).stdout)
+    return out
+
+
+def leases_of(project: str) -> dict[str, int]:
+    return {lease["label"]: lease["port"] for lease in ls_json()["leases"] if lease["owner"] == project}
+
+
+def stacks_named(project: str) -> list[dict[str, Any]]:
+    return [s for s in ls_json()["stacks"] if s["project"] == project]
+
+
+def containers(project: str, *, running: bool = False) -> list[str]:
+    args = ["ps", "--quiet", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={project}"]
+    result = docker(*args) if running else docker(*args, "--all")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def networks(project: str) -> list[str]:
+    result = docker("network", "ls", "-q", "--filter", f"label={PROJECT_LABEL}={project}")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def published(project: str) -> set[int]:
+    """Host ports the engine bound for the web container's port 80 (the project has one container)."""
+    [cid] = containers(project)
+    result = docker("inspect", cid)
+    assert result.returncode == 0, result.stderr
+    bindings = json.loads(result.stdout)[0]["NetworkSettings"]["Ports"].get("80/tcp") or []
+    return {int(b["HostPort"]) for b in bindings}
+
+
+def http_get(port: int, *, attempts: int = 60) -> tuple[int, str]:
+    """(status, body) of GET http://127.0.0.1:port/, retried while httpd starts."""
+    last: BaseException | None = None
+    for _ in range(attempts):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, ""
+        except (OSError, http.client.HTTPException) as e:
+            last = e
+            time.sleep(0.1)
+    raise AssertionError(f"nothing answers HTTP on 127.0.0.1:{port}: {last}")
+
+
+def wait_for(what: str, condition: Callable[[], bool], proc: subprocess.Popen[str] | None = None,
+             timeout: float = 60.0) -> None:
+    """Poll until condition() holds; fail early if proc (the CLI under test) exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"{what}: the CLI exited {proc.returncode} first:\n{err}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def parse_dotenv(text: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split("=", 1) for line in text.splitlines() if line.strip())}
+
+
+class Box:
+    """One test's footprint: its projects, its template, and the label token on its containers."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.token = secrets.token_hex(4)
+        self.projects: list[str] = []
+        self.template = str(tmp / "compose.yml")
+        lines = ["services:", "  web:", f"    image: {IMAGE}", "    pull_policy: never", "    stop_signal: SIGKILL",
+                 "    command:", *(f"      - {json.dumps(a)}" for a in HTTPD),
+                 "    environment:", '      BODY: "web $<FREEPORT_web>"',
+                 "    labels:", f"      {TOKEN_LABEL}: {json.dumps(self.token)}",
+                 "    ports:", '      - "$<FREEPORT_web>:80"']
+        Path(self.template).write_text("\n".join(lines) + "\n")
+        self.wrapper = tmp / "compose-wrapper.sh"
+        self.wrapper.write_text(WRAPPER)
+        self.wrapper.chmod(0o755)
+
+    def project(self) -> str:
+        name = f"fpc-fault-{secrets.token_hex(4)}"
+        self.projects.append(name)
+        return name
+
+    def wrapper_env(self, fault: str) -> dict[str, str]:
+        return {"FREEPORT_COMPOSE": str(self.wrapper), "FPC_FAULT": fault, "FPC_FAULT_DIR": str(self.tmp)}
+
+    def leftovers(self) -> list[str]:
+        found = docker("ps", "-aq", "--filter", f"label={TOKEN_LABEL}={self.token}").stdout.split()
+        return found + [c for p in self.projects for c in containers(p)]
+
+    def cleanup(self) -> None:
+        if not engine_answers():
+            return  # the dockerd test restarts the engine in its own finally; nothing to reach here
+        with tempfile.TemporaryDirectory(prefix="fpc-fault-") as empty:  # no compose.yml read by accident
+            for project in self.projects:
+                docker("compose", "-p", project, "down", "-v", "--remove-orphans", "--timeout", "0", cwd=empty)
+        leftovers = self.leftovers()
+        if leftovers:
+            docker("rm", "-f", "-v", *sorted(set(leftovers)))
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[Box]:
+    b = Box(tmp_path)
+    try:
+        yield b
+    finally:
+        b.cleanup()
+
+
+def assert_consistent(project: str, ports: Mapping[str, int]) -> int:
+    """The stack is up on exactly its leased port, and every view of it agrees; returns the port."""
+    assert list(ports) == ["FREEPORT_web"], ports
+    port = ports["FREEPORT_web"]
+    assert leases_of(project) == {"FREEPORT_web": port}
+    assert json.loads(ok(fpc("ports", "-p", project, "--format", "json")).stdout) == {"FREEPORT_web": port}
+    [stack] = stacks_named(project)
+    assert (stack["status"], stack["ports"], stack["containers"]) == ("up", {"FREEPORT_web": port}, 1)
+    assert len(containers(project, running=True)) == 1
+    assert published(project) == {port}
+    assert http_get(port) == (200, f"web {port}\n")
+    return port
+
+
+def assert_nothing_left(*projects: str) -> None:
+    state = ls_json()
+    for project in projects:
+        assert containers(project) == [], f"containers of {project} left"
+        assert networks(project) == [], f"networks of {project} left"
+        assert [lease for lease in state["leases"] if lease["owner"] == project] == [], state
+        assert [s for s in state["stacks"] if s["project"] == project] == [], state
+
+
+def assert_one_error_line(stderr: str, *fragments: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert lines, "nothing on stderr"
+    own = [ln for ln in lines if ln.startswith("freeport-compose: ")
+           and not ln.startswith("freeport-compose: warning:")]
+    assert own == [lines[-1]], stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], f"{fragment!r} not in {lines[-1]!r}"
+    return lines[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# 1. `up` SIGKILLed: while waiting for a port, before Compose, after Compose started the stack
+# --------------------------------------------------------------------------------------------
+
+
+def _kill_up(box: Box, project: str, stage: str, monkeypatch: pytest.MonkeyPatch,
+             free_block: Callable[[int], int]) -> int | None:
+    """Start `up -p project`, SIGKILL it (and all it started) at `stage`; returns the leased port, if any.
+
+    waiting-for-port: the only port of FREEPORT_RANGE is held by owner `blocker`, so `up` waits.
+    before-compose: rendered and leased, Compose's `up` not run yet (the wrapper sleeps first).
+    after-compose: Compose's `up` done and the container serving (the wrapper sleeps after it).
+    """
+    env: dict[str, str] = {}
+    if stage == "waiting-for-port":
+        only = free_block(1)
+        monkeypatch.setenv("FREEPORT_RANGE", f"{only}-{only}")
+        assert ok(fpc("get", "--owner", "blocker")).stdout == f"{only}\n"
+    else:
+        env = box.wrapper_env("before-up" if stage == "before-compose" else "after-up")
+    proc = spawn("up", "-f", box.template, "-p", project, env=env)
+    port: int | None = None
+    try:
+        if stage == "waiting-for-port":
+            wait_for("the stack record", lambda: [s["status"] for s in stacks_named(project)] == ["starting"], proc)
+            time.sleep(0.5)  # well inside the wait for a free port
+            assert proc.poll() is None
+            assert leases_of(project) == {}
+        elif stage == "before-compose":
+            wait_for("the wrapper's `up`", (box.tmp / "before-up").exists, proc)
+            [port] = leases_of(project).values()
+            [stack] = stacks_named(project)
+            assert stack["status"] == "starting"
+            assert containers(project) == []
+        else:
+            wait_for("Compose's `up`", (box.tmp / "after-up").exists, proc)
+            assert (box.tmp / "after-up").read_text().strip() == "0"
+            [port] = leases_of(project).values()
+            assert len(containers(project, running=True)) == 1
+            assert http_get(port) == (200, f"web {port}\n")
+    finally:
+        err = kill_group(proc)
+    assert proc.returncode == -signal.SIGKILL, err
+    if stage == "before-compose":
+        assert pid_gone(int((box.tmp / "before-up").read_text()))  # the wrapper can no longer start the stack
+    return port
+
+
+STAGES = ["waiting-for-port", "before-compose", "after-compose"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_killed_up_then_gc(box: Box, stage: str, monkeypatch: pytest.MonkeyPatch,
+                           free_block: Callable[[int], int]) -> None:
+    project = box.project()
+    port = _kill_up(box, project, stage, monkeypatch, free_block)
+    if port is not None:
+        assert leases_of(project) == {"FREEPORT_web": port}  # a killed `up` keeps its named leases...
+
+    result = ok(fpc("gc"))  # ...until gc sees its driver is dead
+    assert f"freeport-compose: freed stack {project}: its `up` was killed" in result.stderr.splitlines(), result.stderr
+    assert_nothing_left(project)
+    time.sleep(0.5)
+    assert containers(project) == [], "a container appeared after gc"
+    if stage == "waiting-for-port":
+        assert {lease["owner"] for lease in ls_json()["leases"]} == {"blocker"}  # gc left the live lease alone
+        ok(fpc("release", "--owner", "blocker"))
+    assert ls_json()["leases"] == []
+
+    again = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", project)).stdout)
+    assert_consistent(project, again)
+    ok(fpc("down", "-p", project))
+    assert_nothing_left(project)
+    assert ls_json() == {"state_dir": ls_json()["state_dir"], "leases": [], "stacks": []}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_killed_up_then_up_again(box: Box, stage: str, monkeypatch: pytest.MonkeyPatch,
+                                 free_block: Callable[[int], int]) -> None:
+    """The next `up -p SAME`, with no gc in between, takes over what the killed one left."""
+    project = box.project()
+    port = _kill_up(box, project, stage, monkeypatch, free_block)
+    if stage == "waiting-for-port":
+        ok(fpc("release", "--owner", "blocker"))
+
+    again = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", project)).stdout)
+    got = assert_consistent(project, again)
+    if port is not None:
+        assert got == port  # the killed `up`'s named lease is reused, not leaked beside a new one
+    assert len(ls_json()["leases"]) == 1
+    assert "nothing to free" in ok(fpc("gc")).stderr  # the stack is a live one now
+    assert_consistent(project, again)
+
+    ok(fpc("down", "-p", project))
+    assert_nothing_left(project)
+    assert ls_json() == {"state_dir": ls_json()["state_dir"], "leases": [], "stacks": []}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. `run` SIGKILLed while its command runs
+# --------------------------------------------------------------------------------------------
+
+
+def test_killed_run_then_gc(box: Box) -> None:
+    project = box.project()
+    marker = box.tmp / "command-started"
+    proc = spawn("run", "-f", box.template, "-p", project, "--", sys.executable, "-c", SLEEPER, str(marker))
+    command_pid = None
+    try:
+        wait_for("run's command", marker.exists, proc)
+        command_pid = int(marker.read_text())
+        [port] = leases_of(project).values()
+        assert http_get(port) == (200, f"web {port}\n")
+        assert [s["status"] for s in stacks_named(project)] == ["run"]  # up for as long as `run` lives
+        assert "nothing to free" in ok(fpc("gc")).stderr  # a live `run`'s stack is left alone
+        assert len(containers(project, running=True)) == 1
+    finally:
+        err = kill_group(proc)
+        if command_pid is not None and not pid_gone(command_pid):
+            os.kill(command_pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert len(containers(project, running=True)) == 1  # nobody brought it down
+
+    result = ok(fpc("gc"))
+    assert f"freeport-compose: freed stack {project}: its `run` was killed" in result.stderr.splitlines(), result.stderr
+    assert_nothing_left(project)
+    assert ls_json()["leases"] == []
+
+
+# --------------------------------------------------------------------------------------------
+# 2. dockerd stopped and restarted under running stacks
+# --------------------------------------------------------------------------------------------
+
+DOCKERD_LOG = os.path.join(os.environ.get("TMPDIR") or "/tmp", "freeport-dockerd.log")
+
+
+def _dockerd_pids() -> list[int]:
+    out = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+def _start_dockerd(old_pid: int) -> None:
+    """Start dockerd exactly as scripts/setup.sh does, once the stopped one has exited."""
+    if engine_answers():
+        return
+    if not _wait(lambda: pid_gone(old_pid), 60):
+        pytest.fail(f"dockerd {old_pid} did not exit within 60 s of SIGTERM; not starting a second one")
+    subprocess.run(["sh", "-c", f"nohup dockerd >'{DOCKERD_LOG}' 2>&1 &"], check=True, timeout=30)
+    if not _wait(engine_answers, 60):
+        with suppress(OSError):
+            tail = Path(DOCKERD_LOG).read_text(errors="replace").splitlines()[-20:]
+            pytest.fail("dockerd did not come back within 60 s:\n" + "\n".join(tail))
+        pytest.fail("dockerd did not come back within 60 s")
+
+
+@pytest.mark.load  # bounces the machine's engine: not for `make test-quick`
+def test_dockerd_restart_under_running_stacks(box: Box, monkeypatch: pytest.MonkeyPatch,
+                                              free_block: Callable[[int], int]) -> None:
+    pids = _dockerd_pids()
+    if os.geteuid() != 0 or len(pids) != 1:
+        pytest.skip(f"needs root and one local dockerd to stop and restart (uid {os.geteuid()}, dockerd pids {pids})")
+    first = free_block(4)
+    block = set(range(first, first + 4))
+    monkeypatch.setenv("FREEPORT_RANGE", f"{first}-{first + 3}")  # both stacks and every `get` below
+    downed, kept = box.project(), box.project()
+    port_a = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", downed)).stdout)["FREEPORT_web"]
+    port_b = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", kept)).stdout)["FREEPORT_web"]
+    assert {port_a, port_b} <= block
+    assert http_get(port_a)[0] == http_get(port_b)[0] == 200
+
+    [pid] = pids
+    down_failed = False
+    os.kill(pid, signal.SIGTERM)
+    try:
+        assert _wait(lambda: not engine_answers(), 60), "dockerd still answers 60 s after SIGTERM"
+
+        # The engine is gone, so are the containers' port bindings: the leases alone keep the ports.
+        state = ok(fpc("ls", "--json"))
+        assert "container counts unknown" in state.stderr
+        stacks = {s["project"]: s for s in json.loads(state.stdout)["stacks"]}
+        assert {p: (s["status"], s["containers"]) for p, s in stacks.items()} == {downed: ("up", None),
+                                                                                     kept: ("up", None)}
+        table = ok(fpc("ls"))
+        assert [downed, "up", "?", f"FREEPORT_web={port_a}"] in [ln.split() for ln in table.stdout.splitlines()]
+        got = [int(p) for p in ok(fpc("get", "--owner", "x", "-n", "2", "--timeout", "0")).stdout.split()]
+        assert set(got) == block - {port_a, port_b}
+        more = fpc("get", "--owner", "y", "--timeout", "0")
+        assert more.returncode == ExitCode.NO_FREE_PORT, more.stderr
+        assert_one_error_line(more.stderr)
+        ok(fpc("release", "--owner", "x"))
+        assert json.loads(ok(fpc("ports", "-p", kept, "--format", "json")).stdout) == {"FREEPORT_web": port_b}
+
+        gc = fpc("gc")  # an engine that does not answer is not an engine without containers
+        assert gc.returncode in (ExitCode.OK, ExitCode.ENGINE_UNREACHABLE), gc.stderr
+        if gc.returncode:
+            assert_one_error_line(gc.stderr, "no Docker engine answers")
+        assert leases_of(downed) == {"FREEPORT_web": port_a}
+        assert leases_of(kept) == {"FREEPORT_web": port_b}
+
+        down = fpc("down", "-p", downed)
+        assert down.returncode in (ExitCode.OK, ExitCode.ENGINE_UNREACHABLE), down.stderr
+        down_failed = down.returncode == ExitCode.ENGINE_UNREACHABLE
+        if down_failed:
+            assert_one_error_line(down.stderr, "no Docker engine answers", f"down -p {downed}")
+            # README: `down` frees the leases even if Compose fails; the record stays so that
+            # `down` or `gc` can remove the stack's containers once the engine is back.
+            assert [s["status"] for s in stacks_named(downed)] == ["stopping"]
+        else:
+            assert stacks_named(downed) == []
+        assert leases_of(downed) == {}
+        assert leases_of(kept) == {"FREEPORT_web": port_b}
+        # The stack still up keeps its port. (The downed one's is free as a lease, but our HTTP
+        # requests may have left it in TIME_WAIT, which the allocator's probe counts as in use.)
+        got = [int(p) for p in ok(fpc("get", "--owner", "x", "-n", "2", "--timeout", "0")).stdout.split()]
+        assert port_b not in got
+        assert set(got) <= block
+        ok(fpc("release", "--owner", "x"))
+    finally:
+        _start_dockerd(pid)
+
+    # Back: both stacks' containers were stopped with the engine and are still there, exited.
+    assert len(containers(downed)) == len(containers(kept)) == 1
+    assert containers(kept, running=True) == []
+    gc = ok(fpc("gc"))
+    if down_failed:
+        assert f"freeport-compose: freed stack {downed}: its `down` did not finish" in gc.stderr.splitlines(), gc.stderr
+    assert_nothing_left(downed)
+    assert leases_of(kept) == {"FREEPORT_web": port_b}  # a stopped stack is still the user's
+    assert [s["containers"] for s in stacks_named(kept)] == [1]
+
+    again = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", kept)).stdout)
+    assert again == {"FREEPORT_web": port_b}
+    assert_consistent(kept, again)
+    ok(fpc("down", "-p", kept))
+    assert_nothing_left(downed, kept)
+    assert ls_json()["leases"] == []
