@@ -229,8 +229,15 @@ class FreePort(FreePorts):
         state_dir: str | None = None,
     ) -> None:
         super().__init__(
-            1, start, stop, timeout=timeout, host=host, exclude=exclude, owner=owner,
-            labels=[label] if label else (), state_dir=state_dir,
+            1,
+            start,
+            stop,
+            timeout=timeout,
+            host=host,
+            exclude=exclude,
+            owner=owner,
+            labels=[label] if label else (),
+            state_dir=state_dir,
         )
 
     @property

@@ -46,34 +46,81 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _stack_options(p: argparse.ArgumentParser, *, files_required: bool = True) -> None:
-    p.add_argument("-f", "--file", dest="files", action="append", required=files_required, metavar="FILE",
-                   help="Compose file or template (repeatable, merged in order like `docker compose -f`)")
-    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT",
-                   help="Compose project name (default: $COMPOSE_PROJECT_NAME, else a unique one)")
-    p.add_argument("--project-directory", metavar="DIR",
-                   help="passed to Compose (default: the directory of the first -f file)")
-    p.add_argument("--profile", dest="profiles", action="append", default=[], metavar="NAME",
-                   help="Compose profile to enable (repeatable)")
-    p.add_argument("--env-file", dest="env_files", action="append", default=[], metavar="FILE",
-                   help="passed to Compose (repeatable)")
-    p.add_argument("--timeout", type=str, default="30", metavar="SECONDS",
-                   help="how long to wait for free ports while the range is exhausted (default 30; 'none': forever)")
+    p.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        required=files_required,
+        metavar="FILE",
+        help="Compose file or template (repeatable, merged in order like `docker compose -f`)",
+    )
+    p.add_argument(
+        "-p",
+        "--project-name",
+        dest="project",
+        metavar="PROJECT",
+        help="Compose project name (default: $COMPOSE_PROJECT_NAME, else a unique one)",
+    )
+    p.add_argument(
+        "--project-directory", metavar="DIR", help="passed to Compose (default: the directory of the first -f file)"
+    )
+    p.add_argument(
+        "--profile",
+        dest="profiles",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Compose profile to enable (repeatable)",
+    )
+    p.add_argument(
+        "--env-file",
+        dest="env_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="passed to Compose (repeatable)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=str,
+        default="30",
+        metavar="SECONDS",
+        help="how long to wait for free ports while the range is exhausted (default 30; 'none': forever)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="freeport-compose", description=__doc__ and "Leased host ports for Compose stacks.")
-    parser.add_argument("--state-dir", metavar="DIR", help="state directory (default: $FREEPORT_STATE_DIR, else a private per-user one)")
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="state directory (default: $FREEPORT_STATE_DIR, else a private per-user one)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("get", help="lease ports under an owner name and print them")
     p.add_argument("--owner", required=True, help="name the leases are held under until `release --owner`")
     p.add_argument("-n", type=int, default=1, help="how many ports (all or nothing; default 1)")
-    p.add_argument("--range", type=str, metavar="A-B", help="inclusive port range (default: $FREEPORT_RANGE, else outside the kernel's ephemeral range)")
+    p.add_argument(
+        "--range",
+        type=str,
+        metavar="A-B",
+        help="inclusive port range (default: $FREEPORT_RANGE, else outside the kernel's ephemeral range)",
+    )
     p.add_argument("--contiguous", action="store_true", help="one block of consecutive ports")
-    p.add_argument("--host", action="append", default=[], help="also check the port is free on this address (repeatable)")
+    p.add_argument(
+        "--host", action="append", default=[], help="also check the port is free on this address (repeatable)"
+    )
     p.add_argument("--exclude", action="append", default=[], metavar="P[,P...]", help="ports never to hand out")
-    p.add_argument("--timeout", type=str, default="30", metavar="SECONDS", help="wait this long while the range is exhausted (default 30)")
-    p.add_argument("--format", choices=("lines", "json"), default="lines", help="one port per line (default) or a JSON list")
+    p.add_argument(
+        "--timeout",
+        type=str,
+        default="30",
+        metavar="SECONDS",
+        help="wait this long while the range is exhausted (default 30)",
+    )
+    p.add_argument(
+        "--format", choices=("lines", "json"), default="lines", help="one port per line (default) or a JSON list"
+    )
 
     p = sub.add_parser("release", help="free every lease held under an owner name")
     p.add_argument("--owner", required=True)
@@ -85,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="lease ports and write the concrete Compose file(s)")
     _stack_options(p)
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (one template) or directory (default: the state dir)")
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="output file (one template) or directory (default: the state dir)"
+    )
     p.add_argument("--no-check", action="store_true", help="skip the `docker compose config` check")
 
     p = sub.add_parser("up", help="render and `docker compose up -d`; leases kept until `down`")
@@ -120,8 +169,14 @@ def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
 def _opts(args: argparse.Namespace) -> Any:
     from ._stack import Options
 
-    return Options(files=args.files, project=args.project, project_directory=args.project_directory,
-                   profiles=args.profiles, env_files=args.env_files, timeout=_timeout(args.timeout))
+    return Options(
+        files=args.files,
+        project=args.project,
+        project_directory=args.project_directory,
+        profiles=args.profiles,
+        env_files=args.env_files,
+        timeout=_timeout(args.timeout),
+    )
 
 
 def _say(message: str) -> None:
@@ -133,8 +188,16 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
     start, stop = _range(args.range) if args.range else (None, None)
     exclude = [p for text in args.exclude for p in _ports_list(text)]
-    fps = FreePorts(args.n, start, stop, contiguous=args.contiguous, timeout=_timeout(args.timeout),
-                    host=args.host, exclude=exclude, owner=args.owner)
+    fps = FreePorts(
+        args.n,
+        start,
+        stop,
+        contiguous=args.contiguous,
+        timeout=_timeout(args.timeout),
+        host=args.host,
+        exclude=exclude,
+        owner=args.owner,
+    )
     print(json.dumps(fps.ports) if args.format == "json" else "\n".join(map(str, fps.ports)))
     return 0
 
@@ -152,12 +215,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     from ._stack import Stacks
 
     lease_store = store()
-    leases = []
-    for r in lease_store.records():
-        held = lease_store.is_held(r)
-        if held:
-            leases.append({"port": r.port, "owner": r.owner, "label": r.label, "pid": r.holder.pid,
-                           "host": r.holder.host, "created": r.created, "kind": "named" if r.owner else "process"})
+    leases = [r for r in lease_store.records() if lease_store.is_held(r)]
     stacks = Stacks().all()
     containers: dict[str, int] | None = None
     if stacks:
@@ -170,25 +228,44 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         out = {
             "state_dir": lease_store.sd.path,
-            "leases": leases,
-            "stacks": [{"project": s.project, "status": s.status, "ports": s.ports, "files": s.files,
-                        "containers": None if containers is None else containers.get(s.project, 0)} for s in stacks],
+            "leases": [
+                {
+                    "port": r.port,
+                    "owner": r.owner,
+                    "label": r.label,
+                    "pid": r.holder.pid,
+                    "host": r.holder.host,
+                    "created": r.created,
+                    "kind": "named" if r.owner else "process",
+                }
+                for r in leases
+            ],
+            "stacks": [
+                {
+                    "project": s.project,
+                    "status": s.status,
+                    "ports": s.ports,
+                    "files": s.files,
+                    "containers": None if containers is None else containers.get(s.project, 0),
+                }
+                for s in stacks
+            ],
         }
         print(json.dumps(out, indent=2))
         return 0
     print(f"# state dir: {lease_store.sd.path}")
     rows = [("PORT", "KIND", "OWNER", "LABEL", "HOLDER", "SINCE")]
-    for lease in leases:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease["created"]))
-        rows.append((str(lease["port"]), lease["kind"], lease["owner"] or "-", lease["label"] or "-",
-                     f"pid {lease['pid']}@{lease['host']}", since))
+    for r in leases:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
+        kind = "named" if r.owner else "adopted" if r.adopted else "process"
+        rows.append((str(r.port), kind, r.owner or "-", r.label or "-", f"pid {r.holder.pid}@{r.holder.host}", since))
     _table(rows)
     if stacks:
         print()
         srows = [("PROJECT", "STATUS", "CONTAINERS", "PORTS")]
-        for s in stacks:
-            count = "?" if containers is None else str(containers.get(s.project, 0))
-            srows.append((s.project, s.status, count, " ".join(f"{k}={v}" for k, v in s.ports.items())))
+        for st in stacks:
+            count = "?" if containers is None else str(containers.get(st.project, 0))
+            srows.append((st.project, st.status, count, " ".join(f"{k}={v}" for k, v in st.ports.items())))
         _table(srows)
     return 0
 
@@ -196,7 +273,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:

@@ -215,4 +215,3 @@ class Compose:
 @dataclass(frozen=True)
 class _Output(Result):
     stdout: str = ""
-

@@ -147,10 +147,11 @@ class LeaseRecord:
                 label=label,
                 adopted=raw.get("adopted", False) is True,
             )
-        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deeply nested JSON
+        except (ValueError, KeyError, TypeError, RecursionError, OverflowError):  # deep nesting, huge numbers
             return None
         ok = (
-            record.port == port
+            type(record.port) is int
+            and record.port == port
             and (owner is None or (isinstance(owner, str) and _NAME_RE.fullmatch(owner) is not None))
             and type(record.holder.pid) is int
             and (start is None or type(start) is int)
@@ -206,6 +207,7 @@ def _forget_inherited_leases() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_inherited_leases)
+
 
 def _write_record(fd: int, record: LeaseRecord, old_size: int) -> None:
     data = record.encode()
@@ -333,8 +335,8 @@ class LeaseStore:
         if self.slots is None:
             return None
         state, pid, created, label = _SLOT.unpack_from(self.slots, port * _SLOT.size)
-        if state != PROCESS:
-            return None
+        if state != PROCESS or pid == 0:
+            return None  # pid 0: only the hint a claimer set on a busy port, not a description
         holder = Holder(pid, process_start_time(pid) if pid else None, current_holder().host)
         return LeaseRecord(port, None, holder, created, "", label.rstrip(b"\0").decode(errors="replace"))
 
@@ -611,7 +613,10 @@ class LeaseStore:
         """
         current = self.read(record.port)
         if current is None or (current.owner, current.token, current.holder.pid, current.created) != (
-            record.owner, record.token, record.holder.pid, record.created
+            record.owner,
+            record.token,
+            record.holder.pid,
+            record.created,
         ):
             return False
         if record.owner is not None or record.adopted:

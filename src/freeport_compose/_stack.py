@@ -25,7 +25,7 @@ from typing import Any
 from filelock import lock_descriptor, unlock_descriptor
 
 from ._allocator import DEFAULT_TIMEOUT, FreePorts, store
-from ._compose import Compose, Project, Result
+from ._compose import Compose, Project
 from ._error import (
     ComposeError,
     EngineUnreachableError,
@@ -88,8 +88,9 @@ class StackRecord:
     created: float = field(default_factory=time.time)
 
     def compose_project(self) -> Project:
-        return Project(self.project, tuple(self.compose_files), self.project_directory,
-                       tuple(self.profiles), tuple(self.env_files))
+        return Project(
+            self.project, tuple(self.compose_files), self.project_directory, tuple(self.profiles), tuple(self.env_files)
+        )
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode()
@@ -121,7 +122,11 @@ class Stacks:
         self.sd = sd or state_dir()
 
     def path(self, project: str, name: str = "") -> str:
-        return os.path.join(self.sd.path, "stacks", project, name) if name else os.path.join(self.sd.path, "stacks", project)
+        return (
+            os.path.join(self.sd.path, "stacks", project, name)
+            if name
+            else os.path.join(self.sd.path, "stacks", project)
+        )
 
     def load(self, project: str) -> StackRecord | None:
         with state_errors(f"cannot read the record of project {project!r}"):
@@ -141,7 +146,9 @@ class Stacks:
         with suppress(FileNotFoundError):
             os.unlink(f"{project}.json", dir_fd=self.sd.stacks_fd)
         try:
-            dfd = os.open(project, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.stacks_fd)
+            dfd = os.open(
+                project, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.stacks_fd
+            )
         except OSError:
             return
         try:
@@ -162,10 +169,14 @@ class Stacks:
     def locked(self, project: str) -> Iterator[None]:
         """Exclusive use of a project by this process, so two up/down of one project never interleave."""
         with state_errors(f"cannot lock project {project!r}"):
-            fd = open_file(self.sd.stacks_fd, f"{project}.lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode)
+            fd = open_file(
+                self.sd.stacks_fd, f"{project}.lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode
+            )
         try:
             if not lock_descriptor(fd, blocking=False):
-                raise FreeportError(f"project {project!r} is busy: another freeport-compose is running up or down on it")
+                raise FreeportError(
+                    f"project {project!r} is busy: another freeport-compose is running up or down on it"
+                )
             try:
                 yield
             finally:
@@ -183,53 +194,49 @@ def lease(stack: Stack, project: str, *, reuse: bool, timeout: float | None) -> 
     if missing:
         hosts = sorted({h for name in missing for h in stack.hosts(name)})
         fps = FreePorts(len(missing), owner=project, labels=missing, host=hosts, timeout=timeout)
-        ports.update(zip(missing, fps.ports))
+        ports.update(zip(missing, fps.ports, strict=False))
     return dict(sorted(ports.items(), key=lambda kv: sort_key(kv[0])))
 
 
-def _write_outputs(stack: Stack, ports: Mapping[str, int], stacks: Stacks, project: str, out: str | None,
-                   compose: Compose | None) -> list[str]:
-    """Render every template; returns the files Compose must be given, in order."""
+def _write_outputs(
+    stack: Stack, ports: Mapping[str, int], stacks: Stacks, project: str, out: str | None, compose: Compose | None
+) -> list[str]:
+    """Render every template, into the state dir (out None) or to `out`; returns the files Compose
+    must be given, in order: the user's plain files, the rendered ones, and the override if any."""
     conflicts = stack.conflicts()
     if conflicts and compose is not None and compose.version() < _MIN_OVERRIDE:
         e = next(iter(conflicts.values()))[0]
-        raise TemplateError(e.path, e.line, e.column,
-                            f"a base file also publishes {e.service}:{e.target}; replacing it needs Compose >= 2.24.4")
+        raise TemplateError(
+            e.path,
+            e.line,
+            e.column,
+            f"a base file also publishes {e.service}:{e.target}; replacing it needs Compose >= 2.24.4",
+        )
     rendered = [t for t in stack.templates if t.occurrences]
     single = out is not None and len(rendered) == 1 and not conflicts and not os.path.isdir(out)
     if out is not None and not single:
         os.makedirs(out, exist_ok=True)
-    files: list[str] = []
     dfd = stacks.files_dir(project) if out is None else None
+
+    def emit(name: str, text: str) -> str:
+        """Write one output file atomically; its path."""
+        if dfd is not None:
+            with state_errors(f"cannot write {stacks.path(project, name)}"):
+                write_atomic(dfd, name, text.encode(), stacks.sd.file_mode)
+            return stacks.path(project, name)
+        assert out is not None
+        dest = os.path.abspath(out if single else os.path.join(out, name))
+        with state_errors(f"cannot write {dest}"):
+            write_file(dest, text)
+        return dest
+
     try:
-        for i, t in enumerate(stack.templates, 1):
-            if not t.occurrences:
-                files.append(os.path.abspath(t.path))
-                continue
-            name = f"{i}-{os.path.basename(t.path)}"
-            text = t.render(ports)
-            if dfd is not None:
-                with state_errors(f"cannot write the rendered {t.path}"):
-                    write_atomic(dfd, name, text.encode(), stacks.sd.file_mode)
-                files.append(stacks.path(project, name))
-            else:
-                assert out is not None
-                dest = os.path.abspath(out if single else os.path.join(out, name))
-                with state_errors(f"cannot write {dest}"):
-                    write_file(dest, text)
-                files.append(dest)
+        files = [
+            emit(f"{i}-{os.path.basename(t.path)}", t.render(ports)) if t.occurrences else os.path.abspath(t.path)
+            for i, t in enumerate(stack.templates, 1)
+        ]
         if conflicts:
-            text = stack.override_text(ports, conflicts)
-            if dfd is not None:
-                with state_errors("cannot write the override file"):
-                    write_atomic(dfd, "override.yml", text.encode(), stacks.sd.file_mode)
-                files.append(stacks.path(project, "override.yml"))
-            else:
-                assert out is not None
-                dest = os.path.abspath(os.path.join(out, "freeport-override.yml"))
-                with state_errors(f"cannot write {dest}"):
-                    write_file(dest, text)
-                files.append(dest)
+            files.append(emit("freeport-override.yml", stack.override_text(ports, conflicts)))
     finally:
         if dfd is not None:
             os.close(dfd)
@@ -340,8 +347,9 @@ def render(opts: Options, *, out: str | None = None, check: bool = True) -> Stac
     return record
 
 
-def up(opts: Options, *, wait: bool = False, extra: Sequence[str] = (), compose: Compose | None = None,
-       status: str = "up") -> StackRecord:
+def up(
+    opts: Options, *, wait: bool = False, extra: Sequence[str] = (), compose: Compose | None = None, status: str = "up"
+) -> StackRecord:
     """Render, then `docker compose up --detach`; the leases stay until `down`.
 
     If something outside our leases grabbed a leased port in the meantime, those placeholders get
@@ -375,8 +383,10 @@ def up(opts: Options, *, wait: bool = False, extra: Sequence[str] = (), compose:
                 clashed = {n for n, p in record.ports.items() if p in result.port_clashes()}
                 if not clashed or attempt == PORT_RETRIES:
                     raise ComposeError(f"docker compose up failed: {result.last_line()}", result.returncode)
-                warn(f"port(s) {', '.join(str(record.ports[n]) for n in sorted(clashed))} taken outside "
-                     f"freeport-compose meanwhile; leasing new ones and retrying")
+                warn(
+                    f"port(s) {', '.join(str(record.ports[n]) for n in sorted(clashed))} taken outside "
+                    f"freeport-compose meanwhile; leasing new ones and retrying"
+                )
                 record.ports = _relocate(stack, project, record.ports, clashed, opts.timeout)
             record.status = status
             stacks.save(record)
@@ -409,17 +419,20 @@ def _down_until_gone(compose: Compose, project: Project, rounds: int = 5) -> Non
         time.sleep(0.2 * (attempt + 1))
 
 
-def _relocate(stack: Stack, project: str, ports: dict[str, int], names: set[str], timeout: float | None) -> dict[str, int]:
+def _relocate(
+    stack: Stack, project: str, ports: dict[str, int], names: set[str], timeout: float | None
+) -> dict[str, int]:
     """New leases for `names` (avoiding their clashed ports), then the old ones released."""
     lease_store = store()
     hosts = sorted({h for n in names for h in stack.hosts(n)})
     ordered = sorted(names, key=sort_key)
-    fresh = FreePorts(len(ordered), owner=project, labels=ordered, host=hosts, timeout=timeout,
-                      exclude=[ports[n] for n in ordered])
+    fresh = FreePorts(
+        len(ordered), owner=project, labels=ordered, host=hosts, timeout=timeout, exclude=[ports[n] for n in ordered]
+    )
     for record in lease_store.owner_ports(project) or []:
         if record.label in names and record.port == ports[record.label]:
             lease_store._release_named(record.port, project, record.token)
-    return {**ports, **dict(zip(ordered, fresh.ports))}
+    return {**ports, **dict(zip(ordered, fresh.ports, strict=False))}
 
 
 def find_project(project: str | None, files: Sequence[str] = ()) -> str:
@@ -438,9 +451,7 @@ def find_project(project: str | None, files: Sequence[str] = ()) -> str:
         return records[0].project
     if not records:
         raise UnknownOwnerError("no stack of freeport-compose here: give -p PROJECT (see `freeport-compose ls`)")
-    raise UnknownOwnerError(
-        f"{len(records)} stacks match ({', '.join(r.project for r in records)}): give -p PROJECT"
-    )
+    raise UnknownOwnerError(f"{len(records)} stacks match ({', '.join(r.project for r in records)}): give -p PROJECT")
 
 
 def down(project: str, *, volumes: bool = False, compose: Compose | None = None) -> StackRecord | None:
@@ -488,7 +499,11 @@ def ports_of(project: str) -> dict[str, int]:
     held = {r.label: r.port for r in store().owner_ports(project) or []}
     if record is None or not held:
         raise UnknownOwnerError(f"no stack named {project!r} holds ports (see `freeport-compose ls`)")
-    return {name: port for name, port in sorted(record.ports.items(), key=lambda kv: sort_key(kv[0])) if held.get(name) == port}
+    return {
+        name: port
+        for name, port in sorted(record.ports.items(), key=lambda kv: sort_key(kv[0]))
+        if held.get(name) == port
+    }
 
 
 def format_ports(ports: Mapping[str, int], fmt: str) -> str:
@@ -514,12 +529,11 @@ def _deferred_signals() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        for s in got:
-            signal.raise_signal(s)
+        for signum in got:
+            signal.raise_signal(signum)
 
 
-def run(opts: Options, command: Sequence[str], *, keep_volumes: bool = False,
-        extra: Sequence[str] = ()) -> int:
+def run(opts: Options, command: Sequence[str], *, keep_volumes: bool = False, extra: Sequence[str] = ()) -> int:
     """up --wait, run `command` with FREEPORT_* in its environment, down; returns the command's exit status.
 
     Ctrl-C and SIGTERM reach the command, and the stack is brought down whatever happens.
@@ -564,7 +578,9 @@ def gc(*, containers: Callable[[], Mapping[str, int]] | None = None, compose: Co
     if not records:
         return report
     if containers is None:
-        from ._engine import project_containers as containers
+        from ._engine import project_containers
+
+        containers = project_containers
     live = containers()
     for record in records:
         if record.status == "stopping":  # a `down` that could not reach the engine: finish it

@@ -8,6 +8,7 @@ file (comments, anchors, quoting, key order, `${VAR}` and `$$`) comes out byte f
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import os
 import re
@@ -116,7 +117,7 @@ def _diagnose(raw: str, j: int) -> tuple[int, str]:
     if inner == PREFIX:
         return stop + 1, f"placeholder {token!r} has no name: write $<FREEPORT_1> or $<FREEPORT_db>"
     if inner.upper().startswith(PREFIX) and not inner.startswith(PREFIX):
-        return stop + 1, f"placeholder {token!r} must be upper case: $<{PREFIX}{inner[len(PREFIX):]}>"
+        return stop + 1, f"placeholder {token!r} must be upper case: $<{PREFIX}{inner[len(PREFIX) :]}>"
     if inner.startswith(PREFIX):
         return stop + 1, f"placeholder {token!r}: a name holds only letters, digits and '_'"
     return stop + 1, f"{token!r} is not a placeholder: write $<FREEPORT_name>, or $$< for a literal '$<'"
@@ -261,9 +262,7 @@ class _Reader:
         return TemplateError(self.path, line, column, problem)
 
     def read(self) -> Template:
-        if not self.text.strip() or all(
-            not ln.strip() or ln.lstrip().startswith("#") for ln in self.text.splitlines()
-        ):
+        if not self.text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in self.text.splitlines()):
             raise TemplateError(self.path, 1, 1, "empty file: a Compose file is a mapping with `services:`")
         try:
             documents = list(yaml.compose_all(self.body, Loader=_Loader))
@@ -287,8 +286,7 @@ class _Reader:
             self._walk(doc, seen)
             self._services(doc)
         self.occurrences.sort(key=lambda o: o.start)
-        return Template(self.path, self.text, self.occurrences, self.entries, self.container_names,
-                        self.resets)
+        return Template(self.path, self.text, self.occurrences, self.entries, self.container_names, self.resets)
 
     def _walk(self, root: yaml.Node, seen: set[int]) -> None:
         """Every scalar once, in document order; a loop, not recursion: libyaml nests up to 1000 deep."""
@@ -377,13 +375,27 @@ class _Reader:
                 host_ip = fields.get("host_ip") or None
                 value, is_mapping = json.dumps({k: v for k, v in fields.items() if k is not None}), True
             else:
-                raise self.error(item.start_mark.index, f"a `ports:` item of service {service!r} must be a string or mapping")
+                raise self.error(
+                    item.start_mark.index, f"a `ports:` item of service {service!r} must be a string or mapping"
+                )
             names = tuple(PREFIX + m.group(1) for m in PLACEHOLDER_RE.finditer(published))
             if host_ip is not None and (host_ip.startswith("$") or "${" in host_ip):
                 host_ip = None  # set by interpolation: only Compose knows it
             self.entries.append(
-                PortEntry(service, target, protocol, host_ip, published, value, is_mapping, names,
-                          self.path, line, column, resets)
+                PortEntry(
+                    service,
+                    target,
+                    protocol,
+                    host_ip,
+                    published,
+                    value,
+                    is_mapping,
+                    names,
+                    self.path,
+                    line,
+                    column,
+                    resets,
+                )
             )
             resets = False
 
@@ -440,8 +452,11 @@ class Stack:
         for service, entries in merged.items():
             leased = {(e.target, e.protocol, e.path) for e in entries if e.names}
             # a fixed binding beside a leased one in the same file is the author's choice, not a clash
-            clash = [e for e in entries if not e.names
-                     and any(k[:2] == (e.target, e.protocol) and k[2] != e.path for k in leased)]
+            clash = [
+                e
+                for e in entries
+                if not e.names and any(k[:2] == (e.target, e.protocol) and k[2] != e.path for k in leased)
+            ]
             if clash:
                 out[service] = [e for e in entries if e not in clash]
         return out
@@ -526,8 +541,6 @@ def write_file(path: str, text: str) -> None:
             f.flush()
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
