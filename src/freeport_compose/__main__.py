@@ -1,7 +1,5 @@
 """`python -m freeport_compose` runs the CLI."""
 
-import sys
+from ._cli import console_main
 
-from ._cli import main
-
-sys.exit(main())
+console_main()

@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +100,8 @@ class Compose:
         """The first Compose v2 on this machine, or ComposeNotFoundError (one line saying what to install)."""
         explicit = os.environ.get(COMPOSE_ENV)
         if explicit:
+            import shlex  # only for this variable: every command pays for what it imports
+
             try:
                 command = shlex.split(explicit)
             except ValueError as e:
@@ -153,6 +153,8 @@ class Compose:
         if isinstance(project, Project):
             return self._run(args)
         # Name-only mode runs in an empty directory so that no compose.yml lying in the cwd is read.
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="freeport-") as empty:
             return self._run(args, cwd=empty)
 

@@ -281,6 +281,7 @@ class Options:
     profiles: Sequence[str] = ()
     env_files: Sequence[str] = ()
     timeout: float | None = DEFAULT_TIMEOUT  # for leasing ports
+    check: bool = True  # check with `docker compose config` that exactly the leased ports are published
 
 
 def _new_record(opts: Options, project: str) -> StackRecord:
@@ -300,7 +301,7 @@ def _release(project: str) -> None:
         store().release_owner(project)
 
 
-def render(opts: Options, *, out: str | None = None, check: bool = True) -> StackRecord:
+def render(opts: Options, *, out: str | None = None) -> StackRecord:
     """Lease a port per placeholder under the project's name and write the concrete files.
 
     The leases stay until `down` (or `release --owner PROJECT`). On any error nothing is leased
@@ -311,7 +312,7 @@ def render(opts: Options, *, out: str | None = None, check: bool = True) -> Stac
     for w in stack.warnings():
         warn(f"warning: {w}")
     compose = None
-    if check:
+    if opts.check:
         try:
             compose = Compose.find()
         except FreeportError as e:
@@ -374,10 +375,11 @@ def up(
             for attempt in range(PORT_RETRIES + 1):
                 record.compose_files = _write_outputs(stack, record.ports, stacks, project, None, compose)
                 stacks.save(record)
-                check = _Check(compose, record.compose_project(), stack, dict(record.ports))
+                check = _Check(compose, record.compose_project(), stack, dict(record.ports)) if opts.check else None
                 started = True
                 result = compose.up(record.compose_project(), wait=wait, extra=extra)
-                check.result()  # a mismatch brings the stack just started down again, below
+                if check is not None:
+                    check.result()  # a mismatch brings the stack just started down again, below
                 if result.ok:
                     break
                 clashed = {n for n, p in record.ports.items() if p in result.port_clashes()}
