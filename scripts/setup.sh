@@ -19,7 +19,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # 1. Debian packages: the engine, its client, and a static busybox for the test image.
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
-[ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+# busybox-static, not just any /bin/busybox: the test image is that one file, so it must be static.
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need_pkgs+=(busybox-static)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     say "installing ${need_pkgs[*]}"
     $SUDO apt-get update -qq
@@ -60,9 +61,10 @@ fi
 
 # 4. The engine: start dockerd in the background when nothing answers.
 if ! docker info >/dev/null 2>&1; then
-    log=${TMPDIR:-/tmp}/freeport-dockerd.log
+    log=/var/log/freeport-dockerd.log
+    [ -w /var/log ] || [ -n "$SUDO" ] || log=$(mktemp "${TMPDIR:-/tmp}/freeport-dockerd.XXXXXX.log")
     say "starting dockerd (log: $log)"
-    $SUDO sh -c "nohup dockerd >'$log' 2>&1 &"
+    $SUDO env LOG="$log" sh -c 'nohup dockerd >"$LOG" 2>&1 &' 
     for _ in $(seq 1 120); do
         docker info >/dev/null 2>&1 && break
         sleep 0.5

@@ -178,6 +178,10 @@ CASES: dict[str, Case] = {
     "timeout-not-a-number": Case(("get", "--owner", "x", "--timeout", "soon"), ExitCode.INVALID_RANGE, "'soon'"),
     "timeout-negative": Case(("render", "-f", "{work}/t.yml", "-p", "{project}", "-o", "{out}", "--timeout", "-1"),
                              ExitCode.INVALID_RANGE, "--timeout must be >= 0", files={"t.yml": VALID}, out="file"),
+    "output-parent-missing": Case(
+        ("render", "-f", "{work}/t.yml", "-p", "{project}", "-o", "{work}/no/such/dir/out.yml"),
+        ExitCode.OUTPUT, "cannot write", files={"t.yml": VALID},
+    ),
     # --- unknown owners, projects and placeholders ---------------------------------------------
     "down-unknown-project": Case(("down", "-p", "{project}"), ExitCode.UNKNOWN_OWNER, "no stack or lease named"),
     "down-nothing-here": Case(("down",), ExitCode.UNKNOWN_OWNER, "no stack of freeport-compose here", cwd_work=True),
@@ -400,7 +404,35 @@ def _params() -> list[Any]:
 
 def test_table_is_big_enough() -> None:
     assert len(CASES) >= 30
-    assert {c.code for c in CASES.values()} >= set(ExitCode) - {ExitCode.OK, ExitCode.FAILURE, ExitCode.NO_FREE_PORT}
+    # NO_FREE_PORT and BUSY need another process holding on: tests/test_allocator.py and test_project_busy below.
+    untabled = {ExitCode.OK, ExitCode.FAILURE, ExitCode.NO_FREE_PORT, ExitCode.BUSY}
+    assert {c.code for c in CASES.values()} >= set(ExitCode) - untabled
+
+
+def test_project_busy(work: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A project another freeport-compose keeps busy: exit 13 after the wait, one line, nothing leased."""
+    import fcntl
+
+    from freeport_compose import _stack
+    from freeport_compose._cli import main
+
+    (work / "t.yml").write_text(VALID)
+    _stack.Stacks()  # creates the state dir
+    fd = os.open(state_dir / "stacks" / "busy-one.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        monkeypatch.setattr(_stack, "BUSY_WAIT", 0.3)
+        code = main(["render", "--no-check", "-f", str(work / "t.yml"), "-p", "busy-one", "-o", str(work / "o.yml")])
+    finally:
+        os.close(fd)
+    assert code == ExitCode.BUSY
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("freeport-compose: project 'busy-one' is busy"), err
+    assert not (work / "o.yml").exists()
+    from freeport_compose import store
+
+    assert [r for r in store().records() if store().is_held(r)] == []
 
 
 @pytest.mark.parametrize("name", _params())

@@ -658,3 +658,29 @@ def test_container_name_warns(e2e: E2E) -> None:
     assert "warning" not in clean.stderr
     ok(fpc("down", "-p", plain))
     assert_nothing_left(project, plain)
+
+
+@pytest.mark.docker
+def test_up_failing_before_compose_keeps_the_stack_that_was_there(e2e: E2E) -> None:
+    """A second `up` of a running stack that cannot lease its new placeholder leaves the stack alone."""
+    project = e2e.project()
+    first = e2e.compose_file("one.yml", e2e.service("web", ports=["127.0.0.1:$<FREEPORT_web>:80"]))
+    up = fpc("up", "-p", project, "-f", first)
+    assert up.returncode == 0, up.stderr
+    web = parse_dotenv(up.stdout)["FREEPORT_web"]
+    second = e2e.compose_file("two.yml", e2e.service("web", ports=["127.0.0.1:$<FREEPORT_web>:80",
+                                                                   "127.0.0.1:$<FREEPORT_more>:81"]))
+    blocker = fpc("get", "--owner", f"{project}-blocker", "--range", f"{web + 1}-{web + 1}")
+    assert blocker.returncode == 0, blocker.stderr
+    try:
+        again = fpc("up", "-p", project, "-f", second, "--timeout", "0",
+                    env={"FREEPORT_RANGE": f"{web + 1}-{web + 1}"})
+        assert again.returncode == ExitCode.NO_FREE_PORT, again.stderr
+        assert containers(project), "the running stack was taken down"
+        assert json.loads(fpc("ports", "-p", project, "--format", "json").stdout) == {"FREEPORT_web": web}
+        assert http_get(web)[0] == 200
+    finally:
+        fpc("release", "--owner", f"{project}-blocker")
+    down = fpc("down", "-p", project)
+    assert down.returncode == 0, down.stderr
+    assert containers(project) == []

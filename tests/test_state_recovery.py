@@ -121,3 +121,36 @@ def test_named_leases_do_not_survive_the_deletion_but_bound_ports_stay_safe(
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o7777
+
+
+def test_adoption_through_a_symlinked_state_path(
+    holder: Callable[[int], subprocess.Popen[str]], free_block: Callable[[int], int], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/proc shows resolved paths: a state dir reached through a symlink is adopted all the same."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setenv("FREEPORT_STATE_DIR", str(tmp_path / "link" / "state"))
+    port = free_block(1)
+    proc = holder(port)
+    shutil.rmtree(real / "state")
+    answer = try_elsewhere(port)
+    assert answer.startswith("busy:"), answer
+    assert f"pid {proc.pid}" in answer
+
+
+def test_only_ports_dir_deleted(
+    holder: Callable[[int], subprocess.Popen[str]], free_block: Callable[[int], int], state_dir: Path
+) -> None:
+    first = free_block(2)
+    proc = holder(first)
+    with FreePort(first + 1, first + 1) as mine:
+        shutil.rmtree(state_dir / "ports")
+        time.sleep(0.15)  # past the throttle of the deletion check
+        assert try_elsewhere(first).startswith("busy:")  # the other process's lease, adopted
+        assert try_elsewhere(first + 1).startswith("busy:")  # ours, adopted too
+        with pytest.raises(NoFreePortError):  # and this process goes on working
+            FreePort(first, first + 1, timeout=0.3)
+    assert mine.port == first + 1
+    assert proc.poll() is None

@@ -1103,7 +1103,7 @@ def test_cli_render_write_failure_leaves_no_lease(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     out = tmp_path / "file" / "out.yml"
     result = cli("render", "--no-check", "-f", template, "-o", str(out), "-p", "proj")
-    assert result.returncode == ExitCode.STATE_DIR
+    assert result.returncode == ExitCode.OUTPUT  # the user's path, not the state dir
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"freeport-compose: cannot write {out}: ")
     assert leases() == []

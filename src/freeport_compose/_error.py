@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     INVALID_RANGE = 10  # start > stop, a port outside 1-65535, not an integer, a bad host
     EMPTY_RANGE = 11  # nothing left in the range after exclusions
     INVALID_NAME = 12  # an owner or project name that cannot be used
+    BUSY = 13  # another freeport-compose kept working on the same project for too long
+    OUTPUT = 14  # the output file or directory given with -o cannot be written
 
 
 class FreeportError(Exception):
@@ -95,3 +97,15 @@ class EngineUnreachableError(FreeportError):
     """Compose is installed but no container engine answers on its socket."""
 
     exit_code = ExitCode.ENGINE_UNREACHABLE
+
+
+class ProjectBusyError(FreeportError):
+    """Another freeport-compose held the project (an up, down or gc of it) longer than we waited."""
+
+    exit_code = ExitCode.BUSY
+
+
+class OutputError(FreeportError, OSError):
+    """The user's own output path cannot be written; the state dir is not to blame."""
+
+    exit_code = ExitCode.OUTPUT

@@ -183,6 +183,9 @@ _HELD: set[Claim] = set()
 _HELD_LOCK = threading.Lock()
 # Lock files open in a claim or release under way in some thread (set.add/discard are atomic).
 _IN_FLIGHT: set[int] = set()
+# Held from each open of a lock file until it is tracked, and from untracking to its close: fork()
+# waits for it, so a child never inherits a lock descriptor it does not know about.
+_FD_LOCK = threading.Lock()
 
 
 def _forget_inherited_leases() -> None:
@@ -191,8 +194,9 @@ def _forget_inherited_leases() -> None:
     flock belongs to the open file description the child shares with the parent: unlocking here
     would free the parent's port, and keeping the copy open would keep it leased after the parent dies.
     """
-    global _HELD_LOCK, _PID
+    global _HELD_LOCK, _PID, _FD_LOCK
     _HELD_LOCK = threading.Lock()  # another thread may have held it at fork time
+    _FD_LOCK = threading.Lock()
     _PID = os.getpid()
     inherited = set(_IN_FLIGHT)  # a claim another thread was making when fork() came
     for claim in _HELD:
@@ -206,7 +210,11 @@ def _forget_inherited_leases() -> None:
     _IN_FLIGHT.clear()
 
 
-os.register_at_fork(after_in_child=_forget_inherited_leases)
+os.register_at_fork(
+    before=lambda: _FD_LOCK.acquire(),
+    after_in_parent=lambda: _FD_LOCK.release(),
+    after_in_child=_forget_inherited_leases,
+)
 
 
 def _write_record(fd: int, record: LeaseRecord, old_size: int) -> None:
@@ -240,7 +248,8 @@ def _orphaned_leases(ports_path: str) -> dict[int, int]:
             major, minor, inode = parts[5].split(":")
             locked.add((int(major, 16), int(minor, 16), int(inode)))
             pids.add(int(parts[4]))
-    prefix, suffix = ports_path.rstrip("/") + "/", ".lock (deleted)"
+    # /proc shows resolved paths: resolve ours too (a symlink in $HOME, a doubled slash).
+    prefix, suffix = os.path.realpath(ports_path) + "/", ".lock (deleted)"
     found: dict[int, int] = {}
     for pid in pids:
         try:
@@ -269,12 +278,22 @@ def _adopt_orphans(ports_fd: int, ports_path: str, mode: int) -> None:
         record = LeaseRecord(port, None, holder, time.time(), f"{random.getrandbits(64):016x}", "", adopted=True)
         fd = open_file(ports_fd, f"{port}.lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            os.write(fd, record.encode())
+            data = record.encode()
+            if os.write(fd, data) != len(data):
+                raise StateDirError(f"short write adopting port {port} (is the disk full?)")
         finally:
             os.close(fd)
 
 
 _state.ADOPT_HOOK = _adopt_orphans
+
+_INDEX_LIMIT = 8 << 20  # an owner index holds at most 65535 lines of at most 6 bytes
+
+
+def _parse_index(data: bytes) -> list[int]:
+    """The ports listed in an owner index, sorted, without duplicates or junk."""
+    return sorted({int(w) for w in data.split() if w.isdigit() and 0 < int(w) < 65536})
+
 
 _SLOT = struct.Struct("<B3xId16s")  # state, pid, created, label
 _SLOTS_SIZE = 65536 * _SLOT.size
@@ -380,10 +399,11 @@ class LeaseStore:
         This is the allocation hot path: every syscall and allocation here is on purpose.
         """
         try:
-            fd = self._open_lock(port, check=False)
+            with _FD_LOCK:
+                fd = self._open_lock(port, check=False)
+                _IN_FLIGHT.add(fd)
         except OSError as e:
             raise StateDirError(f"cannot open the lock file of port {port} in {self.sd.path}: {e.strerror}") from None
-        _IN_FLIGHT.add(fd)
         got: Claim | str = "leased"
         try:
             if not lock_descriptor(fd, blocking=False):
@@ -399,9 +419,12 @@ class LeaseStore:
                     unlock_descriptor(fd)
             return got
         finally:
-            _IN_FLIGHT.discard(fd)
-            if not isinstance(got, Claim) or got.fd is None:
-                os.close(fd)
+            if isinstance(got, Claim) and got.fd is not None:
+                _IN_FLIGHT.discard(fd)  # tracked by the claim now
+            else:
+                with _FD_LOCK:
+                    _IN_FLIGHT.discard(fd)
+                    os.close(fd)
 
     def _claim_locked(
         self, fd: int, port: int, owner: str | None, label: str, is_free: Callable[[int], bool], explain: bool
@@ -460,43 +483,53 @@ class LeaseStore:
     def release(self, claim: Claim) -> None:
         """Free a lease taken by this process; a no-op for one inherited across fork or already freed."""
         if claim.fd is not None:
-            fd, claim.fd = claim.fd, None
-            with _HELD_LOCK:
-                _HELD.discard(claim)
             if claim.pid == _PID:
                 self._mark(claim.port, FREE)  # before the lock goes: a claimer right after us marks it again
             # Closing the last descriptor of the open file description drops its flock: the lease
             # ends. (A forked child closed its copies at fork, so ours is the last.) The record
             # stays: with its flock free it reads as stale, and the next claimer overwrites it.
-            os.close(fd)
+            with _FD_LOCK:
+                fd, claim.fd = claim.fd, None
+                if fd is None:
+                    return  # another thread released it meanwhile
+                with _HELD_LOCK:
+                    _HELD.discard(claim)
+                os.close(fd)
         elif claim.record.owner is not None and claim.pid == _PID:
-            self._release_named(claim.port, claim.record.owner, claim.record.token)
+            self.release_named(claim.port, claim.record.owner, claim.record.token)
 
-    def _release_named(self, port: int, owner: str, token: str | None) -> bool:
-        """Clear `port`'s record if it is `owner`'s (and this lease's, given `token`)."""
-        mine = False
+    def release_named(self, port: int, owner: str, token: str | None) -> bool | None:
+        """Clear `port`'s record if it is `owner`'s (and this lease's, given `token`).
+
+        True: released; False: not this owner's lease; None: it is, but its lock stayed busy (try again).
+        """
+
+        def mine(record: LeaseRecord | None) -> bool:
+            return record is not None and record.owner == owner and token in (None, record.token)
+
         with state_errors(f"cannot release port {port} in {self.sd.path}"):
+            if not mine(self.read(port)):
+                return False  # records change only under the flock: no need to wait for it
             fd = self._open_lock(port)
             _IN_FLIGHT.add(fd)
             try:
-                # A claimer holds the flock for microseconds; one held longer is a process lease's,
-                # and then the port is not a named lease of ours (a stale index entry).
+                # A claimer holds the flock for microseconds; wait a little longer than that.
                 deadline = time.monotonic() + 1.0
                 while not (locked := lock_descriptor(fd, blocking=False)) and time.monotonic() < deadline:
                     time.sleep(0.001)
-                if locked:
-                    try:
-                        record = _read_record(fd, port)
-                        mine = record is not None and record.owner == owner and token in (None, record.token)
-                        if mine:
-                            os.ftruncate(fd, 0)
-                            self._mark(port, FREE)
-                    finally:
-                        unlock_descriptor(fd)
+                if not locked:
+                    return None
+                try:
+                    if not mine(_read_record(fd, port)):
+                        return False
+                    os.ftruncate(fd, 0)
+                    self._mark(port, FREE)
+                    return True
+                finally:
+                    unlock_descriptor(fd)
             finally:
                 _IN_FLIGHT.discard(fd)
                 os.close(fd)
-        return mine
 
     # -- owners ------------------------------------------------------------------------------------
 
@@ -524,16 +557,16 @@ class LeaseStore:
                 fcntl.flock(fd, fcntl.LOCK_SH)
                 if os.fstat(fd).st_nlink == 0:
                     continue  # released and unlinked between our open and our lock
-                os.write(fd, b"%d\n" % port)
+                entry = b"%d\n" % port
+                if os.write(fd, entry) != len(entry):
+                    raise StateDirError(f"short write to {self.sd.path}/owners/{owner} (is the disk full?)")
                 return
             finally:
                 os.close(fd)
 
     def _index_ports(self, owner: str) -> list[int] | None:
-        data = read_small(self.sd.owners_fd, owner)
-        if data is None:
-            return None
-        return sorted({int(w) for w in data.split() if w.isdigit() and 0 < int(w) < 65536})
+        data = read_small(self.sd.owners_fd, owner, limit=_INDEX_LIMIT)
+        return None if data is None else _parse_index(data)
 
     def owner_ports(self, owner: str) -> list[LeaseRecord] | None:
         """The live records of `owner`'s leases, sorted by port; None if the owner holds nothing."""
@@ -553,10 +586,15 @@ class LeaseStore:
                 raise UnknownOwnerError(f"owner {owner!r} holds no lease (in {self.sd.path})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # appenders hold it shared for microseconds
-                data = os.pread(fd, 1 << 20, 0)
-                ports = sorted({int(w) for w in data.split() if w.isdigit() and 0 < int(w) < 65536})
-                released = [p for p in ports if self._release_named(p, owner, None)]
-                os.unlink(owner, dir_fd=self.sd.owners_fd)
+                outcome = {p: self.release_named(p, owner, None) for p in _parse_index(os.pread(fd, _INDEX_LIMIT, 0))}
+                released = [p for p, done in outcome.items() if done]
+                busy = [p for p, done in outcome.items() if done is None]
+                if busy:  # still this owner's: keep them listed for the next release
+                    entries = b"".join(b"%d\n" % p for p in busy)
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, entries, 0)
+                else:
+                    os.unlink(owner, dir_fd=self.sd.owners_fd)
             finally:
                 os.close(fd)
         if not released:
@@ -588,6 +626,8 @@ class LeaseStore:
             names = os.listdir(self.sd.ports_fd)
         ports = sorted(int(n[:-5]) for n in names if n.endswith(".lock") and n[:-5].isdecimal())
         for port in ports:
+            if not 0 < port < 65536:
+                continue  # not a lock file of ours
             record = self.read(port)
             if record is not None:
                 yield record
@@ -629,8 +669,11 @@ class LeaseStore:
         for record in self.records():
             if record.owner is not None:
                 continue
-            with state_errors(f"cannot collect port {record.port} in {self.sd.path}"):
+            try:
                 fd = self._open_lock(record.port)
+            except (OSError, StateDirError):
+                continue  # a lock file that is not one (reported when a claim meets it)
+            with state_errors(f"cannot collect port {record.port} in {self.sd.path}"):
                 try:
                     if not lock_descriptor(fd, blocking=False):
                         continue  # its holder is alive

@@ -28,9 +28,10 @@ from ._allocator import DEFAULT_TIMEOUT, FreePorts, store
 from ._compose import Compose, Project
 from ._error import (
     ComposeError,
-    EngineUnreachableError,
     FreeportError,
     InvalidNameError,
+    OutputError,
+    ProjectBusyError,
     TemplateError,
     UnknownOwnerError,
 )
@@ -39,8 +40,12 @@ from ._state import StateDir, open_file, read_small, state_dir, state_errors, wr
 from ._template import Stack, check_published, load_stack, sort_key, write_file
 
 PORT_RETRIES = 3  # how often `up` re-leases ports that something outside our leases grabbed
+BUSY_WAIT = 120.0  # seconds to wait while another freeport-compose works on the same project
 _PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _MIN_OVERRIDE = (2, 24, 4)  # first Compose with the !override tag
+# A stack's life: rendering -> rendered (render); starting -> up | run (up, run); stopping (a down
+# that could not finish, for gc to complete).
+STATUSES = ("rendering", "rendered", "starting", "up", "run", "stopping")
 
 
 def warn(message: str) -> None:
@@ -102,16 +107,25 @@ class StackRecord:
             return None
         try:
             raw = json.loads(data)
-            raw["driver"] = Holder(**raw["driver"])
+            driver = raw["driver"]
+            raw["driver"] = Holder(**driver)
             record = cls(**raw)
-        except (ValueError, TypeError, KeyError):
+            lists = (record.files, record.compose_files, record.profiles, record.env_files)
+            ok = (
+                isinstance(record.project, str)
+                and _PROJECT_RE.fullmatch(record.project) is not None
+                and record.status in STATUSES
+                and isinstance(record.project_directory, str)
+                and all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in lists)
+                and isinstance(record.ports, dict)
+                and all(isinstance(k, str) and type(v) is int for k, v in record.ports.items())
+                and type(driver["pid"]) is int
+                and (driver["start_time"] is None or type(driver["start_time"]) is int)
+                and isinstance(driver["host"], str)
+                and isinstance(record.created, (int, float))
+            )
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError):
             return None
-        strs = [*record.files, *record.compose_files, *record.profiles, *record.env_files]
-        ok = (
-            _PROJECT_RE.fullmatch(record.project) is not None
-            and all(isinstance(s, str) for s in [*strs, record.project_directory, record.status])
-            and all(isinstance(k, str) and type(v) is int for k, v in record.ports.items())
-        )
         return record if ok else None
 
 
@@ -173,10 +187,14 @@ class Stacks:
                 self.sd.stacks_fd, f"{project}.lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode
             )
         try:
-            if not lock_descriptor(fd, blocking=False):
-                raise FreeportError(
-                    f"project {project!r} is busy: another freeport-compose is running up or down on it"
-                )
+            deadline = time.monotonic() + BUSY_WAIT
+            while not lock_descriptor(fd, blocking=False):
+                if time.monotonic() >= deadline:
+                    raise ProjectBusyError(
+                        f"project {project!r} is busy: another freeport-compose kept it for {BUSY_WAIT:g} s "
+                        "(an up, down or gc of it)"
+                    )
+                time.sleep(0.05)
             try:
                 yield
             finally:
@@ -215,7 +233,10 @@ def _write_outputs(
     rendered = [t for t in stack.templates if t.occurrences]
     single = out is not None and len(rendered) == 1 and not conflicts and not os.path.isdir(out)
     if out is not None and not single:
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output directory {out}: {e.strerror or e}") from None
     dfd = stacks.files_dir(project) if out is None else None
 
     def emit(name: str, text: str) -> str:
@@ -226,8 +247,10 @@ def _write_outputs(
             return stacks.path(project, name)
         assert out is not None
         dest = os.path.abspath(out if single else os.path.join(out, name))
-        with state_errors(f"cannot write {dest}"):
+        try:
             write_file(dest, text)
+        except OSError as e:
+            raise OutputError(f"cannot write {dest}: {e.strerror or e}") from None
         return dest
 
     try:
@@ -296,9 +319,16 @@ def _new_record(opts: Options, project: str) -> StackRecord:
     )
 
 
-def _release(project: str) -> None:
-    with suppress(UnknownOwnerError):
-        store().release_owner(project)
+def _release(project: str, keep: set[str] | None = None) -> None:
+    """Free the project's leases (but those of the placeholders in `keep`)."""
+    lease_store = store()
+    if keep is None:
+        with suppress(UnknownOwnerError):
+            lease_store.release_owner(project)
+        return
+    for record in lease_store.owner_ports(project) or []:
+        if record.label not in keep:
+            lease_store.release_named(record.port, project, record.token)
 
 
 def render(opts: Options, *, out: str | None = None) -> StackRecord:
@@ -342,8 +372,9 @@ def render(opts: Options, *, out: str | None = None) -> StackRecord:
                 if old is None:
                     _release(project)
                     stacks.forget(project)
-                else:
-                    stacks.save(old)  # a stack that was there before keeps its record and leases
+                else:  # a stack that was there before keeps its record and leases, not the ones added now
+                    _release(project, keep=set(old.ports))
+                    stacks.save(old)
             raise
     return record
 
@@ -397,8 +428,13 @@ def up(
             with _deferred_signals():
                 if started:
                     _down_until_gone(compose, record.compose_project())
-                _release(project)
-                stacks.forget(project)
+                if old is not None and not started:
+                    # Compose never ran: the stack that was there keeps its record and its leases.
+                    _release(project, keep=set(old.ports))
+                    stacks.save(old)
+                else:
+                    _release(project)
+                    stacks.forget(project)
             raise
 
 
@@ -433,7 +469,7 @@ def _relocate(
     )
     for record in lease_store.owner_ports(project) or []:
         if record.label in names and record.port == ports[record.label]:
-            lease_store._release_named(record.port, project, record.token)
+            lease_store.release_named(record.port, project, record.token)
     return {**ports, **dict(zip(ordered, fresh.ports, strict=False))}
 
 
@@ -469,7 +505,7 @@ def down(project: str, *, volumes: bool = False, compose: Compose | None = None)
             _release(project)
             return None
         with _deferred_signals():
-            unfinished = False
+            finished = False
             try:
                 compose = compose or Compose.find()
                 target: Project | str = record.compose_project()
@@ -478,20 +514,21 @@ def down(project: str, *, volumes: bool = False, compose: Compose | None = None)
                 result = compose.down(target, volumes=volumes)
                 if not result.ok:
                     raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
-            except EngineUnreachableError as e:
-                # Nothing was removed: forgetting the stack now would leave its containers to no one.
-                unfinished = True
-                raise EngineUnreachableError(
-                    f"{e} (its ports are freed, its containers left: run `freeport-compose down -p {project}` "
-                    "again, or `freeport-compose gc`, once the engine answers)"
-                ) from None
+                finished = True
+            except FreeportError as e:
+                # Its containers may still be there: forgetting the stack would leave them to no one.
+                e.args = (
+                    f"{e} (its ports are freed; run `freeport-compose down -p {project}` again, "
+                    "or `freeport-compose gc`, to remove what is left)",
+                )
+                raise
             finally:
                 _release(project)
-                if unfinished:
+                if finished:
+                    stacks.forget(project)
+                else:
                     record.status = "stopping"
                     stacks.save(record)
-                else:
-                    stacks.forget(project)
     return record
 
 
@@ -541,25 +578,41 @@ def run(opts: Options, command: Sequence[str], *, keep_volumes: bool = False, ex
     Ctrl-C and SIGTERM reach the command, and the stack is brought down whatever happens.
     """
     record = up(opts, wait=True, extra=extra, status="run")  # gc brings it down if this process is killed
+    code = 1
     try:
         env = {**os.environ, **{k: str(v) for k, v in record.ports.items()}, "COMPOSE_PROJECT_NAME": record.project}
-        try:
-            child = subprocess.Popen(list(command), env=env)
-        except OSError as e:
-            warn(f"cannot run {command[0]!r}: {e.strerror}")
-            return 127 if e.errno == errno.ENOENT else 126
-        forward: Callable[[int, Any], None] = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+        child: subprocess.Popen[bytes] | None = None
+        early: list[int] = []  # signals that came before the command existed
+
+        def forward(signum: int, frame: Any) -> None:
+            if child is None:
+                early.append(signum)
+            else:
+                child.send_signal(signum)
+
         # Ctrl-C reaches the command from the terminal itself (same process group): only wait for it.
         old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
         old.update({s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)})
         try:
-            code = child.wait()
+            try:
+                child = subprocess.Popen(list(command), env=env)
+            except OSError as e:
+                warn(f"cannot run {command[0]!r}: {e.strerror}")
+                code = 127 if e.errno == errno.ENOENT else 126
+            else:
+                for signum in early:
+                    child.send_signal(signum)
+                status = child.wait()
+                code = 128 - status if status < 0 else status
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-        return 128 - code if code < 0 else code
     finally:
-        down(record.project, volumes=not keep_volumes)
+        try:
+            down(record.project, volumes=not keep_volumes)
+        except FreeportError as e:  # the command's status still stands; say what is left
+            warn(str(e))
+    return code
 
 
 @dataclass
@@ -601,6 +654,9 @@ def gc(*, containers: Callable[[], Mapping[str, int]] | None = None, compose: Co
             continue
         try:
             with stacks.locked(record.project):
+                current = stacks.load(record.project)
+                if current is None or (current.created, current.status) != (record.created, record.status):
+                    continue  # an up, render or down of this project ran meanwhile: not ours to judge
                 if interrupted and live.get(record.project, 0):
                     with suppress(FreeportError):
                         (compose or Compose.find()).down(record.compose_project())

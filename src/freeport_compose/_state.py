@@ -114,9 +114,17 @@ class StateDir:
         self.shared = shared
         self.file_mode = 0o666 if shared else 0o600
         self.fd = _open_dir(path, path, shared)
-        self.ports_fd = self._open_ports()
-        self.owners_fd = _open_dir("owners", os.path.join(path, "owners"), shared, self.fd)
-        self.stacks_fd = _open_dir("stacks", os.path.join(path, "stacks"), shared, self.fd)
+        opened = [self.fd]
+        try:
+            self.ports_fd = self._open_ports()
+            opened.append(self.ports_fd)
+            self.owners_fd = _open_dir("owners", os.path.join(path, "owners"), shared, self.fd)
+            opened.append(self.owners_fd)
+            self.stacks_fd = _open_dir("stacks", os.path.join(path, "stacks"), shared, self.fd)
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            raise
         self._checked = time.monotonic()
 
     def _open_ports(self) -> int:
@@ -152,7 +160,7 @@ class StateDir:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def is_deleted(self) -> bool:
-        """True when the directory we hold was removed (its link count drops to zero).
+        """True when the directory we hold, or one of its subdirectories, was removed.
 
         Asked at most every 0.1 s: it is a syscall on every allocation otherwise.
         """
@@ -160,15 +168,11 @@ class StateDir:
         if now - self._checked < 0.1:
             return False
         self._checked = now
-        return os.fstat(self.fd).st_nlink == 0
+        return any(os.fstat(fd).st_nlink == 0 for fd in (self.fd, self.ports_fd, self.owners_fd, self.stacks_fd))
 
     def subdir(self, parent_fd: int, name: str, shown: str) -> int:
         """Open (creating if missing) a directory below `parent_fd`; the caller closes it."""
         return _open_dir(name, shown, self.shared, parent_fd)
-
-    def close(self) -> None:
-        for fd in (self.stacks_fd, self.owners_fd, self.ports_fd, self.fd):
-            os.close(fd)
 
 
 _CACHE: dict[tuple[str, bool], StateDir] = {}
@@ -190,7 +194,8 @@ def state_dir(path: str | None = None) -> StateDir:
     with _CACHE_LOCK:
         sd = _CACHE.get(key)
         if sd is not None and sd.is_deleted():
-            sd.close()  # held descriptors keep working; new leases go to the new directory
+            # Not closed: stores and other threads may still be using its descriptors, and a
+            # closed number could be reused for another file. New leases go to the new directory.
             sd = None
         if sd is None:
             sd = _CACHE[key] = StateDir(path, shared=key[1])

@@ -66,5 +66,11 @@ def compose_stack() -> Iterator[Callable[..., RunningStack]]:
         return RunningStack(record.project, dict(record.ports))
 
     yield start
-    for project in started:
-        down(project, volumes=True)
+    errors = []
+    for project in started:  # every stack, even if bringing one down fails
+        try:
+            down(project, volumes=True)
+        except Exception as e:
+            errors.append(f"{project}: {e}")
+    if errors:
+        raise RuntimeError("compose_stack could not bring down: " + "; ".join(errors))
