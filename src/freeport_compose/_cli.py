@@ -242,7 +242,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                     "pid": r.holder.pid,
                     "host": r.holder.host,
                     "created": r.created,
-                    "kind": "named" if r.owner else "process",
+                    "kind": "named" if r.owner else "adopted" if r.adopted else "process",
                 }
                 for r in leases
             ],
