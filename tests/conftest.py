@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from _children import Child, Spawn
 
 PY = sys.executable
 
@@ -49,3 +51,21 @@ def find_free_block(n: int) -> int:
 def free_block() -> Callable[[int], int]:
     """find_free_block as a fixture: `first = free_block(10)` gives ports first..first+9."""
     return find_free_block
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start Child processes (tests/_children.py); every one is killed (and waited for) when the test ends,
+    whatever happened."""
+    children: list[Child] = []
+
+    def start(code: str, *args: object) -> Child:
+        child = Child(code, *args)
+        children.append(child)
+        return child
+
+    try:
+        yield start
+    finally:
+        for child in children:
+            child.kill()

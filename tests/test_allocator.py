@@ -7,7 +7,6 @@ import dataclasses
 import gc
 import math
 import os
-import queue
 import select
 import signal
 import socket
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from _children import Child, Spawn, assert_nothing_held, held_records
 from freeport_compose import (
     EmptyRangeError,
     ExitCode,
@@ -27,7 +27,6 @@ from freeport_compose import (
     FreePorts,
     InvalidNameError,
     InvalidRangeError,
-    LeaseRecord,
     NoFreePortError,
     UnknownOwnerError,
     get_free_port,
@@ -106,88 +105,10 @@ print("released", flush=True)
 """
 
 
-class Child:
-    """A Python process running `code`; its stdout lines are queued by a thread so every wait can time out."""
-
-    def __init__(self, code: str, *args: object) -> None:
-        self.proc = subprocess.Popen(
-            [PY, "-c", code, *map(str, args)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def line(self, timeout: float = 30.0) -> str:
-        try:
-            got = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"child {self.pid} printed nothing within {timeout} s")
-        if got is None:
-            self.proc.wait(10)
-            assert self.proc.stderr is not None
-            pytest.fail(f"child {self.pid} exited ({self.proc.returncode}) early: {self.proc.stderr.read()}")
-        return got
-
-    def has_output(self) -> bool:
-        return not self.lines.empty()
-
-    def send(self, text: str = "go") -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def wait(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._reader.join(5)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-
-
-Spawn = Callable[..., Child]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    """Start Child processes; every one still running is killed when the test ends."""
-    children: list[Child] = []
-
-    def start(code: str, *args: object) -> Child:
-        child = Child(code, *args)
-        children.append(child)
-        return child
-
-    try:
-        yield start
-    finally:
-        for child in children:
-            child.kill()
-
-
 def hold(spawn: Spawn, start: int, stop: int, *, n: int = 1, label: str = "", owner: str = "") -> Child:
     """A child process leasing n ports of start..stop (read its next line for them)."""
     child = spawn(HOLD, n, start, stop, label, owner)
-    assert child.line() == "start"
+    assert child.line(timeout=30) == "start"
     return child
 
 
@@ -197,15 +118,6 @@ def take_elsewhere(start: int, stop: int, timeout: float = 0.0) -> str:
                          timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
-
-
-def held_records() -> list[LeaseRecord]:
-    st = store()
-    return [r for r in st.records() if st.is_held(r)]
-
-
-def assert_nothing_held() -> None:
-    assert held_records() == []
 
 
 # -- forking this process ---------------------------------------------------------------------------
@@ -301,7 +213,7 @@ def test_second_process_waits_for_held_port_then_gets_it(spawn: Spawn, free_bloc
         fp.release()
         assert child.line(timeout=15) == str(first)
         child.send()
-        assert child.line() == "released"
+        assert child.line(timeout=30) == "released"
         assert child.wait() == 0
     finally:
         fp.release()
@@ -347,7 +259,7 @@ def test_ten_processes_on_ten_ports_get_distinct_ports(spawn: Spawn, free_block:
     children = [spawn(HOLD, 1, first, first + 9, f"proc{i}", "") for i in range(10)]
     got: dict[int, int] = {}
     for child in children:
-        assert child.line() == "start"
+        assert child.line(timeout=30) == "start"
     for child in children:
         got[child.pid] = int(child.line(timeout=60))
     # Every child holds its port at this point (they wait on stdin): all ten must differ.
@@ -356,7 +268,7 @@ def test_ten_processes_on_ten_ports_get_distinct_ports(spawn: Spawn, free_block:
     for child in children:
         child.send()
     for child in children:
-        assert child.line() == "released"
+        assert child.line(timeout=30) == "released"
         assert child.wait() == 0
     assert_nothing_held()
 
@@ -427,7 +339,7 @@ def test_one_port_range_used_by_another_program_times_out(kind: str, free_block:
 def test_sigkilled_holder_frees_its_port(spawn: Spawn, free_block: FreeBlock) -> None:
     first = free_block(1)
     child = hold(spawn, first, first, label="doomed")
-    assert child.line() == str(first)
+    assert child.line(timeout=30) == str(first)
     st = store()
     [record] = [r for r in st.records() if r.port == first]
     assert (record.holder.pid, record.label, record.owner) == (child.pid, "doomed", None)
@@ -446,7 +358,7 @@ def test_collect_dead_returns_only_dead_holders(spawn: Spawn, free_block: FreeBl
     live = FreePort(first + 1, first + 1, timeout=5, label="alive")
     try:
         child = hold(spawn, first, first, label="doomed")
-        assert child.line() == str(first)
+        assert child.line(timeout=30) == str(first)
         st = store()
         assert st.collect_dead() == []  # both holders are alive
         os.kill(child.pid, signal.SIGKILL)
@@ -485,7 +397,7 @@ def test_records_show_a_live_process_lease(free_block: FreeBlock) -> None:
 def test_exhaustion_raises_after_timeout_naming_range_and_holder(spawn: Spawn, free_block: FreeBlock) -> None:
     first = free_block(2)
     child = hold(spawn, first, first + 1, n=2)
-    assert sorted(map(int, child.line().split(","))) == [first, first + 1]
+    assert sorted(map(int, child.line(timeout=30).split(","))) == [first, first + 1]
     t0 = time.monotonic()
     with pytest.raises(NoFreePortError) as exc:
         FreePort(first, first + 1, timeout=0.5)
@@ -661,12 +573,12 @@ def test_get_free_port_lease_ends_with_the_process(free_block: FreeBlock) -> Non
 def test_forked_child_exit_keeps_parent_lease(how: str, spawn: Spawn, free_block: FreeBlock) -> None:
     first = free_block(1)
     child = spawn(FORK_EXIT, first, how)
-    assert child.line() == f"{first} 0"  # the forked child exited cleanly
+    assert child.line(timeout=30) == f"{first} 0"  # the forked child exited cleanly
     answer = take_elsewhere(first, first)
     assert answer.startswith("busy:"), answer
     assert f"pid {child.pid}" in answer
     child.send()
-    assert child.line() == "released"
+    assert child.line(timeout=30) == "released"
     assert child.wait() == 0
     assert take_elsewhere(first, first) == f"got {first}"
 

@@ -12,18 +12,15 @@ fails to create it. (Children that may be SIGKILLed never use markers.)
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import queue
 import random
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,10 +28,10 @@ from typing import Any
 
 import pytest
 
+from _children import Json, Spawn, assert_nothing_held, held_records
 from freeport_compose import (
     FreePort,
     FreePorts,
-    LeaseRecord,
     NoFreePortError,
     UnknownOwnerError,
     release_owner,
@@ -44,7 +41,6 @@ from freeport_compose._lease import FREE, LeaseStore
 
 PY = sys.executable
 FreeBlock = Callable[[int], int]
-Json = dict[str, Any]
 NO_SUCH_PID = 4194305  # above PID_MAX_LIMIT: never a live process
 
 # -- child processes ------------------------------------------------------------------------------
@@ -202,117 +198,6 @@ allocator.port_is_free = stalling_probe
 FreePorts(n, start, stop, owner=owner, labels=[f"part{i}" for i in range(n)], timeout=10)
 print(json.dumps({"finished": probed}), flush=True)
 """
-
-
-class Proc:
-    """A Python child process; stdout lines are queued by a thread (so every wait can time out), stderr kept."""
-
-    def __init__(self, code: str, *args: object) -> None:
-        self.proc = subprocess.Popen(
-            [PY, "-c", code, *map(str, args)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.err: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._read_out, daemon=True),
-            threading.Thread(target=self._read_err, daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-
-    def _read_out(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def _read_err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.err.append(line)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stderr(self) -> str:
-        if self.proc.poll() is not None:
-            self._readers[1].join(5)
-        return "".join(self.err)
-
-    def line(self, timeout: float = 60.0) -> str:
-        try:
-            got = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"child {self.pid} said nothing within {timeout} s; stderr: {''.join(self.err)}")
-        if got is None:
-            code = self.proc.wait(10)
-            pytest.fail(f"child {self.pid} exited ({code}) early; stderr: {self.stderr()}")
-        return got
-
-    def json(self, timeout: float = 60.0) -> Json:
-        answer = json.loads(self.line(timeout))
-        assert isinstance(answer, dict)
-        return answer
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(text + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            code = self.proc.wait(10)
-            pytest.fail(f"child {self.pid} exited ({code}) early; stderr: {self.stderr()}")
-
-    def finish(self, timeout: float = 30.0) -> int:
-        """Close stdin (the child's cue to end) and return its exit code."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for t in self._readers:
-            t.join(5)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-
-
-Spawn = Callable[..., Proc]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    """Start Proc children; every one is killed (and waited for) when the test ends, whatever happened."""
-    children: list[Proc] = []
-
-    def start(code: str, *args: object) -> Proc:
-        child = Proc(code, *args)
-        children.append(child)
-        return child
-
-    try:
-        yield start
-    finally:
-        for child in children:
-            child.kill()
-
-
-def held_records() -> list[LeaseRecord]:
-    st = store()
-    return [r for r in st.records() if st.is_held(r)]
-
-
-def assert_nothing_held() -> None:
-    assert held_records() == []
 
 
 def mark(marks: Path, port: int, pid: int) -> None:
