@@ -66,8 +66,10 @@ def test_template_renders_and_compose_accepts_it(template: Path, tmp_path: Path)
 def test_demo_runs_and_cleans_up() -> None:
     result = fpc("run", "-f", str(ROOT / "examples/demo/compose.yml"), "--", "sh", str(ROOT / "examples/demo/check.sh"))
     assert result.returncode == 0, result.stderr
-    lines = [ln for ln in result.stdout.splitlines() if "answers HTTP" in ln]
+    lines = [ln for ln in result.stdout.splitlines() if " answers on leased port " in ln]
     assert len(lines) == 2, result.stdout
+    assert lines[0].startswith("web ") and lines[0].endswith(": web: hello from a leased port")
+    assert lines[1].startswith("api ") and lines[1].endswith(": api: hello from a leased port")
     assert json.loads(fpc("ls", "--json").stdout)["leases"] == []
 
 
@@ -137,8 +139,8 @@ def test_factory(free_port_factory):
 
 def test_stack(compose_stack):
     stack = compose_stack("compose.yml")
-    assert get(stack.port("web")) == 404
-    assert get(stack.ports["FREEPORT_api"]) == 404
+    assert get(stack.port("web")) == 200
+    assert get(stack.ports["FREEPORT_api"]) == 200
 """
     )
     result = subprocess.run(
