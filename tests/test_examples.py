@@ -68,8 +68,10 @@ def test_demo_runs_and_cleans_up() -> None:
     assert result.returncode == 0, result.stderr
     lines = [ln for ln in result.stdout.splitlines() if " answers on leased port " in ln]
     assert len(lines) == 2, result.stdout
-    assert lines[0].startswith("web ") and lines[0].endswith(": web: hello from a leased port")
-    assert lines[1].startswith("api ") and lines[1].endswith(": api: hello from a leased port")
+    assert lines[0].startswith("web ")
+    assert lines[0].endswith(": web: hello from a leased port")
+    assert lines[1].startswith("api ")
+    assert lines[1].endswith(": api: hello from a leased port")
     assert json.loads(fpc("ls", "--json").stdout)["leases"] == []
 
 
