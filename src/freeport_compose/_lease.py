@@ -339,7 +339,9 @@ class LeaseStore:
 
     def __init__(self, sd: StateDir) -> None:
         self.sd = sd
-        self.slots = _open_slots(sd)
+        # Not in a directory shared with other users: any of them could truncate the map under us,
+        # and touching a truncated map kills the process (SIGBUS).
+        self.slots = None if sd.shared else _open_slots(sd)
 
     def likely_leased(self, port: int) -> bool:
         """A hint, free of syscalls: True if the port was leased when last seen."""
