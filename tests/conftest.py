@@ -39,12 +39,22 @@ def _really_free(port: int) -> bool:
 
 
 def find_free_block(n: int) -> int:
-    """First port of n consecutive ports in 20000-29999 that nothing on the machine uses right now."""
-    for _ in range(1000):
-        first = random.randrange(20000, 30000 - n)
-        if all(_really_free(p) for p in range(first, first + n)):
-            return first
-    raise RuntimeError(f"no block of {n} free ports found")
+    """First port of n consecutive ports in 20000-32767 (below the kernel's ephemeral range) that
+    nothing on the machine uses right now.
+
+    Scanned from a random point as a sliding window: a busy port (say one in TIME_WAIT after an
+    earlier test's HTTP request) only moves the window past it, so large blocks are still found.
+    """
+    lo, hi = 20000, 32767
+    for _ in range(20):
+        first = p = random.randrange(lo, hi - n + 2)
+        while p <= hi:
+            if not _really_free(p):
+                first = p + 1
+            elif p - first + 1 == n:
+                return first
+            p += 1
+    raise RuntimeError(f"no block of {n} free ports found in 20000-32767")
 
 
 @pytest.fixture
