@@ -334,7 +334,9 @@ def _cmd_port(args: argparse.Namespace) -> int:
 
     project = find_project(args.project)
     ports = ports_of(project)
-    name = args.name if args.name.startswith("FREEPORT_") else f"FREEPORT_{args.name}"
+    from ._template import placeholder_key
+
+    name = placeholder_key(args.name)
     if name not in ports:
         raise UnknownOwnerError(f"stack {project!r} has no placeholder {name} (it has {', '.join(ports)})")
     print(ports[name])

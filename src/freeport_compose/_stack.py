@@ -210,10 +210,17 @@ def lease(stack: Stack, project: str, *, reuse: bool, timeout: float | None) -> 
     ports = {name: held[name] for name in stack.names if name in held}
     missing = [name for name in stack.names if name not in ports]
     if missing:
-        hosts = sorted({h for name in missing for h in stack.hosts(name)})
-        fps = FreePorts(len(missing), owner=project, labels=missing, host=hosts, timeout=timeout)
-        ports.update(zip(missing, fps.ports, strict=False))
+        ports.update(_lease_names(stack, project, missing, timeout))
     return dict(sorted(ports.items(), key=lambda kv: sort_key(kv[0])))
+
+
+def _lease_names(
+    stack: Stack, project: str, names: Sequence[str], timeout: float | None, exclude: Sequence[int] = ()
+) -> dict[str, int]:
+    """Lease one port per name under the project, all or nothing, free on every host a name is bound to."""
+    hosts = sorted({h for name in names for h in stack.hosts(name)})
+    fps = FreePorts(len(names), owner=project, labels=names, host=hosts, timeout=timeout, exclude=exclude)
+    return dict(zip(names, fps.ports, strict=True))
 
 
 def _write_outputs(
@@ -462,15 +469,12 @@ def _relocate(
 ) -> dict[str, int]:
     """New leases for `names` (avoiding their clashed ports), then the old ones released."""
     lease_store = store()
-    hosts = sorted({h for n in names for h in stack.hosts(n)})
     ordered = sorted(names, key=sort_key)
-    fresh = FreePorts(
-        len(ordered), owner=project, labels=ordered, host=hosts, timeout=timeout, exclude=[ports[n] for n in ordered]
-    )
+    fresh = _lease_names(stack, project, ordered, timeout, exclude=[ports[n] for n in ordered])
     for record in lease_store.owner_ports(project) or []:
         if record.label in names and record.port == ports[record.label]:
             lease_store.release_named(record.port, project, record.token)
-    return {**ports, **dict(zip(ordered, fresh.ports, strict=False))}
+    return {**ports, **fresh}
 
 
 def find_project(project: str | None, files: Sequence[str] = ()) -> str:

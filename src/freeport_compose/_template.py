@@ -8,7 +8,6 @@ file (comments, anchors, quoting, key order, `${VAR}` and `$$`) comes out byte f
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ._error import TemplateError
+from ._state import write_atomic
 
 try:  # libyaml is 10x faster; positions are in characters either way
     from yaml import CSafeLoader as _Loader
@@ -32,6 +32,11 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _BREAK_RE = re.compile(r"[\r\n\x85\u2028\u2029]")  # YAML 1.1 line breaks
 _PROPERTIES_RE = re.compile(r"(?:[&!]\S*\s+(?:#.*\s+)*)+")  # `&anchor !tag  # comment` before a scalar
 _DEFAULT_RE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^${}]*)\}")  # ${VAR:-default}, ${VAR-default}
+
+
+def placeholder_key(name: str) -> str:
+    """The key of a placeholder as given by a user: "db" and "FREEPORT_db" both mean FREEPORT_db."""
+    return name if name.startswith(PREFIX) else PREFIX + name
 
 
 def sort_key(name: str) -> tuple[int, int, str]:
@@ -532,15 +537,8 @@ def check_published(config: Mapping[str, object], stack: Stack, ports: Mapping[s
 
 def write_file(path: str, text: str) -> None:
     """Write `path` atomically (temporary file + rename): never half-written, even if killed."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode())
-            f.flush()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        write_atomic(directory, os.path.basename(path), text.encode(), 0o644)
+    finally:
+        os.close(directory)

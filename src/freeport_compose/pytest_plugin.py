@@ -49,7 +49,9 @@ class RunningStack:
 
     def port(self, name: str) -> int:
         """The port of `name`: "FREEPORT_db" or just "db"."""
-        return self.ports[name if name.startswith("FREEPORT_") else f"FREEPORT_{name}"]
+        from ._template import placeholder_key
+
+        return self.ports[placeholder_key(name)]
 
 
 @pytest.fixture
