@@ -51,7 +51,7 @@ from _common import (
     us,
 )
 from freeport_compose import FreePort, FreePorts
-from freeport_compose._lease import LeaseStore
+from freeport_compose._leasing.locks import PortLocks
 
 PROCS, PER_PROC = 16, 6  # scenario b: 16 processes x 6 ports in a 96-port range
 CONTENDED_RANGE = PROCS * PER_PROC
@@ -466,21 +466,21 @@ def choose_lease_range() -> tuple[int, int, int]:
 
 
 def count_candidates(lo: int, hi: int, n: int) -> float:
-    """Lock files tried per FreePort(lo, hi) allocation, counted by wrapping LeaseStore.try_claim."""
-    original = LeaseStore.try_claim
+    """Lock files tried per FreePort(lo, hi) allocation, counted by wrapping PortLocks.try_claim."""
+    original = PortLocks.try_claim
     calls = 0
 
-    def counting(self: LeaseStore, *args: Any, **kwargs: Any) -> Any:
+    def counting(self: PortLocks, *args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         return original(self, *args, **kwargs)
 
-    LeaseStore.try_claim = counting  # type: ignore[method-assign]
+    PortLocks.try_claim = counting  # type: ignore[method-assign]
     try:
         for _ in range(n):
             FreePort(lo, hi).release()
     finally:
-        LeaseStore.try_claim = original  # type: ignore[method-assign]
+        PortLocks.try_claim = original  # type: ignore[method-assign]
     return calls / n
 
 

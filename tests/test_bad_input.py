@@ -414,15 +414,16 @@ def test_project_busy(work: Path, state_dir: Path, monkeypatch: pytest.MonkeyPat
     """A project another freeport-compose keeps busy: exit 13 after the wait, one line, nothing leased."""
     import fcntl
 
-    from freeport_compose import _stack
     from freeport_compose._cli import main
+    from freeport_compose._stacks import records
+    from freeport_compose._stacks.state import State
 
     (work / "t.yml").write_text(VALID)
-    _stack.Stacks()  # creates the state dir
+    State.open()  # creates the state dir
     fd = os.open(state_dir / "stacks" / "busy-one.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        monkeypatch.setattr(_stack, "BUSY_WAIT", 0.3)
+        monkeypatch.setattr(records, "BUSY_WAIT", 0.3)
         code = main(["render", "--no-check", "-f", str(work / "t.yml"), "-p", "busy-one", "-o", str(work / "o.yml")])
     finally:
         os.close(fd)

@@ -1,9 +1,7 @@
 """Fault tests of the allocator: holders SIGKILLed at random points, a full state-dir filesystem, hostile records.
 
 Instrumentation in the children only: to widen the window in which a claimer holds a port's flock,
-some children replace `freeport_compose._allocator.port_is_free` (the name FreePorts._is_free calls:
-_allocator imports it from _probe, so patching `_probe.port_is_free` would change nothing) with a
-wrapper that sleeps or stalls before the real probe.
+some children pass FreePorts a `probe=` that sleeps or stalls before the real bind probe.
 
 Duplicate detection across processes: whoever is handed a port creates `<marks>/<port>` with
 O_EXCL while it holds the port and removes it before releasing, so a second simultaneous holder
@@ -37,7 +35,8 @@ from freeport_compose import (
     release_owner,
     store,
 )
-from freeport_compose._lease import FREE, LeaseStore
+from freeport_compose._leasing.locks import PortLocks
+from freeport_compose._leasing.slots import FREE
 
 PY = sys.executable
 FreeBlock = Callable[[int], int]
@@ -111,21 +110,19 @@ print(json.dumps({"claims": claims}), flush=True)
 # flock) or not, and how many leases it had completed.
 ZYGOTE = r"""
 import ctypes, json, mmap, os, random, signal, struct, sys, time, traceback
-import freeport_compose._allocator as allocator
 from freeport_compose import FreePort, FreePorts, store
+from freeport_compose._leasing.probe import port_is_free
 
 start, stop, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 progress = mmap.mmap(-1, 8)  # anonymous and shared with the children: [0] in a probe, [4:8] leases done
-real_probe = allocator.port_is_free
 
-def slow_probe(port, hosts=()):
+def slow_probe(port):
     progress[0] = 1
     time.sleep(random.random() * 0.003)
-    free = real_probe(port, hosts)
+    free = port_is_free(port)
     progress[0] = 0
     return free
 
-allocator.port_is_free = slow_probe
 store()  # opened before forking: a child starts allocating at once
 libc = ctypes.CDLL(None, use_errno=True)
 zygote = os.getpid()
@@ -136,9 +133,9 @@ def churn():
     done = 0
     while True:
         if mode == "named":
-            lease = FreePorts(2, start, stop, owner=owner, timeout=30)
+            lease = FreePorts(2, start, stop, owner=owner, timeout=30, probe=slow_probe)
         else:
-            lease = FreePort(start, stop, timeout=30, label="doomed")
+            lease = FreePort(start, stop, timeout=30, label="doomed", probe=slow_probe)
         done += 1
         struct.pack_into("<I", progress, 4, done)
         time.sleep(random.random() * 0.001)
@@ -180,22 +177,20 @@ for line in sys.stdin:
 # ports probed so far: killed there, it holds the stalled port's flock and has leased the others.
 NAMED_STALL = r"""
 import json, sys, time
-import freeport_compose._allocator as allocator
 from freeport_compose import FreePorts
+from freeport_compose._leasing.probe import port_is_free
 
 n, start, stop, owner, stall_at = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-real_probe = allocator.port_is_free
 probed = []
 
-def stalling_probe(port, hosts=()):
+def stalling_probe(port):
     probed.append(port)
     if len(probed) == stall_at:
         print(json.dumps({"probed": probed}), flush=True)
         time.sleep(600)
-    return real_probe(port, hosts)
+    return port_is_free(port)
 
-allocator.port_is_free = stalling_probe
-FreePorts(n, start, stop, owner=owner, labels=[f"part{i}" for i in range(n)], timeout=10)
+FreePorts(n, start, stop, owner=owner, labels=[f"part{i}" for i in range(n)], timeout=10, probe=stalling_probe)
 print(json.dumps({"finished": probed}), flush=True)
 """
 
@@ -842,9 +837,9 @@ def test_claimer_racing_a_release_leaves_no_phantom_lease(
     st = store()
     fp = FreePort(port, port, timeout=0)
     raced: list[str] = []
-    real_mark = LeaseStore._mark
+    real_mark = PortLocks._mark
 
-    def mark(self: LeaseStore, p: int, state: int, *args: Any) -> None:
+    def mark(self: PortLocks, p: int, state: int, *args: Any) -> None:
         real_mark(self, p, state, *args)
         if p == port and state == FREE and not raced:
             # Inside fp.release(): the slot says FREE, the flock is not dropped yet. Another claimer now:
@@ -853,7 +848,7 @@ def test_claimer_racing_a_release_leaves_no_phantom_lease(
             except NoFreePortError as e:
                 raced.append(str(e))
 
-    monkeypatch.setattr(LeaseStore, "_mark", mark)
+    monkeypatch.setattr(PortLocks, "_mark", mark)
     fp.release()
     monkeypatch.undo()
     if len(raced) != 1:  # not an AssertionError: this would be a worse bug than the one expected here

@@ -22,16 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from freeport_compose._error import ExitCode, TemplateError
-from freeport_compose._template import (
-    MAX_TEMPLATE_BYTES,
-    PLACEHOLDER_RE,
-    Stack,
-    check_published,
-    load,
-    load_stack,
-    sort_key,
-    write_file,
-)
+from freeport_compose._stacks.check import check_published
+from freeport_compose._stacks.outputs import write_file
+from freeport_compose._stacks.template import MAX_TEMPLATE_BYTES, PLACEHOLDER_RE, load, sort_key
+from freeport_compose._stacks.templateset import TemplateSet, load_set
 
 CLI = Path(sys.executable).with_name("freeport-compose")
 BOM = "\ufeff"
@@ -235,7 +229,7 @@ def test_render_changes_only_the_placeholders(tmp_path: Path, variant: str) -> N
 
 
 def test_realistic_template_port_analysis(tmp_path: Path) -> None:
-    stack = load_stack([write(tmp_path / "compose.yml", template_text(REALISTIC))])
+    stack = load_set([write(tmp_path / "compose.yml", template_text(REALISTIC))])
     assert stack.names == REALISTIC_NAMES
     assert stack.hosts("FREEPORT_1") == ["127.0.0.1", "::1"]  # both through the `ports: *web-ports` alias
     assert stack.protocols("FREEPORT_1") == ["tcp"]
@@ -255,7 +249,7 @@ def test_base60_looking_ports_are_strings_not_ints(tmp_path: Path) -> None:
         "services:\n  ssh:\n    ports:\n      - 2222:22\n      - 22:$<FREEPORT_1>\n"
         "      - $<FREEPORT_2>:22\n",
     )
-    stack = load_stack([path])
+    stack = load_set([path])
     entries = stack.templates[0].entries
     assert [(e.published, e.target, e.names) for e in entries] == [
         ("2222", "22", ()), ("22", "$<FREEPORT_1>", ()), ("$<FREEPORT_2>", "22", ("FREEPORT_2",))
@@ -496,7 +490,7 @@ def test_property_only_template_errors_and_faithful_renders(tmp_path: Path, cont
         expected += [text[last : o.start], str(ports[o.name])]
         last = o.end
     assert t.render(ports) == "".join(expected) + text[last:]
-    stack = Stack([t])
+    stack = TemplateSet([t])
     for name in stack.names:
         stack.hosts(name)
         stack.protocols(name)
@@ -649,7 +643,7 @@ def test_stack_without_placeholder(tmp_path: Path) -> None:
     a = write(tmp_path / "a.yml", "services:\n  web:\n    ports: ['8080:80']  # $<FREEPORT_1>\n")
     b = write(tmp_path / "b.yml", "services:\n  web:\n    environment: {A: $$<FREEPORT_1>}\n")
     with pytest.raises(TemplateError) as info:
-        load_stack([a, b])
+        load_set([a, b])
     assert str(info.value) == f"{a}:1:1: no $<FREEPORT_name> placeholder in {a}, {b}: nothing to lease"
 
 
@@ -657,7 +651,7 @@ def test_stack_error_names_the_bad_file(tmp_path: Path) -> None:
     good = write(tmp_path / "good.yml", "services:\n  web:\n    ports: ['$<FREEPORT_1>:80']\n")
     bad = write(tmp_path / "bad.yml", "services:\n  db:\n    ports: ['$<FREEPORT_db:5432']\n")
     with pytest.raises(TemplateError) as info:
-        load_stack([good, bad])
+        load_set([good, bad])
     assert str(info.value) == f"{bad}:3:14: unclosed placeholder '$<FREEPORT_db:5432': write $<FREEPORT_name>"
 
 
@@ -670,7 +664,7 @@ def test_one_port_per_name_across_files(tmp_path: Path) -> None:
                                   "    ports: ['$<FREEPORT_api>:80', '$<FREEPORT_10>:81']\n")
     b = write(tmp_path / "b.yml", "services:\n  db:\n    ports: ['$<FREEPORT_db>:5432', '$<FREEPORT_2>:1', "
                                   "'$<FREEPORT_1>:2']\n")
-    stack = load_stack([a, b])
+    stack = load_set([a, b])
     assert stack.names == ["FREEPORT_1", "FREEPORT_2", "FREEPORT_10", "FREEPORT_api", "FREEPORT_db"]
     ports = {"FREEPORT_1": 1, "FREEPORT_2": 2, "FREEPORT_10": 10, "FREEPORT_api": 3, "FREEPORT_db": 5432}
     assert stack.templates[0].render(ports) == (
@@ -707,7 +701,7 @@ def test_hosts_and_protocols(tmp_path: Path) -> None:
         "      - 127.0.0.9:8080:80\n"
         "      - 84\n"
     ))
-    stack = load_stack([path])
+    stack = load_set([path])
     assert stack.hosts("FREEPORT_1") == ["127.0.0.1", "::1"]
     assert stack.protocols("FREEPORT_1") == ["tcp", "udp"]
     assert stack.hosts("FREEPORT_2") == ["10.0.0.1"]
@@ -734,7 +728,7 @@ def test_ports_through_a_merge_key(tmp_path: Path) -> None:
         "    <<: *web\n"
         "    ports: ['$<FREEPORT_2>:80']\n"
     ))
-    stack = load_stack([path])
+    stack = load_set([path])
     assert stack.hosts("FREEPORT_1") == ["127.0.0.1"]
     assert stack.protocols("FREEPORT_1") == ["udp"]
     assert stack.hosts("FREEPORT_2") == []
@@ -744,7 +738,7 @@ def test_ports_through_a_merge_key(tmp_path: Path) -> None:
     ]
 
 
-def _conflict_stack(tmp_path: Path) -> tuple[str, str, Stack]:
+def _conflict_stack(tmp_path: Path) -> tuple[str, str, TemplateSet]:
     base = write(tmp_path / "base.yml", (
         "services:\n"
         "  web:\n"
@@ -779,7 +773,7 @@ def _conflict_stack(tmp_path: Path) -> tuple[str, str, Stack]:
         "    image: x\n"
         "    ports: ['$<FREEPORT_3>:1']\n"
     ))
-    return base, over, load_stack([base, over])
+    return base, over, load_set([base, over])
 
 
 def test_conflicts_and_override_text(tmp_path: Path) -> None:
@@ -818,7 +812,7 @@ def test_override_text_quotes_odd_service_names(tmp_path: Path) -> None:
     base = write(tmp_path / "a.yml", "services:\n  'we: b\"#':\n    ports: ['1:80']\n  ñ:\n    ports: [2:81]")
     over = write(tmp_path / "b.yml", "services:\n  'we: b\"#':\n    ports: ['$<FREEPORT_1>:80']\n"
                                      "  ñ:\n    ports: ['$<FREEPORT_1>:81']\n")
-    stack = load_stack([base, over])
+    stack = load_set([base, over])
     text = stack.override_text({"FREEPORT_1": 7}, stack.conflicts())
     assert load_override(text) == {"services": {'we: b"#': {"ports": ["7:80"]}, "ñ": {"ports": ["7:81"]}}}
 
@@ -829,28 +823,28 @@ def test_override_and_reset_in_a_later_file_remove_base_bindings(tmp_path: Path)
     reset = write(tmp_path / "r.yml", "services:\n  web:\n    ports: !reset []\n")
     reset_null = write(tmp_path / "n.yml", "services:\n  web:\n    ports: !reset null\n")
     leased = write(tmp_path / "l.yml", "services:\n  web:\n    ports: ['$<FREEPORT_1>:80']\n")
-    assert load_stack([base, override, leased]).conflicts() == {}
-    assert load_stack([base, reset, leased]).conflicts() == {}
-    assert load_stack([base, reset_null, leased]).conflicts() == {}
+    assert load_set([base, override, leased]).conflicts() == {}
+    assert load_set([base, reset, leased]).conflicts() == {}
+    assert load_set([base, reset_null, leased]).conflicts() == {}
     # without the reset the base's 8080:80 clashes; the reset file before the base changes nothing
     for files in ([base, leased], [reset, base, leased]):
-        assert [e.value for e in load_stack(files).conflicts()["web"]] == ["9090:90", "$<FREEPORT_1>:80"]
+        assert [e.value for e in load_set(files).conflicts()["web"]] == ["9090:90", "$<FREEPORT_1>:80"]
     # a placeholder file with !override is its own replacement: no conflict
     own = write(tmp_path / "own.yml", "services:\n  web:\n    ports: !override ['$<FREEPORT_1>:80']\n")
-    assert load_stack([base, own]).conflicts() == {}
+    assert load_set([base, own]).conflicts() == {}
 
 
 def test_fixed_binding_beside_a_leased_one_in_the_same_file(tmp_path: Path) -> None:
     # Compose publishes both: nothing to override, and check_published expects both
     text = "services:\n  web:\n    ports: ['8080:80', '$<FREEPORT_1>:80', 2222:22]\n"
     path = write(tmp_path / "c.yml", text)
-    stack = load_stack([path])
+    stack = load_set([path])
     assert stack.conflicts() == {}
     config = _config({"web": [_port(80, "8080"), _port(80, "20001"), _port(22, "2222")]})
     assert check_published(config, stack, {"FREEPORT_1": 20001}) == []
     # the same fixed binding from a base file is a clash, replaced by the override
     base = write(tmp_path / "base.yml", "services:\n  web:\n    ports: ['9090:80']\n")
-    stack = load_stack([base, path])
+    stack = load_set([base, path])
     assert [e.value for e in stack.conflicts()["web"]] == ["8080:80", "$<FREEPORT_1>:80", "2222:22"]
     config["services"]["web"]["ports"].append(_port(80, "9090"))
     assert check_published(config, stack, {"FREEPORT_1": 20001}) == [
@@ -904,7 +898,7 @@ def test_check_published(tmp_path: Path) -> None:
 def test_check_published_interpolation_replacing_the_placeholder(tmp_path: Path) -> None:
     text = 'services:\n  web:\n    ports:\n      - "${WEB_PORT:-$<FREEPORT_1>}:80"\n'
     path = write(tmp_path / "c.yml", text)
-    stack = load_stack([path])
+    stack = load_set([path])
     ports = {"FREEPORT_1": 20001}
     assert check_published(_config({"web": [_port(80, "20001")]}), stack, ports) == []
     assert check_published(_config({"web": [_port(80, "9999")]}), stack, ports) == [
@@ -918,13 +912,13 @@ def test_warnings_about_container_name(tmp_path: Path) -> None:
         "services:\n  web:\n    container_name: web\n    ports: ['$<FREEPORT_1>:80']\n  db:\n    image: x\n",
     )
     b = write(tmp_path / "b.yml", "services:\n  db: {image: y, container_name: db}\n")
-    stack = load_stack([a, b])
+    stack = load_set([a, b])
     tail = "cannot run at once; remove it to run stacks side by side"
     assert stack.warnings() == [
         f"{a}:3:5: service 'web' sets container_name, so two stacks from this file {tail}",
         f"{b}:2:18: service 'db' sets container_name, so two stacks from this file {tail}",
     ]
-    assert load_stack([a]).warnings() == [stack.warnings()[0]]
+    assert load_set([a]).warnings() == [stack.warnings()[0]]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1037,7 +1031,7 @@ def test_cli_render_ports_port_release(tmp_path: Path) -> None:
 
 def _leases_without_stack_check() -> list[dict[str, Any]]:
     """The leases, read from the state dir directly (the stack record would make `ls` ask Docker)."""
-    from freeport_compose._allocator import store
+    from freeport_compose import store
 
     lease_store = store()
     return [{"port": r.port, "owner": r.owner, "label": r.label}

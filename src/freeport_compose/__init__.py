@@ -1,6 +1,5 @@
 """Host ports that no other thread, process or Compose stack on the machine gets at the same time."""
 
-from ._allocator import DEFAULT_TIMEOUT, FreePort, FreePorts, get_free_port, release_owner, release_port, store
 from ._error import (
     ComposeError,
     ComposeNotFoundError,
@@ -17,8 +16,10 @@ from ._error import (
     TemplateError,
     UnknownOwnerError,
 )
-from ._lease import LeaseRecord
-from ._range import PortRange
+from ._leasing.allocator import DEFAULT_TIMEOUT, FreePort, FreePorts, get_free_port, release_owner, release_port
+from ._leasing.ranges import PortRange
+from ._leasing.records import LeaseRecord
+from ._leasing.store import LeaseStore, store
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidNameError",
     "InvalidRangeError",
     "LeaseRecord",
+    "LeaseStore",
     "NoFreePortError",
     "OutputError",
     "PortRange",

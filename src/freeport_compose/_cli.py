@@ -1,4 +1,9 @@
-"""The `freeport-compose` command line: argument parsing, output, and exit codes. No logic of its own."""
+"""The `freeport-compose` command line: argument parsing, output, and exit codes. No logic of its own.
+
+Guarantees: the only module that prints; every FreeportError becomes one `freeport-compose:` line
+and its own exit code; the state dir given with --state-dir is passed down, never put in the
+environment.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,26 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from ._error import ExitCode, FreeportError, InvalidRangeError, UnknownOwnerError
+
+if TYPE_CHECKING:  # imported where used: every command pays only for what it needs
+    from ._stacks.lifecycle import Options
+    from ._stacks.state import State
 
 FORMATS = ("json", "dotenv", "make", "shell")
 
 
 def _range(text: str) -> tuple[int, int]:
-    from ._range import parse_range
+    from ._leasing.ranges import parse_range
 
     return parse_range(text, "--range")
 
 
 def _ports_list(text: str) -> list[int]:
-    from ._range import parse_port
+    from ._leasing.ranges import parse_port
 
     return [parse_port(p, "--exclude port") for p in text.split(",") if p.strip()]
 
@@ -171,8 +180,8 @@ def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def _opts(args: argparse.Namespace) -> Any:
-    from ._stack import Options
+def _opts(args: argparse.Namespace) -> Options:
+    from ._stacks.lifecycle import Options
 
     return Options(
         files=args.files,
@@ -186,11 +195,26 @@ def _opts(args: argparse.Namespace) -> Any:
 
 
 def _say(message: str) -> None:
+    """The CLI's one way to tell the user something: one `freeport-compose:` line on stderr."""
     print(f"freeport-compose: {message}", file=sys.stderr)
 
 
-def _cmd_get(args: argparse.Namespace) -> int:
-    from ._allocator import FreePorts
+def _state(args: argparse.Namespace) -> State:
+    from ._stacks.state import State
+
+    return State.open(args.state_dir)
+
+
+def format_ports(ports: Mapping[str, int], fmt: str) -> str:
+    """`json`: exactly {"FREEPORT_1": 20417}; `dotenv`/`make`/`shell`: lines to include or eval."""
+    if fmt == "json":
+        return json.dumps(dict(ports))
+    line = {"dotenv": "{}={}", "make": "{} := {}", "shell": "export {}={}"}[fmt]
+    return "\n".join(line.format(name, port) for name, port in ports.items())
+
+
+def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
+    from ._leasing.allocator import FreePorts
 
     start, stop = _range(args.range) if args.range else (None, None)
     exclude = [p for text in args.exclude for p in _ports_list(text)]
@@ -203,37 +227,29 @@ def _cmd_get(args: argparse.Namespace) -> int:
         host=args.host,
         exclude=exclude,
         owner=args.owner,
+        state_dir=args.state_dir,
     )
     print(json.dumps(fps.ports) if args.format == "json" else "\n".join(map(str, fps.ports)))
     return 0
 
 
-def _cmd_release(args: argparse.Namespace) -> int:
-    from ._allocator import release_owner
+def _cmd_release(args: argparse.Namespace, after: list[str]) -> int:
+    from ._leasing.store import store
 
-    ports = release_owner(args.owner)
+    ports = store(args.state_dir).release_owner(args.owner)
     _say(f"released {len(ports)} port(s) of {args.owner!r}: {' '.join(map(str, ports))}")
     return 0
 
 
-def _cmd_ls(args: argparse.Namespace) -> int:
-    from ._allocator import store
-    from ._stack import Stacks
+def _cmd_ls(args: argparse.Namespace, after: list[str]) -> int:
+    from ._stacks.lifecycle import overview
 
-    lease_store = store()
-    leases = [r for r in lease_store.records() if lease_store.is_held(r)]
-    stacks = Stacks().all()
-    containers: dict[str, int] | None = None
-    if stacks:
-        try:
-            from ._engine import project_containers
-
-            containers = dict(project_containers())
-        except FreeportError as e:
-            _say(f"warning: container counts unknown: {e}")
+    view = overview(_state(args))
+    if view.engine_error is not None:
+        _say(f"warning: container counts unknown: {view.engine_error}")
     if args.json:
         out = {
-            "state_dir": lease_store.sd.path,
+            "state_dir": view.state_dir,
             "leases": [
                 {
                     "port": r.port,
@@ -242,36 +258,36 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                     "pid": r.holder.pid,
                     "host": r.holder.host,
                     "created": r.created,
-                    "kind": "named" if r.owner else "adopted" if r.adopted else "process",
+                    "kind": r.kind,
                 }
-                for r in leases
+                for r in view.leases
             ],
             "stacks": [
                 {
-                    "project": s.project,
-                    "status": s.status,
-                    "ports": s.ports,
-                    "files": s.files,
-                    "containers": None if containers is None else containers.get(s.project, 0),
+                    "project": s.record.project,
+                    "status": s.record.status.value,
+                    "ports": s.record.ports,
+                    "files": s.record.files,
+                    "containers": s.containers,
                 }
-                for s in stacks
+                for s in view.stacks
             ],
         }
         print(json.dumps(out, indent=2))
         return 0
-    print(f"# state dir: {lease_store.sd.path}")
+    print(f"# state dir: {view.state_dir}")
     rows = [("PORT", "KIND", "OWNER", "LABEL", "HOLDER", "SINCE")]
-    for r in leases:
+    for r in view.leases:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
-        kind = "named" if r.owner else "adopted" if r.adopted else "process"
-        rows.append((str(r.port), kind, r.owner or "-", r.label or "-", f"pid {r.holder.pid}@{r.holder.host}", since))
+        rows.append((str(r.port), r.kind, r.owner or "-", r.label or "-", f"pid {r.holder.pid}@{r.holder.host}", since))
     _table(rows)
-    if stacks:
+    if view.stacks:
         print()
         srows = [("PROJECT", "STATUS", "CONTAINERS", "PORTS")]
-        for st in stacks:
-            count = "?" if containers is None else str(containers.get(st.project, 0))
-            srows.append((st.project, st.status, count, " ".join(f"{k}={v}" for k, v in st.ports.items())))
+        for s in view.stacks:
+            count = "?" if s.containers is None else str(s.containers)
+            ports = " ".join(f"{k}={v}" for k, v in s.record.ports.items())
+            srows.append((s.record.project, s.record.status.value, count, ports))
         _table(srows)
     return 0
 
@@ -282,10 +298,12 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
-def _cmd_gc(args: argparse.Namespace) -> int:
-    from ._stack import gc
+def _cmd_gc(args: argparse.Namespace, after: list[str]) -> int:
+    from ._stacks.lifecycle import gc
 
-    report = gc()
+    report = gc(_state(args))
+    for project, error in report.skipped:
+        _say(f"gc: skipped {project}: {error}")
     if report.dead_process_leases:
         _say(f"freed {len(report.dead_process_leases)} lease record(s) of dead processes")
     for project, why in report.stacks:
@@ -295,47 +313,49 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_render(args: argparse.Namespace) -> int:
-    from ._stack import render
+def _cmd_render(args: argparse.Namespace, after: list[str]) -> int:
+    from ._stacks.lifecycle import render
 
-    record = render(_opts(args), out=args.output)
+    record = render(_state(args), _opts(args), out=args.output, notify=_say)
     _say(f"project {record.project}: " + " ".join(f"{k}={v}" for k, v in record.ports.items()))
     print("\n".join(record.compose_files))
     return 0
 
 
-def _cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
-    from ._stack import format_ports, up
+def _cmd_up(args: argparse.Namespace, after: list[str]) -> int:
+    from ._stacks.lifecycle import up
 
-    record = up(_opts(args), wait=args.wait, extra=extra)
+    record = up(_state(args), _opts(args), wait=args.wait, extra=after, notify=_say)
     _say(f"project {record.project} is up; `freeport-compose down -p {record.project}` stops it")
     print(format_ports(record.ports, "dotenv"))
     return 0
 
 
-def _cmd_down(args: argparse.Namespace) -> int:
-    from ._stack import down, find_project
+def _cmd_down(args: argparse.Namespace, after: list[str]) -> int:
+    from ._stacks.lifecycle import down, find_project
 
-    project = find_project(args.project)
-    down(project, volumes=args.volumes)
+    state = _state(args)
+    project = find_project(state, args.project)
+    down(state, project, volumes=args.volumes)
     _say(f"project {project} is down; its ports are free")
     return 0
 
 
-def _cmd_ports(args: argparse.Namespace) -> int:
-    from ._stack import find_project, format_ports, ports_of
+def _cmd_ports(args: argparse.Namespace, after: list[str]) -> int:
+    from ._stacks.lifecycle import find_project, ports_of
 
-    print(format_ports(ports_of(find_project(args.project)), args.format))
+    state = _state(args)
+    print(format_ports(ports_of(state, find_project(state, args.project)), args.format))
     return 0
 
 
-def _cmd_port(args: argparse.Namespace) -> int:
-    from ._stack import find_project, ports_of
+def _cmd_port(args: argparse.Namespace, after: list[str]) -> int:
+    from ._stacks.lifecycle import find_project, ports_of
+    from ._stacks.template import placeholder_key
 
-    project = find_project(args.project)
-    ports = ports_of(project)
-    from ._template import placeholder_key
-
+    state = _state(args)
+    project = find_project(state, args.project)
+    ports = ports_of(state, project)
     name = placeholder_key(args.name)
     if name not in ports:
         raise UnknownOwnerError(f"stack {project!r} has no placeholder {name} (it has {', '.join(ports)})")
@@ -343,16 +363,31 @@ def _cmd_port(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
-    from ._stack import run
+def _cmd_run(args: argparse.Namespace, after: list[str]) -> int:
+    from ._stacks.supervise import run
 
-    if not command:
+    if not after:
         raise _UsageError("run needs a command after `--`: freeport-compose run -f FILE -- CMD ARGS...")
-    return run(_opts(args), command, keep_volumes=args.keep_volumes)
+    return run(_state(args), _opts(args), after, keep_volumes=args.keep_volumes, notify=_say)
 
 
 class _UsageError(FreeportError):
     exit_code = ExitCode.USAGE
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
+    "get": _cmd_get,
+    "release": _cmd_release,
+    "ls": _cmd_ls,
+    "gc": _cmd_gc,
+    "render": _cmd_render,
+    "up": _cmd_up,
+    "down": _cmd_down,
+    "ports": _cmd_ports,
+    "port": _cmd_port,
+    "run": _cmd_run,
+}
+"""Each command's handler: (parsed arguments, what followed `--`) -> exit status."""
 
 
 def _terminate(signum: int, frame: object) -> NoReturn:
@@ -364,18 +399,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     own, after = _split_dashdash(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(own)
     if args.state_dir:
-        os.environ["FREEPORT_STATE_DIR"] = os.path.abspath(args.state_dir)
+        args.state_dir = os.path.abspath(args.state_dir)
     if after and args.command not in ("up", "run"):
         _say(f"`--` is only for `up` (extra Compose arguments) and `run` (the command), not `{args.command}`")
         return ExitCode.USAGE
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        if args.command == "up":
-            return _cmd_up(args, after)
-        if args.command == "run":
-            return _cmd_run(args, after)
-        handler = globals()[f"_cmd_{args.command}"]
-        return int(handler(args))
+        return COMMANDS[args.command](args, after)
     except FreeportError as e:
         _say(str(e))
         return int(e.exit_code)

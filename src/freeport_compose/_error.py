@@ -1,4 +1,8 @@
-"""Every error freeport-compose raises on purpose, each with the CLI exit code that names its kind."""
+"""Every error freeport-compose raises on purpose, each with the CLI exit code that names its kind.
+
+Guarantee: the bottom of the package (it imports nothing of ours); `str()` of each error is the one
+line the CLI prints, and each kind has its own exit code.
+"""
 
 from __future__ import annotations
 

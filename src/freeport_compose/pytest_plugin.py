@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ._allocator import FreePort, FreePorts
+from ._leasing.allocator import FreePort, FreePorts
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ class RunningStack:
 
     def port(self, name: str) -> int:
         """The port of `name`: "FREEPORT_db" or just "db"."""
-        from ._template import placeholder_key
+        from ._stacks.template import placeholder_key
 
         return self.ports[placeholder_key(name)]
 
@@ -58,12 +58,14 @@ class RunningStack:
 def compose_stack() -> Iterator[Callable[..., RunningStack]]:
     """Call with template files (and Options fields: project, profiles, env_files, ...) to start a
     stack with `up --wait`; every stack started is brought down when the test ends."""
-    from ._stack import Options, down, up
+    from ._stacks.lifecycle import Options, down, up
+    from ._stacks.state import State
 
+    state = State.open()
     started: list[str] = []
 
     def start(*files: str, wait: bool = True, **options: Any) -> RunningStack:
-        record = up(Options(files=list(files), **options), wait=wait)
+        record = up(state, Options(files=list(files), **options), wait=wait)
         started.append(record.project)
         return RunningStack(record.project, dict(record.ports))
 
@@ -71,7 +73,7 @@ def compose_stack() -> Iterator[Callable[..., RunningStack]]:
     errors = []
     for project in started:  # every stack, even if bringing one down fails
         try:
-            down(project, volumes=True)
+            down(state, project, volumes=True)
         except Exception as e:
             errors.append(f"{project}: {e}")
     if errors:

@@ -1,4 +1,11 @@
-"""Port ranges: parsing, the kernel-aware default, and a visiting order that spreads parallel callers."""
+"""Port ranges: parsing, the kernel-aware default, and a visiting order that spreads parallel callers.
+
+Guarantees: a PortRange holds only valid ports (1-65535) as sorted disjoint intervals, so a
+60k-port range costs nothing; `shuffled` visits every candidate exactly once; the default range
+keeps clear of the kernel's ephemeral and reserved ports, read live (at most once a second).
+
+May touch: reads /proc/sys/net/ipv4/ip_local_port_range and ip_local_reserved_ports.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 
-from ._error import EmptyRangeError, InvalidRangeError
+from .._error import EmptyRangeError, InvalidRangeError
 
 MIN_PORT, MAX_PORT = 1, 65535
 # Ports below this are where local services listen by default (3000, 5432, 8080, ...); the default

@@ -1,4 +1,12 @@
-"""The state directory: where it is, why it can be trusted, and safe file operations inside it."""
+"""The state directory: where it is, why it can be trusted, and safe file operations inside it.
+
+Guarantees: the directory and its subdirectories (ports/, owners/, stacks/) are ours (or shared on
+purpose, sticky), never reached through a symlink, and not writable by others; every file below them
+is opened relative to a verified descriptor with O_NOFOLLOW; `write_atomic` never leaves a
+half-written file. A new ports/ is filled in under a private name before anyone can see it.
+
+May touch: the state directory and what is below it; nothing else.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,11 @@ import fcntl
 import os
 import secrets
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from ._error import StateDirError
+from .._error import StateDirError
 
 STATE_ENV = "FREEPORT_STATE_DIR"
 SHARED_ENV = "FREEPORT_SHARED"
@@ -31,7 +38,8 @@ def default_state_path() -> str:
     return os.path.join(os.path.abspath(cache), "freeport-compose")
 
 
-def _shared_opt_in() -> bool:
+def shared_opt_in() -> bool:
+    """Whether $FREEPORT_SHARED asks for a state dir shared with other users on purpose."""
     return os.environ.get(SHARED_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
@@ -97,9 +105,8 @@ def _open_dir(name: str, shown: str, shared: bool, dir_fd: int | None = None, cr
     raise AssertionError("unreachable")
 
 
-# Set by the lease store: fills a new ports/ (descriptor, shown path, file mode) with the leases
-# that live processes still hold in a deleted one.
-ADOPT_HOOK: Callable[[int, str, int], None] | None = None
+# Fills a new ports/ (its descriptor, its shown path, the file mode) before it is renamed into place.
+FillPorts = Callable[[int, str, int], None]
 
 
 class StateDir:
@@ -109,8 +116,9 @@ class StateDir:
     symlink swapped in after the check can never redirect a read or a write.
     """
 
-    def __init__(self, path: str, *, shared: bool = False) -> None:
+    def __init__(self, path: str, *, shared: bool = False, fill_new_ports: FillPorts | None = None) -> None:
         self.path = path
+        self._fill_new_ports = fill_new_ports
         self.shared = shared
         self.file_mode = 0o666 if shared else 0o600
         self.fd = _open_dir(path, path, shared)
@@ -131,9 +139,9 @@ class StateDir:
         """ports/, made complete before anyone can see it.
 
         A new ports/ (first use, or after someone deleted the state dir) is filled in under a
-        private name, with a record for every lease that processes still hold on lock files of a
-        deleted ports/ at this path, and only then renamed into place, under an flock on the
-        state dir so two creators do not race.
+        private name by `fill_new_ports` (the lease store adopts there the leases that processes
+        still hold on lock files of a deleted ports/ at this path), and only then renamed into
+        place, under an flock on the state dir so two creators do not race.
         """
         shown = os.path.join(self.path, "ports")
         try:
@@ -149,8 +157,8 @@ class StateDir:
             tmp = f".ports.{os.getpid()}.{secrets.token_hex(4)}"
             fd = _open_dir(tmp, shown, self.shared, self.fd)
             try:
-                if ADOPT_HOOK is not None:
-                    ADOPT_HOOK(fd, shown, self.file_mode)
+                if self._fill_new_ports is not None:
+                    self._fill_new_ports(fd, shown, self.file_mode)
                 os.rename(tmp, "ports", src_dir_fd=self.fd, dst_dir_fd=self.fd)
             except BaseException:
                 os.close(fd)
@@ -173,33 +181,6 @@ class StateDir:
     def subdir(self, parent_fd: int, name: str, shown: str) -> int:
         """Open (creating if missing) a directory below `parent_fd`; the caller closes it."""
         return _open_dir(name, shown, self.shared, parent_fd)
-
-
-_CACHE: dict[tuple[str, bool], StateDir] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def _reset_after_fork() -> None:
-    global _CACHE_LOCK
-    _CACHE_LOCK = threading.Lock()  # another thread may have held it at fork time
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def state_dir(path: str | None = None) -> StateDir:
-    """The verified state directory for `path` (default: default_state_path()), opened once per process."""
-    path = path if path and path[0] == "/" else os.path.abspath(path) if path else default_state_path()
-    key = (path, _shared_opt_in())
-    with _CACHE_LOCK:
-        sd = _CACHE.get(key)
-        if sd is not None and sd.is_deleted():
-            # Not closed: stores and other threads may still be using its descriptors, and a
-            # closed number could be reused for another file. New leases go to the new directory.
-            sd = None
-        if sd is None:
-            sd = _CACHE[key] = StateDir(path, shared=key[1])
-        return sd
 
 
 def open_file(dir_fd: int, name: str, flags: int, mode: int = 0o600) -> int:

@@ -1,7 +1,11 @@
 """The Compose driver: one method per `docker compose` verb, every argument built as a list.
 
-No shell is ever involved: file names, project names and extra arguments reach Compose as argv
-items, whatever characters they hold.
+Guarantees: no shell is ever involved: file names, project names and extra arguments reach Compose
+as argv items, whatever characters they hold. Compose's stderr is passed through and kept, an
+unreachable engine is told apart from a failed command, and a Compose child never outlives an
+interrupted call of ours.
+
+May touch: runs `docker compose` (or `docker-compose`, `podman compose`); reads plugin directories.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ._error import ComposeError, ComposeNotFoundError, EngineUnreachableError
+from .._error import ComposeError, ComposeNotFoundError, EngineUnreachableError
 
 COMPOSE_ENV = "FREEPORT_COMPOSE"  # e.g. "docker compose" or "/opt/bin/docker-compose"
 _PLUGIN_DIRS = (
@@ -41,8 +45,8 @@ _PORT_CLASH = re.compile(
 
 
 @dataclass(frozen=True)
-class Project:
-    """The global options that name one stack to Compose; every verb replays them identically."""
+class ComposeProject:
+    """The global options that name one project to Compose, so every verb replays them identically."""
 
     name: str
     files: tuple[str, ...]
@@ -134,23 +138,23 @@ class Compose:
         numbers = re.findall(r"\d+", out.stdout.split("-")[0]) if out.ok else []
         return tuple(int(n) for n in numbers[:3])
 
-    def up(self, project: Project, *, wait: bool = False, extra: Sequence[str] = ()) -> Result:
+    def up(self, project: ComposeProject, *, wait: bool = False, extra: Sequence[str] = ()) -> Result:
         """`up --detach`: start the stack in the background; --wait: until running/healthy."""
         args = [*project.args(), "up", "--detach"]
         if wait:
             args.append("--wait")
         return self._run([*args, *extra])
 
-    def down(self, project: Project | str, *, volumes: bool = False) -> Result:
+    def down(self, project: ComposeProject | str, *, volumes: bool = False) -> Result:
         """`down --remove-orphans`: stop and remove the stack's containers and networks; -v: volumes too.
 
         Given only a name, Compose finds the stack by its containers' labels (no files needed).
         """
-        head = project.args() if isinstance(project, Project) else ["--project-name", project]
+        head = project.args() if isinstance(project, ComposeProject) else ["--project-name", project]
         args = [*head, "down", "--remove-orphans"]
         if volumes:
             args.append("--volumes")
-        if isinstance(project, Project):
+        if isinstance(project, ComposeProject):
             return self._run(args)
         # Name-only mode runs in an empty directory so that no compose.yml lying in the cwd is read.
         import tempfile
@@ -158,7 +162,7 @@ class Compose:
         with tempfile.TemporaryDirectory(prefix="freeport-") as empty:
             return self._run(args, cwd=empty)
 
-    def config(self, project: Project) -> dict[str, Any]:
+    def config(self, project: ComposeProject) -> dict[str, Any]:
         """`config --format json`: the model Compose will run, after merging and interpolation."""
         out = self._run([*project.args(), "config", "--format", "json"], capture_stdout=True, tee=False)
         if not out.ok:

@@ -1,37 +1,33 @@
-"""The allocator: FreePort, FreePorts and the one-call helpers built on them."""
+"""The allocator: FreePort, FreePorts and the one-call helpers built on them.
+
+Guarantee: while leased, no other FreePorts in any thread or process using the same state directory
+gets any of the ports, and each was free (as the probe tells) when it was leased; n ports come all
+or nothing. A request waits while its range is exhausted, up to its timeout.
+
+May touch: the state directory (through PortLocks), and the probe's sockets.
+"""
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 
-from ._error import EmptyRangeError, InvalidRangeError, NoFreePortError, UnknownOwnerError
-from ._lease import Claim, LeaseRecord, LeaseStore, check_owner
-from ._probe import check_hosts, port_is_free
-from ._range import PortRange
-from ._state import state_dir
+from .._error import EmptyRangeError, InvalidRangeError, NoFreePortError, UnknownOwnerError
+from .locks import Claim, PortLocks, Taken, open_locks
+from .probe import check_hosts, port_is_free
+from .process import PerProcess
+from .ranges import PortRange
+from .records import LeaseRecord, check_owner
+from .store import LeaseStore, store
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a request waits for a port while its range is exhausted: long enough to outlast a
 neighbouring test's teardown, short enough that a leak fails a CI job instead of hanging it."""
-
-
-_STORES: dict[int, LeaseStore] = {}
-
-
-def store(path: str | None = None) -> LeaseStore:
-    """The lease store in `path` (default: the user's state dir), verified safe."""
-    sd = state_dir(path)
-    found = _STORES.get(id(sd))
-    if found is None or found.sd is not sd:
-        found = _STORES[id(sd)] = LeaseStore(sd)
-    return found
 
 
 def _candidates(start: object, stop: object, exclude: Iterable[int]) -> PortRange:
@@ -44,10 +40,10 @@ def _candidates(start: object, stop: object, exclude: Iterable[int]) -> PortRang
     return prange.without(exclude)
 
 
-def _release_all(lease_store: LeaseStore, claims: list[Claim], named_too: bool) -> None:
+def _release_all(locks: PortLocks, claims: list[Claim], named_too: bool) -> None:
     for claim in claims:
         if claim.fd is not None or named_too:
-            lease_store.release(claim)
+            locks.release(claim)
 
 
 class _Sweep:
@@ -56,11 +52,11 @@ class _Sweep:
     def __init__(self, request: FreePorts, explain: bool) -> None:
         self.request, self.explain = request, explain
         self.claims: list[Claim] = []
-        self.taken: Counter[str] | None = Counter() if explain else None
+        self.taken: Counter[Taken] | None = Counter() if explain else None
 
     def claim(self, port: int) -> bool:
         r = self.request
-        got = r._store.try_claim(port, r.owner, r._label_for(len(self.claims)), r._is_free, self.explain)
+        got = r._locks.try_claim(port, r.owner, r._label_for(len(self.claims)), r._is_free, self.explain)
         if isinstance(got, Claim):
             self.claims.append(got)
             return True
@@ -70,7 +66,7 @@ class _Sweep:
 
     def undo(self, upto: int = 0) -> None:
         while len(self.claims) > upto:
-            self.request._store.release(self.claims.pop())
+            self.request._locks.release(self.claims.pop())
 
     def run(self) -> list[Claim] | None:
         n = self.request.n
@@ -81,7 +77,7 @@ class _Sweep:
                         return self.claims
                     self.undo()
                 return None
-            likely_leased = self.request._store.likely_leased
+            likely_leased = self.request._locks.likely_leased
             later = []  # ports the slots say are leased: tried only if the others do not suffice
             for port in self.request.range.shuffled():
                 if likely_leased(port):
@@ -105,6 +101,11 @@ class FreePorts:
     leased. A process lease ends on release(), on leaving `with`, when the object is collected, or
     when the process dies however it dies. A named lease (`owner=`) survives its process and ends
     on release() or release_owner(owner).
+
+    `state_dir` is a path or a LeaseStore (default: $FREEPORT_STATE_DIR, else the user's private
+    one). `probe(port)` replaces the kernel's bind test of whether a port is in use outside the
+    leases (the default probes the wildcards and every `host`): for tests, and for engines whose
+    ports a local bind cannot see.
     """
 
     def __init__(
@@ -119,7 +120,8 @@ class FreePorts:
         exclude: Iterable[int] = (),
         owner: str | None = None,
         labels: Sequence[str] = (),
-        state_dir: str | None = None,
+        state_dir: str | LeaseStore | None = None,
+        probe: Callable[[int], bool] | None = None,
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidRangeError(f"the number of ports must be a positive integer, not {n!r}")
@@ -136,14 +138,17 @@ class FreePorts:
         hosts = [host] if isinstance(host, str) else list(host or ())
         self._hosts = check_hosts(hosts)
         self._labels = list(labels)
-        self._store = store(state_dir)
+        self._probe = probe
+        self._locks = state_dir._locks if isinstance(state_dir, LeaseStore) else open_locks(state_dir)
         self._claims = self._allocate()
-        self._finalizer = weakref.finalize(self, _release_all, self._store, self._claims, False)
+        self._finalizer = weakref.finalize(self, _release_all, self._locks, self._claims, False)
 
     def _label_for(self, index: int) -> str:
         return self._labels[index] if index < len(self._labels) else ""
 
     def _is_free(self, port: int) -> bool:
+        if self._probe is not None:
+            return self._probe(port)
         return port_is_free(port, self._hosts)
 
     def _allocate(self) -> list[Claim]:
@@ -163,7 +168,7 @@ class FreePorts:
             time.sleep(wait)
             pause = min(pause * 2, 0.2)
 
-    def _exhausted(self, taken: Counter[str]) -> str:
+    def _exhausted(self, taken: Counter[Taken]) -> str:
         what = f"{self.n} {'consecutive ' if self.contiguous else ''}ports" if self.n > 1 else "port"
         busy = sum(taken.values())
         who = ", ".join(f"{count} {reason}" for reason, count in taken.most_common(5))
@@ -187,7 +192,7 @@ class FreePorts:
     def release(self) -> None:
         """End the leases now (named ones too); releasing twice is harmless."""
         if self._finalizer.detach() is not None:
-            _release_all(self._store, self._claims, True)
+            _release_all(self._locks, self._claims, True)
 
     def __enter__(self) -> FreePorts:
         return self
@@ -226,7 +231,8 @@ class FreePort(FreePorts):
         exclude: Iterable[int] = (),
         owner: str | None = None,
         label: str = "",
-        state_dir: str | None = None,
+        state_dir: str | LeaseStore | None = None,
+        probe: Callable[[int], bool] | None = None,
     ) -> None:
         super().__init__(
             1,
@@ -238,6 +244,7 @@ class FreePort(FreePorts):
             owner=owner,
             labels=[label] if label else (),
             state_dir=state_dir,
+            probe=probe,
         )
 
     @property
@@ -252,18 +259,9 @@ class FreePort(FreePorts):
         return self
 
 
-# get_free_port() keeps its leases here until release_port() or exit.
-_BY_PORT: dict[int, FreePort] = {}
-_BY_PORT_LOCK = threading.Lock()
-
-
-def _reset_after_fork() -> None:
-    global _BY_PORT_LOCK
-    _BY_PORT_LOCK = threading.Lock()
-    _BY_PORT.clear()  # the parent's leases: the child must not release them
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
+# get_free_port() keeps its leases here until release_port() or exit; a forked child starts with
+# none (the parent's leases are not the child's to release).
+_BY_PORT: PerProcess[tuple[dict[int, FreePort], threading.Lock]] = PerProcess(lambda: ({}, threading.Lock()))
 
 
 def get_free_port(start: int | None = None, stop: int | None = None, **kwargs: object) -> int:
@@ -272,20 +270,23 @@ def get_free_port(start: int | None = None, stop: int | None = None, **kwargs: o
     Takes FreePort's keyword arguments (timeout, host, exclude, owner, label, state_dir).
     """
     fp = FreePort(start, stop, **kwargs)  # type: ignore[arg-type]
-    with _BY_PORT_LOCK:
-        _BY_PORT[fp.port] = fp
+    by_port, lock = _BY_PORT.get()
+    with lock:
+        by_port[fp.port] = fp
     return fp.port
 
 
 def release_port(port: int) -> None:
     """End a lease taken with get_free_port(); UnknownOwnerError if this process holds no such port."""
-    with _BY_PORT_LOCK:
-        fp = _BY_PORT.pop(port, None)
+    by_port, lock = _BY_PORT.get()
+    with lock:
+        fp = by_port.pop(port, None)
     if fp is None:
         raise UnknownOwnerError(f"port {port} is not held by get_free_port() in this process")
     fp.release()
 
 
-def release_owner(owner: str, *, state_dir: str | None = None) -> list[int]:
+def release_owner(owner: str, *, state_dir: str | LeaseStore | None = None) -> list[int]:
     """End every named lease of `owner`, from any process; returns the ports freed."""
-    return store(state_dir).release_owner(owner)
+    lease_store = state_dir if isinstance(state_dir, LeaseStore) else store(state_dir)
+    return lease_store.release_owner(owner)

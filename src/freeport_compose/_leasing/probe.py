@@ -1,4 +1,11 @@
-"""Is a port really free? Asked of the kernel with the binds a server (or docker-proxy) will make."""
+"""Is a port really free? Asked of the kernel with the binds a server (or docker-proxy) will make.
+
+Guarantee: `port_is_free` says True only if TCP bind+listen and UDP bind succeed on both wildcards
+and on every host asked for, so a port in use by any program on this machine is never handed out.
+It sees only this machine's sockets.
+
+May touch: short-lived sockets, closed before it returns.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import errno
 import socket
 from collections.abc import Iterable, Sequence
 
-from ._error import InvalidRangeError
+from .._error import InvalidRangeError
 
 # The wildcards every probe covers: a server on either one blocks a later publish of the port.
 _WILDCARDS: tuple[tuple[socket.AddressFamily, str], ...] = (

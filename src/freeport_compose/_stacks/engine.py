@@ -1,13 +1,17 @@
 """Engine state through the Docker SDK: which Compose projects still have containers.
 
-Imported only by the commands that need it (`ls`, `gc`): the SDK costs ~90 ms to import.
+Guarantee: one query per call, never a guess: an engine that does not answer raises
+EngineUnreachableError. Imported only where needed (`ls`, `gc`, a failed `up`): the SDK costs ~90 ms
+to import.
+
+May touch: the Docker engine's API (read only).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from ._error import EngineUnreachableError
+from .._error import EngineUnreachableError
 
 _PROJECT_LABEL = "com.docker.compose.project"
 

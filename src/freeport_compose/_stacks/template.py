@@ -1,23 +1,24 @@
-"""The renderer: Compose templates whose host ports are `$<FREEPORT_name>` placeholders.
+"""One Compose template: a file whose host ports are `$<FREEPORT_name>` placeholders, read and checked.
 
-A template is read once with YAML positions. Placeholders are looked for only inside YAML scalars
-(comments are left alone), checked, and replaced in the original text, so everything else in the
-file (comments, anchors, quoting, key order, `${VAR}` and `$$`) comes out byte for byte.
+Guarantees: a template is read once with YAML positions. Placeholders are looked for only inside
+YAML scalars (comments are left alone), checked, and replaced in the original text, so everything
+else in the file (comments, anchors, quoting, key order, `${VAR}` and `$$`) comes out byte for
+byte. Every problem is a TemplateError located as file:line:column.
+
+May touch: reads the one file it is given; writes nothing.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
-import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import yaml
 
-from ._error import TemplateError
-from ._state import write_atomic
+from .._error import TemplateError
 
 try:  # libyaml is 10x faster; positions are in characters either way
     from yaml import CSafeLoader as _Loader
@@ -31,12 +32,16 @@ _OVERRIDE_TAGS = ("!override", "!reset")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _BREAK_RE = re.compile(r"[\r\n\x85\u2028\u2029]")  # YAML 1.1 line breaks
 _PROPERTIES_RE = re.compile(r"(?:[&!]\S*\s+(?:#.*\s+)*)+")  # `&anchor !tag  # comment` before a scalar
-_DEFAULT_RE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^${}]*)\}")  # ${VAR:-default}, ${VAR-default}
 
 
 def placeholder_key(name: str) -> str:
     """The key of a placeholder as given by a user: "db" and "FREEPORT_db" both mean FREEPORT_db."""
     return name if name.startswith(PREFIX) else PREFIX + name
+
+
+def substitute(text: str, ports: Mapping[str, int]) -> str:
+    """`text` (a value already known to be a port entry) with each placeholder replaced by its port."""
+    return PLACEHOLDER_RE.sub(lambda m: str(ports[PREFIX + m.group(1)]), text)
 
 
 def sort_key(name: str) -> tuple[int, int, str]:
@@ -413,132 +418,3 @@ def _empty_document(doc: yaml.Node | None) -> bool:
 def load(path: str) -> Template:
     """Read and check one Compose file; TemplateError (file:line:column) on any problem."""
     return _Reader(path).read()
-
-
-@dataclass
-class Stack:
-    """All -f files of a stack, read and checked together: one port per placeholder name across them."""
-
-    templates: list[Template]
-    names: list[str] = field(default_factory=list)  # every placeholder name, in allocation order
-
-    def __post_init__(self) -> None:
-        self.names = sorted(set().union(*(t.names for t in self.templates)), key=sort_key)
-
-    def hosts(self, name: str) -> list[str]:
-        """Host addresses a placeholder is published on (besides the wildcards): each must be free there."""
-        return sorted({e.host_ip for t in self.templates for e in t.entries if name in e.names and e.host_ip})
-
-    def protocols(self, name: str) -> list[str]:
-        return sorted({e.protocol for t in self.templates for e in t.entries if name in e.names})
-
-    def warnings(self) -> list[str]:
-        return [
-            f"{t.path}:{line}:{column}: service {svc!r} sets container_name, so two stacks from this file "
-            f"cannot run at once; remove it to run stacks side by side"
-            for t in self.templates
-            for svc, line, column in t.container_names
-        ]
-
-    def conflicts(self) -> dict[str, list[PortEntry]]:
-        """Services whose base files publish a container port that a placeholder publishes too.
-
-        Compose appends `ports:` lists across files, so both bindings would be made (and the base's
-        fixed port clash). For each such service: its whole merged ports list, base bindings of those
-        container ports removed, in the order Compose would merge them.
-        """
-        merged: dict[str, list[PortEntry]] = {}
-        for t in self.templates:
-            for service in t.resets:  # even when the reset list is empty: earlier entries are dropped
-                merged[service] = []
-            for e in t.entries:
-                merged.setdefault(e.service, []).append(e)
-        out = {}
-        for service, entries in merged.items():
-            leased = {(e.target, e.protocol, e.path) for e in entries if e.names}
-            # a fixed binding beside a leased one in the same file is the author's choice, not a clash
-            clash = [
-                e
-                for e in entries
-                if not e.names and any(k[:2] == (e.target, e.protocol) and k[2] != e.path for k in leased)
-            ]
-            if clash:
-                out[service] = [e for e in entries if e not in clash]
-        return out
-
-    def override_text(self, ports: Mapping[str, int], conflicts: Mapping[str, list[PortEntry]]) -> str:
-        """A Compose file replacing the `ports:` of conflicting services (needs Compose >= 2.24.4)."""
-        lines = [
-            "# Written by freeport-compose: these services publish a container port that a base file",
-            "# publishes too; !override makes the leased binding replace the base one instead of adding to it.",
-            "services:",
-        ]
-        for service, entries in conflicts.items():
-            lines += [f"  {json.dumps(service)}:", "    ports: !override"]
-            for e in entries:
-                rendered = PLACEHOLDER_RE.sub(lambda m: str(ports[PREFIX + m.group(1)]), e.value)
-                lines.append(f"      - {rendered if e.is_mapping else json.dumps(rendered)}")
-        return "\n".join(lines) + "\n"
-
-
-def load_stack(paths: Sequence[str]) -> Stack:
-    """Read every file of a stack; TemplateError if any is bad or none holds a placeholder."""
-    templates = [load(p) for p in paths]
-    stack = Stack(templates)
-    if not stack.names:
-        shown = ", ".join(paths)
-        raise TemplateError(paths[0], 1, 1, f"no $<FREEPORT_name> placeholder in {shown}: nothing to lease")
-    return stack
-
-
-def _unset(text: str) -> str:
-    """text with each `${VAR:-default}` read as its default, as Compose does while VAR is unset."""
-    while (done := _DEFAULT_RE.sub(r"\1", text)) != text:
-        text = done
-    return text
-
-
-def check_published(config: Mapping[str, object], stack: Stack, ports: Mapping[str, int]) -> list[str]:
-    """Problems in `docker compose config --format json` output: leased ports not published as leased.
-
-    For every service and container port that a placeholder publishes, Compose must publish exactly
-    the leased host ports: a base binding left beside them, or an interpolation that replaced the
-    placeholder, is reported.
-    """
-    services = config.get("services")
-    if not isinstance(services, dict):
-        return ["`docker compose config` printed no services"]
-    expected: dict[tuple[str, str, str], tuple[set[str], PortEntry]] = {}
-    for t in stack.templates:
-        for e in t.entries:
-            if e.names and e.service in services and e.target.isdecimal():  # else: disabled by a profile
-                published = PLACEHOLDER_RE.sub(lambda m: str(ports[PREFIX + m.group(1)]), e.published)
-                expected.setdefault((e.service, e.target, e.protocol), (set(), e))[0].add(_unset(published))
-    entries = [e for t in stack.templates for e in t.entries]
-    leased_in = {(e.service, e.target, e.protocol, e.path) for e in entries if e.names}
-    for e in entries:  # a fixed binding written beside a leased one in its own file stays
-        key = (e.service, e.target, e.protocol)
-        if not e.names and key in expected and (*key, e.path) in leased_in:
-            expected[key][0].add(_unset(e.published))
-    problems = []
-    for (service, target, protocol), (want, e) in expected.items():
-        got = {
-            str(p.get("published"))
-            for p in services[service].get("ports") or []
-            if str(p.get("target")) == target and (p.get("protocol") or "tcp") == protocol
-        }
-        if got != want:
-            problems.append(
-                f"{e.path}:{e.line}:{e.column}: Compose publishes {service}'s container port {target}/{protocol} "
-                f"on {', '.join(sorted(got)) or 'nothing'}, expected only the leased {', '.join(sorted(want))}"
-            )
-    return problems
-
-
-def write_file(path: str, text: str) -> None:
-    """Write `path` atomically (temporary file + rename): never half-written, even if killed."""
-    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        write_atomic(directory, os.path.basename(path), text.encode(), 0o644)
-    finally:
-        os.close(directory)

@@ -1,0 +1,159 @@
+"""This process: who it is (so a lease can name its holder) and what a forked child must not inherit.
+
+Guarantees:
+- `Holder` names a process by pid *and* start time, so a reused pid is never taken for a dead holder.
+- After `fork()`, the child has its own pid here at once, and has closed (never unlocked) every lock
+  descriptor whose flock is one of the parent's leases, including those another thread was opening
+  or closing at that instant: the child can neither free the parent's ports nor keep them leased
+  after the parent dies. This module holds the package's only fork handler.
+
+May touch: /proc/<pid>/stat (read), descriptors registered with `track`/`in_flight`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process that took a lease: pid plus start time, so a reused pid is not taken for it."""
+
+    pid: int
+    start_time: int | None
+    host: str
+    # Its JSON, built once: the holder of most records a process writes is itself.
+    json: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        text = json.dumps({"pid": self.pid, "start_time": self.start_time, "host": self.host}, separators=(",", ":"))
+        object.__setattr__(self, "json", text)
+
+
+def process_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PID = os.getpid()  # os.getpid() is a syscall on the allocation path; refreshed in forked children
+_SELF: Holder | None = None
+
+
+def pid() -> int:
+    """This process's pid (right in a forked child too)."""
+    return _PID
+
+
+def current_holder() -> Holder:
+    """This process as a Holder (recomputed after fork, since the pid changes)."""
+    global _SELF
+    if _SELF is None or _SELF.pid != _PID:
+        _SELF = Holder(_PID, process_start_time(_PID), socket.gethostname())
+    return _SELF
+
+
+def holder_alive(holder: Holder) -> bool | None:
+    """Whether the holder process still runs; None when it ran on another host and we cannot tell."""
+    if holder.host != current_holder().host:
+        return None
+    started = process_start_time(holder.pid)
+    return started is not None and (holder.start_time is None or started == holder.start_time)
+
+
+class PerProcess(Generic[T]):
+    """A value this process owns alone: a forked child gets a fresh one, never the parent's.
+
+    For locks (another thread may hold the parent's at fork time, and no thread of the child would
+    ever release it) and for registries of the parent's own leases (the child must not release them).
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._pid = _PID
+        self._value = factory()
+
+    def get(self) -> T:
+        if self._pid != _PID:
+            self._value, self._pid = self._factory(), _PID
+        return self._value
+
+
+class LockHolder(Protocol):
+    """Something whose open descriptor holds a lease's flock (a Claim); `fd` None once let go."""
+
+    fd: int | None
+
+
+# Leases this process holds by an open descriptor, so a forked child can close its copies.
+_HELD: set[LockHolder] = set()
+_HELD_LOCK = threading.Lock()
+# Lock files open in a claim or release under way in some thread (set.add/discard are atomic).
+_IN_FLIGHT: set[int] = set()
+# Held from each open of a lock file until it is tracked, and from untracking to its close: fork()
+# waits for it, so a child never inherits a lock descriptor it does not know about.
+_FD_LOCK = threading.Lock()
+
+
+def fd_lock() -> threading.Lock:
+    """The lock to hold while a lock descriptor is opened or closed (fork waits for it)."""
+    return _FD_LOCK
+
+
+def track(holder: LockHolder) -> None:
+    """Register a held lease's descriptor: a forked child closes its copy."""
+    with _HELD_LOCK:
+        _HELD.add(holder)
+
+
+def untrack(holder: LockHolder) -> None:
+    with _HELD_LOCK:
+        _HELD.discard(holder)
+
+
+def in_flight() -> set[int]:
+    """Descriptors of lock files being claimed or released right now, in any thread."""
+    return _IN_FLIGHT
+
+
+def _after_fork_in_child() -> None:
+    """Close (never unlock) the parent's lock descriptors, and start this process's own state.
+
+    flock belongs to the open file description the child shares with the parent: unlocking here
+    would free the parent's port, and keeping the copy open would keep it leased after the parent dies.
+    """
+    global _HELD_LOCK, _FD_LOCK, _PID
+    _HELD_LOCK = threading.Lock()  # another thread may have held it at fork time
+    _FD_LOCK = threading.Lock()
+    _PID = os.getpid()
+    inherited = set(_IN_FLIGHT)  # a claim another thread was making when fork() came
+    for holder in _HELD:
+        if holder.fd is not None:
+            inherited.add(holder.fd)
+            holder.fd = None
+    for fd in inherited:
+        with suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+    _IN_FLIGHT.clear()
+
+
+os.register_at_fork(
+    before=lambda: _FD_LOCK.acquire(),
+    after_in_parent=lambda: _FD_LOCK.release(),
+    after_in_child=_after_fork_in_child,
+)

@@ -1,0 +1,214 @@
+"""Stack records: what render/up did for a project, kept in stacks/ so later commands can replay it.
+
+Guarantees: one record per project, changed only under the project's lock (`StackRecords.locked`),
+so two up/down/gc of one project never interleave; a record is replaced atomically; a missing,
+corrupt or hostile record file reads as None, never as an exception. Project names are valid
+Compose names (and so safe as file names).
+
+May touch: stacks/ below the state dir (records, project locks, rendered files' directories).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from enum import Enum
+
+from filelock import lock_descriptor, unlock_descriptor
+
+from .._error import InvalidNameError, ProjectBusyError
+from .._leasing.process import Holder, current_holder
+from .._leasing.statedir import StateDir, open_file, read_small, state_errors, write_atomic
+from .compose import ComposeProject
+
+BUSY_WAIT = 120.0  # seconds to wait while another freeport-compose works on the same project
+_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_project(name: str) -> str:
+    """A valid Compose project name: lowercase letters, digits, '_' and '-', starting with a letter or digit."""
+    if not _PROJECT_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"project name {name!r} is invalid for Compose: use lowercase letters, digits, '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def project_name(given: str | None, files: Sequence[str]) -> str:
+    """-p, else $COMPOSE_PROJECT_NAME, else `<directory>-<random>`: unique, so two `up` from one
+    checkout do not collide."""
+    name = given or os.environ.get("COMPOSE_PROJECT_NAME")
+    if name:
+        return check_project(name)
+    base = os.path.basename(os.path.dirname(os.path.abspath(files[0]))).lower()
+    base = re.sub(r"[^a-z0-9_-]+", "-", base).strip("-_")[:40] or "stack"
+    if not base[0].isalnum():
+        base = "s" + base
+    return f"{base}-{secrets.token_hex(3)}"
+
+
+class StackStatus(str, Enum):
+    """Where a stack is in its life, so `gc` can tell a finished stack from an interrupted one."""
+
+    RENDERING = "rendering"  # render under way (a killed render leaves this)
+    RENDERED = "rendered"  # files written, leases held; the user starts it (or not)
+    STARTING = "starting"  # up under way (a killed up leaves this)
+    UP = "up"  # started by `up`: held until `down`, or until its containers are gone
+    RUN = "run"  # started by `run`: must not outlive the process running it
+    STOPPING = "stopping"  # a `down` that could not finish, for `down` or gc to complete
+
+    @property
+    def driven(self) -> bool:
+        """Whether the stack lives only while the process that made it (the record's driver) lives."""
+        return self in (StackStatus.RENDERING, StackStatus.STARTING, StackStatus.RUN)
+
+
+@dataclass
+class StackRecord:
+    """What render/up did, so `down`, `ports`, `ls` and `gc` can replay it without the user repeating it."""
+
+    project: str
+    files: list[str]  # the user's -f files, absolute
+    compose_files: list[str]  # what Compose is given: the user's plain files, rendered copies, the override
+    project_directory: str
+    profiles: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    status: StackStatus = StackStatus.RENDERING
+    driver: Holder = field(default_factory=current_holder)  # the process doing render/up/run: gc asks if it died
+    created: float = field(default_factory=time.time)
+
+    def compose_project(self) -> ComposeProject:
+        return ComposeProject(
+            self.project, tuple(self.compose_files), self.project_directory, tuple(self.profiles), tuple(self.env_files)
+        )
+
+    def encode(self) -> bytes:
+        d = self.driver
+        raw = {
+            "project": self.project,
+            "files": self.files,
+            "compose_files": self.compose_files,
+            "project_directory": self.project_directory,
+            "profiles": self.profiles,
+            "env_files": self.env_files,
+            "ports": self.ports,
+            "status": self.status.value,
+            "driver": {"pid": d.pid, "start_time": d.start_time, "host": d.host},
+            "created": self.created,
+        }
+        return json.dumps(raw, indent=1).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> StackRecord | None:
+        """The record, or None for a missing, corrupt or hostile file (never trusted beyond its types)."""
+        if not data:
+            return None
+        try:
+            raw = json.loads(data)
+            driver = raw["driver"]
+            raw["driver"] = Holder(**driver)
+            raw["status"] = StackStatus(raw["status"])
+            record = cls(**raw)
+            lists = (record.files, record.compose_files, record.profiles, record.env_files)
+            ok = (
+                isinstance(record.project, str)
+                and _PROJECT_RE.fullmatch(record.project) is not None
+                and isinstance(record.project_directory, str)
+                and all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in lists)
+                and isinstance(record.ports, dict)
+                and all(isinstance(k, str) and type(v) is int for k, v in record.ports.items())
+                and type(driver["pid"]) is int
+                and (driver["start_time"] is None or type(driver["start_time"]) is int)
+                and isinstance(driver["host"], str)
+                and isinstance(record.created, (int, float))
+            )
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError):
+            return None
+        return record if ok else None
+
+
+class StackRecords:
+    """Stack records in the state dir; one per project, changed only under the project's lock."""
+
+    def __init__(self, sd: StateDir) -> None:
+        self.sd = sd
+
+    def path(self, project: str, name: str = "") -> str:
+        return (
+            os.path.join(self.sd.path, "stacks", project, name)
+            if name
+            else os.path.join(self.sd.path, "stacks", project)
+        )
+
+    def load(self, project: str) -> StackRecord | None:
+        with state_errors(f"cannot read the record of project {project!r}"):
+            record = StackRecord.decode(read_small(self.sd.stacks_fd, f"{project}.json"))
+        return record if record is not None and record.project == project else None
+
+    def save(self, record: StackRecord) -> None:
+        with state_errors(f"cannot save the record of project {record.project!r}"):
+            write_atomic(self.sd.stacks_fd, f"{record.project}.json", record.encode(), self.sd.file_mode)
+
+    def files_dir(self, project: str) -> int:
+        """The project's directory of rendered files, opened safely (caller closes)."""
+        return self.sd.subdir(self.sd.stacks_fd, project, self.path(project))
+
+    def forget(self, project: str) -> None:
+        """Remove the project's record and rendered files (not its leases)."""
+        with suppress(FileNotFoundError):
+            os.unlink(f"{project}.json", dir_fd=self.sd.stacks_fd)
+        try:
+            dfd = os.open(
+                project, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.stacks_fd
+            )
+        except OSError:
+            return
+        try:
+            for name in os.listdir(dfd):
+                with suppress(OSError):
+                    os.unlink(name, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        with suppress(OSError):
+            os.rmdir(project, dir_fd=self.sd.stacks_fd)
+
+    def all(self) -> list[StackRecord]:
+        with state_errors("cannot list the stacks"):
+            names = sorted(n[:-5] for n in os.listdir(self.sd.stacks_fd) if n.endswith(".json"))
+        return [r for r in map(self.load, names) if r is not None]
+
+    @contextmanager
+    def locked(self, project: str) -> Iterator[None]:
+        """Exclusive use of a project by this process, so two up/down of one project never interleave.
+
+        Waits up to BUSY_WAIT seconds for another freeport-compose to finish with it, then raises
+        ProjectBusyError.
+        """
+        wait = BUSY_WAIT
+        with state_errors(f"cannot lock project {project!r}"):
+            fd = open_file(
+                self.sd.stacks_fd, f"{project}.lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode
+            )
+        try:
+            deadline = time.monotonic() + wait
+            while not lock_descriptor(fd, blocking=False):
+                if time.monotonic() >= deadline:
+                    raise ProjectBusyError(
+                        f"project {project!r} is busy: another freeport-compose kept it for {wait:g} s "
+                        "(an up, down or gc of it)"
+                    )
+                time.sleep(0.05)
+            try:
+                yield
+            finally:
+                unlock_descriptor(fd)
+        finally:
+            os.close(fd)

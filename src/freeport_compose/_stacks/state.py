@@ -1,0 +1,33 @@
+"""The state both halves share, as one object passed down explicitly from the CLI and the API.
+
+Guarantee: every stack operation works on the state dir it is handed (its lease store and its stack
+records), never on one found through a global or an environment variable written on the way.
+
+May touch: nothing by itself; opening it verifies (and creates) the state directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._leasing.locks import open_locks
+from .._leasing.store import LeaseStore
+from .records import StackRecords
+
+
+@dataclass(frozen=True)
+class State:
+    """A state directory's leases and stack records, opened once and handed to every verb."""
+
+    leases: LeaseStore
+    stacks: StackRecords
+
+    @property
+    def path(self) -> str:
+        return self.leases.path
+
+    @classmethod
+    def open(cls, path: str | None = None) -> State:
+        """The state dir at `path` (default: $FREEPORT_STATE_DIR, else the user's private one), verified."""
+        locks = open_locks(path)
+        return cls(LeaseStore(locks), StackRecords(locks.sd))

@@ -1,0 +1,81 @@
+"""`run`: a stack for the lifetime of one command, and the command's exit status as ours.
+
+Guarantees: the stack is up (and ready) before the command starts, with every FREEPORT_* in its
+environment, and down when it ends, however it ends; SIGTERM and SIGHUP reach the command; the
+status returned is the command's own (128+N when it died of signal N, 127/126 when it could not
+be started). A `run` killed outright is recorded so that gc brings its stack down.
+
+May touch: what `up` and `down` touch; starts the command as a child process (argv, never a shell).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from .._error import FreeportError
+from .._leasing.statedir import STATE_ENV
+from .lifecycle import Notify, Options, down, silent, up
+from .records import StackStatus
+from .state import State
+
+
+def run(
+    state: State,
+    opts: Options,
+    command: Sequence[str],
+    *,
+    keep_volumes: bool = False,
+    extra: Sequence[str] = (),
+    notify: Notify = silent,
+) -> int:
+    """up --wait, run `command` with FREEPORT_* in its environment, down; returns the command's exit status.
+
+    Ctrl-C and SIGTERM reach the command, and the stack is brought down whatever happens.
+    """
+    # gc brings the stack down if this process is killed
+    record = up(state, opts, wait=True, extra=extra, status=StackStatus.RUN, notify=notify)
+    code = 1
+    try:
+        env = {
+            **os.environ,
+            **{k: str(v) for k, v in record.ports.items()},
+            "COMPOSE_PROJECT_NAME": record.project,
+            STATE_ENV: state.path,  # a `freeport-compose ports` in the command finds this stack
+        }
+        child: subprocess.Popen[bytes] | None = None
+        early: list[int] = []  # signals that came before the command existed
+
+        def forward(signum: int, frame: Any) -> None:
+            if child is None:
+                early.append(signum)
+            else:
+                child.send_signal(signum)
+
+        # Ctrl-C reaches the command from the terminal itself (same process group): only wait for it.
+        old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+        old.update({s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)})
+        try:
+            try:
+                child = subprocess.Popen(list(command), env=env)
+            except OSError as e:
+                notify(f"cannot run {command[0]!r}: {e.strerror}")
+                code = 127 if e.errno == errno.ENOENT else 126
+            else:
+                for signum in early:
+                    child.send_signal(signum)
+                status = child.wait()
+                code = 128 - status if status < 0 else status
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    finally:
+        try:
+            down(state, record.project, volumes=not keep_volumes)
+        except FreeportError as e:  # the command's status still stands; say what is left
+            notify(str(e))
+    return code

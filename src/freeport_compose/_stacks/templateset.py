@@ -1,0 +1,93 @@
+"""A template set: every -f file of a stack, read and checked together.
+
+Guarantees: one port per placeholder name across all files; a service whose base file publishes a
+container port that a placeholder publishes too is found (`conflicts`), and the override that makes
+the leased binding replace the base one is written for it, in the order Compose merges files.
+
+May touch: reads the files it is given; writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .._error import TemplateError
+from .template import PortEntry, Template, load, sort_key, substitute
+
+
+@dataclass
+class TemplateSet:
+    """All -f files of a stack, read and checked together: one port per placeholder name across them."""
+
+    templates: list[Template]
+    names: list[str] = field(default_factory=list)  # every placeholder name, in allocation order
+
+    def __post_init__(self) -> None:
+        self.names = sorted(set().union(*(t.names for t in self.templates)), key=sort_key)
+
+    def hosts(self, name: str) -> list[str]:
+        """Host addresses a placeholder is published on (besides the wildcards): each must be free there."""
+        return sorted({e.host_ip for t in self.templates for e in t.entries if name in e.names and e.host_ip})
+
+    def protocols(self, name: str) -> list[str]:
+        return sorted({e.protocol for t in self.templates for e in t.entries if name in e.names})
+
+    def warnings(self) -> list[str]:
+        return [
+            f"{t.path}:{line}:{column}: service {svc!r} sets container_name, so two stacks from this file "
+            f"cannot run at once; remove it to run stacks side by side"
+            for t in self.templates
+            for svc, line, column in t.container_names
+        ]
+
+    def conflicts(self) -> dict[str, list[PortEntry]]:
+        """Services whose base files publish a container port that a placeholder publishes too.
+
+        Compose appends `ports:` lists across files, so both bindings would be made (and the base's
+        fixed port clash). For each such service: its whole merged ports list, base bindings of those
+        container ports removed, in the order Compose would merge them.
+        """
+        merged: dict[str, list[PortEntry]] = {}
+        for t in self.templates:
+            for service in t.resets:  # even when the reset list is empty: earlier entries are dropped
+                merged[service] = []
+            for e in t.entries:
+                merged.setdefault(e.service, []).append(e)
+        out = {}
+        for service, entries in merged.items():
+            leased = {(e.target, e.protocol, e.path) for e in entries if e.names}
+            # a fixed binding beside a leased one in the same file is the author's choice, not a clash
+            clash = [
+                e
+                for e in entries
+                if not e.names and any(k[:2] == (e.target, e.protocol) and k[2] != e.path for k in leased)
+            ]
+            if clash:
+                out[service] = [e for e in entries if e not in clash]
+        return out
+
+    def override_text(self, ports: Mapping[str, int], conflicts: Mapping[str, list[PortEntry]]) -> str:
+        """A Compose file replacing the `ports:` of conflicting services (needs Compose >= 2.24.4)."""
+        lines = [
+            "# Written by freeport-compose: these services publish a container port that a base file",
+            "# publishes too; !override makes the leased binding replace the base one instead of adding to it.",
+            "services:",
+        ]
+        for service, entries in conflicts.items():
+            lines += [f"  {json.dumps(service)}:", "    ports: !override"]
+            for e in entries:
+                rendered = substitute(e.value, ports)
+                lines.append(f"      - {rendered if e.is_mapping else json.dumps(rendered)}")
+        return "\n".join(lines) + "\n"
+
+
+def load_set(paths: Sequence[str]) -> TemplateSet:
+    """Read every file of a stack; TemplateError if any is bad or none holds a placeholder."""
+    templates = [load(p) for p in paths]
+    templates_set = TemplateSet(templates)
+    if not templates_set.names:
+        shown = ", ".join(paths)
+        raise TemplateError(paths[0], 1, 1, f"no $<FREEPORT_name> placeholder in {shown}: nothing to lease")
+    return templates_set
