@@ -64,7 +64,8 @@ if ! docker info >/dev/null 2>&1; then
     log=/var/log/freeport-dockerd.log
     [ -w /var/log ] || [ -n "$SUDO" ] || log=$(mktemp "${TMPDIR:-/tmp}/freeport-dockerd.XXXXXX.log")
     say "starting dockerd (log: $log)"
-    $SUDO env LOG="$log" sh -c 'nohup dockerd >"$LOG" 2>&1 &' 
+    # setsid: the engine must outlive the process group of whoever ran this script.
+    $SUDO env LOG="$log" setsid sh -c 'nohup dockerd >"$LOG" 2>&1 &'
     for _ in $(seq 1 120); do
         docker info >/dev/null 2>&1 && break
         sleep 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from _children import Child, Spawn
+from _docker import FPC, require_docker
 from _ports import find_free_block
 
 PY = sys.executable
@@ -22,6 +24,15 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ("FREEPORT_RANGE", "FREEPORT_SHARED", "COMPOSE_PROJECT_NAME"):
         monkeypatch.delenv(var, raising=False)
     return d
+
+
+@pytest.fixture(scope="module")
+def docker_engine() -> None:
+    """For a module whose every test runs the CLI against Docker (`pytest.mark.usefixtures("docker_engine")`):
+    skip it, saying why, without an engine, Compose v2, the test image or the installed CLI."""
+    require_docker()
+    if not os.access(FPC, os.X_OK):
+        pytest.skip(f"{FPC} is not installed: run `bash scripts/setup.sh`")
 
 
 @pytest.fixture

@@ -15,16 +15,12 @@ and `|`, and the marker file never appears.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import re
 import secrets
 import shutil
-import subprocess
 import sys
-import sysconfig
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,15 +29,23 @@ from typing import Any
 
 import pytest
 
-import freeport_compose
+from _docker import (
+    FPC,
+    IMAGE,
+    NOBODY,
+    assert_engine_clean,
+    assert_error,
+    assert_no_traceback,
+    docker_missing,
+    down_projects,
+    exits,
+    fpc,
+    ls_json,
+    nobody_cli,
+    ok,
+    require_docker,
+)
 from freeport_compose._error import ExitCode
-
-FPC = str(Path(sys.executable).with_name("freeport-compose"))
-IMAGE = "freeport-test-busybox:latest"
-PROJECT_LABEL = "com.docker.compose.project"
-NOBODY = 65534
-CLI_TIMEOUT = 120.0
-USAGE_LINE = re.compile(r"freeport-compose(?: [a-z]+)?: .+ \(see --help\)")
 
 VALID = (
     "services:\n"
@@ -274,98 +278,9 @@ CASES: dict[str, Case] = {
 # --------------------------------------------------------------------------------------------
 
 
-def docker(*args: str, timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          stdin=subprocess.DEVNULL)
-
-
-@functools.cache
-def docker_missing() -> str:
-    """Why the Docker cases cannot run here, or "" when the engine, Compose and the image are there."""
-    try:
-        if docker("info", timeout=30).returncode != 0:
-            return "`docker info` failed: run `bash scripts/setup.sh` to start dockerd"
-        if docker("compose", "version", "--short").returncode != 0:
-            return "`docker compose` (Compose v2 plugin) is missing: run `bash scripts/setup.sh`"
-        if docker("image", "inspect", IMAGE).returncode != 0:
-            return f"test image {IMAGE} is missing: run `bash scripts/setup.sh`"
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"docker does not run: {e}"
-    return ""
-
-
-def _as_nobody(command: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=CLI_TIMEOUT, env={**os.environ, **env},
-                          stdin=subprocess.DEVNULL, cwd="/", user=NOBODY, group=NOBODY, extra_groups=[])
-
-
-@functools.cache
-def nobody_cli() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """How uid 65534 runs the CLI: (command, extra environment); ((), ()) when it cannot.
-
-    The console script first. Its interpreter may live where uid 65534 cannot reach it (a pyenv
-    Python under /root): then a system Python of the same version runs `-m freeport_compose` with
-    this virtualenv's site-packages and the package's source on PYTHONPATH.
-    """
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        if _as_nobody([FPC, "--help"], {}).returncode == 0:
-            return (FPC,), ()
-    src = str(Path(freeport_compose.__file__).resolve().parents[1])
-    path = os.pathsep.join([src, sysconfig.get_paths()["purelib"]])
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for python in (shutil.which(version, path="/usr/local/bin:/usr/bin:/bin"), "/usr/bin/python3"):
-        if not python:
-            continue
-        command = (python, "-m", "freeport_compose")
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            if _as_nobody([*command, "--help"], {"PYTHONPATH": path}).returncode == 0:
-                return command, (("PYTHONPATH", path),)
-    return (), ()
-
-
-def fpc(*args: str, env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-        user: int | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI, to completion; as uid and gid `user`, without supplementary groups, when given."""
-    command: tuple[str, ...] = (FPC,)
-    extra: dict[str, str] = {}
-    ids: dict[str, Any] = {}
-    if user is not None:
-        assert user == NOBODY
-        found, pairs = nobody_cli()
-        command, extra, ids = found, dict(pairs), {"user": user, "group": user, "extra_groups": []}
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=CLI_TIMEOUT, cwd=cwd,
-                          env={**os.environ, **(env or {}), **extra}, stdin=subprocess.DEVNULL, **ids)
-
-
-def ls_json(state: str | Path, user: int | None = None) -> dict[str, Any]:
-    result = fpc("ls", "--json", env={"FREEPORT_STATE_DIR": str(state)}, user=user)
-    assert result.returncode == 0, result.stderr
-    out: dict[str, Any] = json.loads(result.stdout)
-    return out
-
-
 def tree(path: Path) -> dict[str, bytes | None]:
     """Every entry below path: file contents, None for directories."""
     return {str(p.relative_to(path)): None if p.is_dir() else p.read_bytes() for p in sorted(path.rglob("*"))}
-
-
-def assert_error(result: subprocess.CompletedProcess[str], code: int, fragment: str, *, usage: bool = False) -> str:
-    """The documented error shape: the exit code, nothing on stdout, one final error line, no traceback."""
-    assert result.returncode == code, f"exit {result.returncode}, expected {code}:\n{result.stderr}"
-    assert result.stdout == "", result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert lines, "nothing on stderr"
-    last = lines[-1]
-    if usage:
-        assert USAGE_LINE.fullmatch(last), result.stderr
-    else:
-        assert last.startswith("freeport-compose: "), result.stderr
-        own = [ln for ln in lines if ln.startswith("freeport-compose")
-               and not ln.startswith("freeport-compose: warning:")]
-        assert own == [last], result.stderr
-    assert fragment in last, f"{fragment!r} not in {last!r}"
-    return last
 
 
 @pytest.fixture
@@ -377,19 +292,6 @@ def work() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def compose_down(*projects: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="fpc-bad-") as empty:  # no compose.yml read by accident
-        for project in projects:
-            docker("compose", "-p", project, "down", "-v", "--remove-orphans", "--timeout", "0", cwd=empty)
-
-
-def engine_leftovers(project: str) -> tuple[list[str], list[str]]:
-    ps = docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={project}")
-    nets = docker("network", "ls", "-q", "--filter", f"label={PROJECT_LABEL}={project}")
-    assert ps.returncode == nets.returncode == 0, ps.stderr + nets.stderr
-    return ps.stdout.split(), nets.stdout.split()
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,8 +341,8 @@ def test_project_busy(work: Path, state_dir: Path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("name", _params())
 def test_bad_input(name: str, work: Path, state_dir: Path) -> None:
     case = CASES[name]
-    if case.docker and docker_missing():
-        pytest.skip(docker_missing())
+    if case.docker:
+        require_docker()
     as_nobody = case.state in ("nobody", "unwritable")
     if (as_nobody or case.state == "other-uid" or case.unreadable) and os.geteuid() != 0:
         pytest.skip("needs root to chown files and to run the CLI as another uid")
@@ -512,10 +414,10 @@ def test_bad_input(name: str, work: Path, state_dir: Path) -> None:
             if case.state == "unwritable":
                 assert not state.exists()
         if case.docker:
-            assert engine_leftovers(project) == ([], [])
+            assert_engine_clean(project)
     finally:
         if case.docker and not docker_missing():
-            compose_down(project)
+            down_projects(project)
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,18 +446,9 @@ def hostile_name(mark: Path) -> str:
     return "a$(touch $FPC_MARK)b`touch $FPC_MARK`c;touch $FPC_MARK|touch $FPC_MARK&& touch $FPC_MARK #"
 
 
-def needs_docker() -> None:
-    if docker_missing():
-        pytest.skip(docker_missing())
-
-
-def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stderr, result.stderr
-
-
 @pytest.mark.docker
 def test_hostile_file_and_directory_names(work: Path, state_dir: Path, mark: Path) -> None:
-    needs_docker()
+    require_docker()
     env = {"FPC_MARK": str(mark)}
     directory = work / hostile_name(mark)
     directory.mkdir()
@@ -567,97 +460,87 @@ def test_hostile_file_and_directory_names(work: Path, state_dir: Path, mark: Pat
     try:
         # render with the `docker compose config` check, to a hostile OUT name
         out = directory / ("out-" + hostile_name(mark) + ".yml")
-        rendered = fpc("render", "-f", str(template), "-p", projects[0], "--env-file", str(env_file),
-                       "-o", str(out), env=env)
-        assert rendered.returncode == 0, rendered.stderr
+        rendered = ok(fpc("render", "-f", str(template), "-p", projects[0], "--env-file", str(env_file),
+                          "-o", str(out), env=env))
         assert rendered.stdout == f"{out}\n"
         assert "$<FREEPORT_web>" not in out.read_text()
-        assert fpc("down", "-p", projects[0], env=env).returncode == 0
+        ok(fpc("down", "-p", projects[0], env=env))
 
         # up and down, named by -p; then up without -p: the project name comes from the directory
-        up = fpc("up", "-f", str(template), "-p", projects[1], "--env-file", str(env_file),
-                 "--project-directory", str(directory), env=env)
-        assert up.returncode == 0, up.stderr
-        down = fpc("down", "-p", projects[1], env=env)
-        assert down.returncode == 0, down.stderr
-        unnamed = fpc("up", "-f", str(template), env=env, cwd=directory)
-        assert unnamed.returncode == 0, unnamed.stderr
+        ok(fpc("up", "-f", str(template), "-p", projects[1], "--env-file", str(env_file),
+               "--project-directory", str(directory), env=env))
+        ok(fpc("down", "-p", projects[1], env=env))
+        unnamed = ok(fpc("up", "-f", str(template), env=env, cwd=directory))
         found = re.search(r"project (\S+) is up", unnamed.stderr)
         assert found, unnamed.stderr
         projects[2] = found.group(1)
         assert re.fullmatch(r"[a-z0-9][a-z0-9_-]*", projects[2])
-        down = fpc("down", env=env, cwd=directory)  # found from the (hostile) current directory
-        assert down.returncode == 0, down.stderr
+        ok(fpc("down", env=env, cwd=directory))  # found from the (hostile) current directory
         assert not mark.exists(), "a shell ran on a file or directory name"
-        for project in projects:
-            assert engine_leftovers(project) == ([], [])
+        assert_engine_clean(*projects)
         assert ls_json(state_dir)["leases"] == []
     finally:
-        compose_down(*projects)
+        down_projects(*projects)
     assert not mark.exists()
 
 
 @pytest.mark.docker
 def test_hostile_compose_arguments(work: Path, state_dir: Path, mark: Path) -> None:
-    needs_docker()
+    require_docker()
     template = work / "compose.yml"
     template.write_text(VALID)
     project = f"fpc-bad-{secrets.token_hex(4)}"
     env = {"FPC_MARK": str(mark)}
     try:
         # extra `docker compose up` arguments: service names that do not exist, so Compose fails
-        extra = fpc("up", "-f", str(template), "-p", project, "--", *hostile(mark), env=env)
-        assert extra.returncode == ExitCode.COMPOSE_FAILED, extra.stderr
-        assert_no_traceback(extra)
+        exits(fpc("up", "-f", str(template), "-p", project, "--", *hostile(mark), env=env), ExitCode.COMPOSE_FAILED)
         # as an option's value
-        scale = fpc("up", "-f", str(template), "-p", project, "--", "--scale", f"web=1;touch {mark}", env=env)
-        assert scale.returncode == ExitCode.COMPOSE_FAILED, scale.stderr
+        exits(fpc("up", "-f", str(template), "-p", project, "--", "--scale", f"web=1;touch {mark}", env=env),
+              ExitCode.COMPOSE_FAILED)
         # profiles, env files and project directories
         for option in ("--profile", "--env-file", "--project-directory"):
             for value in hostile(mark):
                 result = fpc("up", "-f", str(template), "-p", project, option, value, env=env)
                 assert_no_traceback(result)
                 if result.returncode == 0:
-                    assert fpc("down", "-p", project, env=env).returncode == 0
+                    ok(fpc("down", "-p", project, env=env))
         # $FREEPORT_COMPOSE is split like a command line, never given to a shell
         for value in (f"docker compose; touch {mark}", f"docker compose $(touch {mark})", f"docker `touch {mark}`"):
             result = fpc("up", "-f", str(template), "-p", project, env={**env, "FREEPORT_COMPOSE": value})
             assert result.returncode != 0, result.stderr
             assert_no_traceback(result)
         assert not mark.exists(), "a shell ran on a Compose argument"
-        assert engine_leftovers(project) == ([], [])
+        assert_engine_clean(project)
         listing = ls_json(state_dir)
         assert (listing["leases"], listing["stacks"]) == ([], [])
     finally:
-        compose_down(project)
+        down_projects(project)
     assert not mark.exists()
 
 
 @pytest.mark.docker
 def test_run_passes_literal_argv(work: Path, state_dir: Path, mark: Path) -> None:
-    needs_docker()
+    require_docker()
     template = work / "compose.yml"
     template.write_text(VALID)
     project = f"fpc-bad-{secrets.token_hex(4)}"
     try:
         # The command's own shell (sh -c) expands $FREEPORT_web: run gave it the literal script.
-        shell = fpc("run", "-f", str(template), "-p", project, "--", "sh", "-c",
-                    'printf %s "$FREEPORT_web"; printf " %s" "$COMPOSE_PROJECT_NAME"')
-        assert shell.returncode == 0, shell.stderr
+        shell = ok(fpc("run", "-f", str(template), "-p", project, "--", "sh", "-c",
+                       'printf %s "$FREEPORT_web"; printf " %s" "$COMPOSE_PROJECT_NAME"'))
         port, name = shell.stdout.split(" ")
         assert 1 <= int(port) <= 65535
         assert name == project
 
         # Without a shell of the command's own, every word arrives as written.
         words = [*hostile(mark), "$FREEPORT_web", "${FREEPORT_web}", "a b", "", "*", "'\"", "-", "--"]
-        echo = fpc("run", "-f", str(template), "-p", project, "--", sys.executable, "-c",
-                   "import json, sys; print(json.dumps(sys.argv[1:]))", *words)
-        assert echo.returncode == 0, echo.stderr
+        echo = ok(fpc("run", "-f", str(template), "-p", project, "--", sys.executable, "-c",
+                      "import json, sys; print(json.dumps(sys.argv[1:]))", *words))
         assert json.loads(echo.stdout) == words
         assert not mark.exists(), "a shell ran on run's command"
-        assert engine_leftovers(project) == ([], [])
+        assert_engine_clean(project)
         listing = ls_json(state_dir)
         assert (listing["leases"], listing["stacks"]) == ([], [])
     finally:
-        compose_down(project)
+        down_projects(project)
     assert not mark.exists()

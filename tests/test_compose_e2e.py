@@ -30,14 +30,27 @@ from typing import Any
 
 import pytest
 
+from _docker import (
+    CLI_TIMEOUT,
+    FPC,
+    IMAGE,
+    assert_error,
+    assert_nothing_left,
+    containers,
+    docker,
+    down_projects,
+    exits,
+    fpc,
+    leases_of,
+    ls_json,
+    ok,
+)
 from freeport_compose._error import ExitCode
 
-IMAGE = "freeport-test-busybox:latest"
-FPC = str(Path(sys.executable).with_name("freeport-compose"))
-CLI_TIMEOUT = 120.0  # seconds for one CLI call; a hang fails the test instead of the whole run
+pytestmark = pytest.mark.usefixtures("docker_engine")  # conftest: skips the module without Docker
+
 # Every container a test starts carries this label, valued with the test's own token.
 TOKEN_LABEL = "fpc.e2e"  # noqa: S105 (a label name, not a password)
-PROJECT_LABEL = "com.docker.compose.project"
 # Serves /index.html holding $BODY: the environment value reaches the container and HTTP shows it.
 HTTPD = ["/bin/busybox", "sh", "-c", 'echo "$$BODY" > /index.html && exec /bin/busybox httpd -f -p 80 -h /']
 
@@ -47,69 +60,8 @@ HTTPD = ["/bin/busybox", "sh", "-c", 'echo "$$BODY" > /index.html && exec /bin/b
 # --------------------------------------------------------------------------------------------
 
 
-def _docker(*args: str, timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _engine() -> None:
-    """Skip the whole module, saying why, when there is no engine, no Compose v2 or no test image."""
-    try:
-        info = _docker("info", timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"`docker info` failed ({e}): run `bash scripts/setup.sh` to start dockerd")
-    if info.returncode != 0:
-        last = (info.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(f"`docker info` failed ({last}): run `bash scripts/setup.sh` to start dockerd")
-    version = _docker("compose", "version", "--short")
-    if version.returncode != 0:
-        pytest.skip("`docker compose` (Compose v2 plugin) is missing: run `bash scripts/setup.sh`")
-    if _docker("image", "inspect", IMAGE).returncode != 0:
-        pytest.skip(f"test image {IMAGE} is missing: run `bash scripts/setup.sh`")
-    if not os.access(FPC, os.X_OK):
-        pytest.skip(f"{FPC} is not installed: run `bash scripts/setup.sh`")
-
-
-def fpc(*args: str, env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-        timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run the freeport-compose CLI (FREEPORT_STATE_DIR comes from the autouse fixture)."""
-    return subprocess.run([FPC, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=cwd, stdin=subprocess.DEVNULL)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"{result.args} exited {result.returncode}:\n{result.stderr}"
-    return result
-
-
-def ls_json() -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(ok(fpc("ls", "--json")).stdout)
-    return out
-
-
-def leases_of(project: str) -> dict[str, int]:
-    return {lease["label"]: lease["port"] for lease in ls_json()["leases"] if lease["owner"] == project}
-
-
-def assert_nothing_left(*projects: str) -> None:
-    """No container of these projects on the engine, and no lease or stack record of them."""
-    state = ls_json()
-    for project in projects:
-        assert containers(project) == [], f"containers of {project} left"
-        assert [lease for lease in state["leases"] if lease["owner"] == project] == []
-        assert [s for s in state["stacks"] if s["project"] == project] == []
-
-
-def containers(project: str, *, running: bool = False) -> list[str]:
-    args = ["ps", "--quiet", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={project}"]
-    result = _docker(*args) if running else _docker(*args, "--all")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()
-
-
 def inspect(container: str) -> dict[str, Any]:
-    result = _docker("inspect", container)
+    result = docker("inspect", container)
     assert result.returncode == 0, result.stderr
     data: list[dict[str, Any]] = json.loads(result.stdout)
     return data[0]
@@ -150,21 +102,6 @@ def refused(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
-
-
-def assert_one_error_line(stderr: str, *fragments: str) -> str:
-    """stderr ends with exactly one `freeport-compose: ...` error line, and holds no traceback."""
-    assert "Traceback" not in stderr, stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert lines, "nothing on stderr"
-    last = lines[-1]
-    assert last.startswith("freeport-compose: "), stderr
-    own = [ln for ln in lines if ln.startswith("freeport-compose: ")
-           and not ln.startswith("freeport-compose: warning:")]
-    assert own == [last], stderr
-    for fragment in fragments:
-        assert fragment in last, f"{fragment!r} not in {last!r}"
-    return last
 
 
 def free_fixed_ports(n: int) -> list[int]:
@@ -228,16 +165,14 @@ class E2E:
         path.write_text("services:\n" + "".join(services))
         return str(path)
 
+    @property
+    def label(self) -> str:
+        """The label on every container of this test ("key=value")."""
+        return f"{TOKEN_LABEL}={self.token}"
+
     def cleanup(self) -> None:
         """Remove everything this test may have started, whatever freeport-compose did."""
-        with tempfile.TemporaryDirectory(prefix="fpc-e2e-") as empty:  # no compose.yml read by accident
-            for project in self.projects:
-                _docker("compose", "-p", project, "down", "-v", "--remove-orphans", "--timeout", "0", cwd=empty)
-        leftovers = _docker("ps", "-aq", "--filter", f"label={TOKEN_LABEL}={self.token}").stdout.split()
-        for project in self.projects:
-            leftovers += containers(project)
-        if leftovers:
-            _docker("rm", "-f", "-v", *sorted(set(leftovers)))
+        down_projects(*self.projects, label=self.label)
 
 
 @pytest.fixture
@@ -363,7 +298,7 @@ def test_base_binding_replaced_by_leased_one(e2e: E2E) -> None:
         assert published(web, "81/tcp") == {other}  # the base's other binding stays
         bound = {k: {int(b["HostPort"]) for b in v} for k, v in web["HostConfig"]["PortBindings"].items()}
         assert bound == {"80/tcp": {port}, "81/tcp": {other}}
-        docker_port = _docker("port", web["Id"], "80/tcp").stdout
+        docker_port = docker("port", web["Id"], "80/tcp").stdout
         assert f":{port}" in docker_port
         assert f":{fixed}" not in docker_port
         assert http_get(port) == (200, f"leased {port}\n")
@@ -406,8 +341,8 @@ def test_run_passes_ports_and_exit_code(e2e: E2E, code: int) -> None:
                                                             body="run $<FREEPORT_web>"))
     project = e2e.project()
     report = e2e.tmp / "report.json"
-    result = fpc("run", "-f", template, "-p", project, "--", sys.executable, "-c", RUN_PROBE, str(report), str(code))
-    assert result.returncode == code, result.stderr
+    exits(fpc("run", "-f", template, "-p", project, "--", sys.executable, "-c", RUN_PROBE, str(report), str(code)),
+          code)
     seen = json.loads(report.read_text())
     port = int(seen["env"]["FREEPORT_web"])
     assert seen["env"] == {"FREEPORT_web": str(port), "COMPOSE_PROJECT_NAME": project}
@@ -475,14 +410,9 @@ def test_failing_up_leaves_nothing(e2e: E2E, broken: str) -> None:
     sidecars = [e2e.service(f"side{i}") for i in range(6)]
     template = e2e.compose_file("compose.yml", web, *sidecars, bad)
     project = e2e.project()
-    result = fpc("up", "-f", template, "-p", project)
-    assert result.returncode == ExitCode.COMPOSE_FAILED, result.stderr
-    assert result.stdout == ""
-    line = assert_one_error_line(result.stderr, "docker compose up failed: ")
+    line = assert_error(fpc("up", "-f", template, "-p", project), ExitCode.COMPOSE_FAILED, "docker compose up failed: ")
     assert ("No such image" in line) if broken == "missing-image" else ("/no/such/binary" in line)
-    assert_nothing_left(project)
-    assert _docker("ps", "-aq", "--filter", f"label={TOKEN_LABEL}={e2e.token}").stdout.split() == []
-    assert _docker("network", "ls", "-q", "--filter", f"label={PROJECT_LABEL}={project}").stdout.split() == []
+    assert_nothing_left(project, label=e2e.label)  # containers (also by the test's label) and networks
     assert ls_json()["leases"] == []
     assert ls_json()["stacks"] == []
 
@@ -537,7 +467,7 @@ def test_gc_frees_stack_downed_by_plain_compose(e2e: E2E) -> None:
     assert {s["project"] for s in ls_json()["stacks"]} == {gone, alive}
 
     with tempfile.TemporaryDirectory(prefix="fpc-e2e-") as empty:
-        down = _docker("compose", "-p", gone, "down", "--remove-orphans", cwd=empty)
+        down = docker("compose", "-p", gone, "down", "--remove-orphans", cwd=empty)
     assert down.returncode == 0, down.stderr
     assert containers(gone) == []
     assert leases_of(gone) != {}  # freeport-compose does not know yet
@@ -594,11 +524,8 @@ def test_bad_input(e2e: E2E, case: str) -> None:
     os.chmod(template, 0o644)  # not executable: as FREEPORT_COMPOSE it cannot be run
     values = {"template": template, "broken": broken, "project": project, "tmp": str(e2e.tmp)}
     result = fpc(*(a.format(**values) for a in argv), env={k: v.format(**values) for k, v in env.items()})
-    assert result.returncode == code, result.stderr
-    assert result.stdout == ""
-    assert_one_error_line(result.stderr, fragment)
-    assert_nothing_left(project)
-    assert _docker("ps", "-aq", "--filter", f"label={TOKEN_LABEL}={e2e.token}").stdout.split() == []
+    assert_error(result, code, fragment)
+    assert_nothing_left(project, label=e2e.label)
     state = ls_json()
     assert (state["leases"], state["stacks"]) == ([], [])
 
@@ -630,11 +557,9 @@ def test_profile_and_env_file_replayed_at_down(e2e: E2E) -> None:
     assert http_get(ports["FREEPORT_extra"]) == (200, f"extra {ports['FREEPORT_extra']}\n")
     assert len(containers(project, running=True)) == 2
 
-    down = fpc("down", "-p", project, cwd="/")
-    assert down.returncode == 0, down.stderr
+    down = ok(fpc("down", "-p", project, cwd="/"))
     assert "required variable" not in down.stderr
-    assert_nothing_left(project)
-    assert _docker("network", "ls", "-q", "--filter", f"label={PROJECT_LABEL}={project}").stdout.split() == []
+    assert_nothing_left(project)  # networks too
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,22 +590,18 @@ def test_up_failing_before_compose_keeps_the_stack_that_was_there(e2e: E2E) -> N
     """A second `up` of a running stack that cannot lease its new placeholder leaves the stack alone."""
     project = e2e.project()
     first = e2e.compose_file("one.yml", e2e.service("web", ports=["127.0.0.1:$<FREEPORT_web>:80"]))
-    up = fpc("up", "-p", project, "-f", first)
-    assert up.returncode == 0, up.stderr
+    up = ok(fpc("up", "-p", project, "-f", first))
     web = parse_dotenv(up.stdout)["FREEPORT_web"]
     second = e2e.compose_file("two.yml", e2e.service("web", ports=["127.0.0.1:$<FREEPORT_web>:80",
                                                                    "127.0.0.1:$<FREEPORT_more>:81"]))
-    blocker = fpc("get", "--owner", f"{project}-blocker", "--range", f"{web + 1}-{web + 1}")
-    assert blocker.returncode == 0, blocker.stderr
+    ok(fpc("get", "--owner", f"{project}-blocker", "--range", f"{web + 1}-{web + 1}"))
     try:
-        again = fpc("up", "-p", project, "-f", second, "--timeout", "0",
-                    env={"FREEPORT_RANGE": f"{web + 1}-{web + 1}"})
-        assert again.returncode == ExitCode.NO_FREE_PORT, again.stderr
+        exits(fpc("up", "-p", project, "-f", second, "--timeout", "0", env={"FREEPORT_RANGE": f"{web + 1}-{web + 1}"}),
+              ExitCode.NO_FREE_PORT)
         assert containers(project), "the running stack was taken down"
         assert json.loads(fpc("ports", "-p", project, "--format", "json").stdout) == {"FREEPORT_web": web}
         assert http_get(web)[0] == 200
     finally:
         fpc("release", "--owner", f"{project}-blocker")
-    down = fpc("down", "-p", project)
-    assert down.returncode == 0, down.stderr
+    ok(fpc("down", "-p", project))
     assert containers(project) == []

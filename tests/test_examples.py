@@ -12,23 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _docker import FPC, docker, engine_answers, fpc, ls_json, ok
+from _docker import IMAGE as DEFAULT_IMAGE
+
 ROOT = Path(__file__).resolve().parent.parent
-FPC = str(Path(sys.executable).with_name("freeport-compose"))
-IMAGE = os.environ.get("FREEPORT_TEST_IMAGE", "freeport-test-busybox:latest")
+IMAGE = os.environ.get("FREEPORT_TEST_IMAGE", DEFAULT_IMAGE)
 TEMPLATES = sorted((ROOT / "templates").glob("*.yml"))
+SLOW = 300.0  # seconds for a CLI call that starts containers or runs `docker compose config`
 
-
-def _docker_ok() -> bool:
-    return shutil.which("docker") is not None and subprocess.run(
-        ["docker", "info"], capture_output=True, check=False
-    ).returncode == 0
-
-
-needs_docker = pytest.mark.skipif(not _docker_ok(), reason="no Docker engine answers (run scripts/setup.sh)")
-
-
-def fpc(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FPC, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300, check=False)
+needs_docker = pytest.mark.skipif(not engine_answers(), reason="no Docker engine answers (run scripts/setup.sh)")
 
 
 @pytest.mark.docker
@@ -39,17 +31,15 @@ def test_template_renders_and_compose_accepts_it(template: Path, tmp_path: Path)
     project = f"tpl-{template.stem.replace('_', '-')}"
     out = tmp_path / "rendered.yml"
     # With the check: `docker compose config` must publish exactly the leased ports.
-    result = fpc("render", "-p", project, "-f", str(template), "-o", str(out), env=env)
+    result = fpc("render", "-p", project, "-f", str(template), "-o", str(out), env=env, timeout=SLOW)
     try:
-        assert result.returncode == 0, result.stderr
+        ok(result)
         assert result.stdout.strip() == str(out)
-        ports = json.loads(fpc("ports", "-p", project, "--format", "json").stdout)
+        ports = json.loads(ok(fpc("ports", "-p", project, "--format", "json")).stdout)
         assert ports
         assert all(name.startswith("FREEPORT_") for name in ports)
-        config = subprocess.run(
-            ["docker", "compose", "-p", project, "-f", str(out), "config", "--format", "json"],
-            capture_output=True, text=True, env=env, check=True,
-        )
+        config = docker("compose", "-p", project, "-f", str(out), "config", "--format", "json", env=env)
+        assert config.returncode == 0, config.stderr
         published = {
             int(p["published"])
             for svc in json.loads(config.stdout)["services"].values()
@@ -64,15 +54,15 @@ def test_template_renders_and_compose_accepts_it(template: Path, tmp_path: Path)
 @pytest.mark.docker
 @needs_docker
 def test_demo_runs_and_cleans_up() -> None:
-    result = fpc("run", "-f", str(ROOT / "examples/demo/compose.yml"), "--", "sh", str(ROOT / "examples/demo/check.sh"))
-    assert result.returncode == 0, result.stderr
+    demo = ROOT / "examples/demo"
+    result = ok(fpc("run", "-f", str(demo / "compose.yml"), "--", "sh", str(demo / "check.sh"), timeout=SLOW))
     lines = [ln for ln in result.stdout.splitlines() if " answers on leased port " in ln]
     assert len(lines) == 2, result.stdout
     assert lines[0].startswith("web ")
     assert lines[0].endswith(": web: hello from a leased port")
     assert lines[1].startswith("api ")
     assert lines[1].endswith(": api: hello from a leased port")
-    assert json.loads(fpc("ls", "--json").stdout)["leases"] == []
+    assert ls_json()["leases"] == []
 
 
 @pytest.mark.docker
@@ -98,7 +88,7 @@ def test_makefile_example(tmp_path: Path) -> None:
     finally:
         down = subprocess.run([*make, "stack-down"], capture_output=True, text=True, env=env, check=False)
     assert down.returncode == 0, down.stderr
-    assert json.loads(fpc("ls", "--json").stdout)["stacks"] == []
+    assert ls_json()["stacks"] == []
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples/ci").glob("*.yml")), ids=lambda p: p.name)
@@ -151,6 +141,6 @@ def test_stack(compose_stack):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout
-    listing = json.loads(fpc("ls", "--json").stdout)
+    listing = ls_json()
     assert listing["leases"] == []
     assert listing["stacks"] == []

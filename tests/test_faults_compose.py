@@ -25,7 +25,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,14 +35,25 @@ from typing import Any
 
 import pytest
 
+from _docker import (
+    FPC,
+    IMAGE,
+    assert_error,
+    assert_no_traceback,
+    assert_nothing_left,
+    containers,
+    docker,
+    down_projects,
+    engine_answers,
+    fpc,
+    leases_of,
+    ls_json,
+    ok,
+)
 from freeport_compose._error import ExitCode
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]  # conftest: skips without Docker
 
-IMAGE = "freeport-test-busybox:latest"
-FPC = str(Path(sys.executable).with_name("freeport-compose"))
-CLI_TIMEOUT = 120.0
-PROJECT_LABEL = "com.docker.compose.project"
 TOKEN_LABEL = "fpc.faults"  # noqa: S105 (a label name)
 # Serves /index.html holding $BODY ($$: Compose's escaped dollar, so the container's shell expands it).
 HTTPD = ["/bin/busybox", "sh", "-c", 'echo "$$BODY" > /index.html && exec /bin/busybox httpd -f -p 80 -h /']
@@ -82,38 +92,6 @@ SLEEPER = (
 # --------------------------------------------------------------------------------------------
 
 
-def docker(*args: str, timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          stdin=subprocess.DEVNULL)
-
-
-def engine_answers() -> bool:
-    try:
-        return docker("info", timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _engine() -> None:
-    """Skip the module, saying why, without an engine, Compose v2, the test image or the CLI."""
-    if not engine_answers():
-        pytest.skip("`docker info` failed: run `bash scripts/setup.sh` to start dockerd")
-    if docker("compose", "version", "--short").returncode != 0:
-        pytest.skip("`docker compose` (Compose v2 plugin) is missing: run `bash scripts/setup.sh`")
-    if docker("image", "inspect", IMAGE).returncode != 0:
-        pytest.skip(f"test image {IMAGE} is missing: run `bash scripts/setup.sh`")
-    if not os.access(FPC, os.X_OK):
-        pytest.skip(f"{FPC} is not installed: run `bash scripts/setup.sh`")
-
-
-def fpc(*args: str, env: Mapping[str, str] | None = None,
-        timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run the CLI to completion (FREEPORT_STATE_DIR comes from conftest's autouse fixture)."""
-    return subprocess.run([FPC, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
-
-
 def spawn(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
     """Start the CLI in a session of its own, so killpg reaches it and everything it started."""
     return subprocess.Popen([FPC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -128,36 +106,8 @@ def kill_group(proc: subprocess.Popen[str]) -> str:
     return err
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"{result.args} exited {result.returncode}:\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
-
-
-def ls_json() -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(ok(fpc("ls", "--json")).stdout)
-    return out
-
-
-def leases_of(project: str) -> dict[str, int]:
-    return {lease["label"]: lease["port"] for lease in ls_json()["leases"] if lease["owner"] == project}
-
-
 def stacks_named(project: str) -> list[dict[str, Any]]:
     return [s for s in ls_json()["stacks"] if s["project"] == project]
-
-
-def containers(project: str, *, running: bool = False) -> list[str]:
-    args = ["ps", "--quiet", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={project}"]
-    result = docker(*args) if running else docker(*args, "--all")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()
-
-
-def networks(project: str) -> list[str]:
-    result = docker("network", "ls", "-q", "--filter", f"label={PROJECT_LABEL}={project}")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()
 
 
 def published(project: str) -> set[int]:
@@ -234,19 +184,10 @@ class Box:
     def wrapper_env(self, fault: str) -> dict[str, str]:
         return {"FREEPORT_COMPOSE": str(self.wrapper), "FPC_FAULT": fault, "FPC_FAULT_DIR": str(self.tmp)}
 
-    def leftovers(self) -> list[str]:
-        found = docker("ps", "-aq", "--filter", f"label={TOKEN_LABEL}={self.token}").stdout.split()
-        return found + [c for p in self.projects for c in containers(p)]
-
     def cleanup(self) -> None:
         if not engine_answers():
             return  # the dockerd test restarts the engine in its own finally; nothing to reach here
-        with tempfile.TemporaryDirectory(prefix="fpc-fault-") as empty:  # no compose.yml read by accident
-            for project in self.projects:
-                docker("compose", "-p", project, "down", "-v", "--remove-orphans", "--timeout", "0", cwd=empty)
-        leftovers = self.leftovers()
-        if leftovers:
-            docker("rm", "-f", "-v", *sorted(set(leftovers)))
+        down_projects(*self.projects, label=f"{TOKEN_LABEL}={self.token}")
 
 
 @pytest.fixture
@@ -270,27 +211,6 @@ def assert_consistent(project: str, ports: Mapping[str, int]) -> int:
     assert published(project) == {port}
     assert http_get(port) == (200, f"web {port}\n")
     return port
-
-
-def assert_nothing_left(*projects: str) -> None:
-    state = ls_json()
-    for project in projects:
-        assert containers(project) == [], f"containers of {project} left"
-        assert networks(project) == [], f"networks of {project} left"
-        assert [lease for lease in state["leases"] if lease["owner"] == project] == [], state
-        assert [s for s in state["stacks"] if s["project"] == project] == [], state
-
-
-def assert_one_error_line(stderr: str, *fragments: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert lines, "nothing on stderr"
-    own = [ln for ln in lines if ln.startswith("freeport-compose: ")
-           and not ln.startswith("freeport-compose: warning:")]
-    assert own == [lines[-1]], stderr
-    for fragment in fragments:
-        assert fragment in lines[-1], f"{fragment!r} not in {lines[-1]!r}"
-    return lines[-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +369,10 @@ def _start_dockerd(old_pid: int) -> None:
         return
     if not _wait(lambda: pid_gone(old_pid), 60):
         pytest.fail(f"dockerd {old_pid} did not exit within 60 s of SIGTERM; not starting a second one")
-    subprocess.run(["sh", "-c", f"nohup dockerd >'{DOCKERD_LOG}' 2>&1 &"], check=True, timeout=30)
+    with open(DOCKERD_LOG, "ab") as log:
+        # In a session of its own: the engine must outlive this test run's process group, which
+        # whoever started pytest may kill when it ends.
+        subprocess.Popen(["dockerd"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     if not _wait(engine_answers, 60):
         with suppress(OSError):
             tail = Path(DOCKERD_LOG).read_text(errors="replace").splitlines()[-20:]
@@ -488,24 +411,24 @@ def test_dockerd_restart_under_running_stacks(box: Box, monkeypatch: pytest.Monk
         assert [downed, "up", "?", f"FREEPORT_web={port_a}"] in [ln.split() for ln in table.stdout.splitlines()]
         got = [int(p) for p in ok(fpc("get", "--owner", "x", "-n", "2", "--timeout", "0")).stdout.split()]
         assert set(got) == block - {port_a, port_b}
-        more = fpc("get", "--owner", "y", "--timeout", "0")
-        assert more.returncode == ExitCode.NO_FREE_PORT, more.stderr
-        assert_one_error_line(more.stderr)
+        assert_error(fpc("get", "--owner", "y", "--timeout", "0"), ExitCode.NO_FREE_PORT)
         ok(fpc("release", "--owner", "x"))
         assert json.loads(ok(fpc("ports", "-p", kept, "--format", "json")).stdout) == {"FREEPORT_web": port_b}
 
         gc = fpc("gc")  # an engine that does not answer is not an engine without containers
         assert gc.returncode in (ExitCode.OK, ExitCode.ENGINE_UNREACHABLE), gc.stderr
+        assert_no_traceback(gc)
         if gc.returncode:
-            assert_one_error_line(gc.stderr, "no Docker engine answers")
+            assert_error(gc, ExitCode.ENGINE_UNREACHABLE, "no Docker engine answers")
         assert leases_of(downed) == {"FREEPORT_web": port_a}
         assert leases_of(kept) == {"FREEPORT_web": port_b}
 
         down = fpc("down", "-p", downed)
         assert down.returncode in (ExitCode.OK, ExitCode.ENGINE_UNREACHABLE), down.stderr
+        assert_no_traceback(down)
         down_failed = down.returncode == ExitCode.ENGINE_UNREACHABLE
         if down_failed:
-            assert_one_error_line(down.stderr, "no Docker engine answers", f"down -p {downed}")
+            assert_error(down, ExitCode.ENGINE_UNREACHABLE, "no Docker engine answers", f"down -p {downed}")
             # README: `down` frees the leases even if Compose fails; the record stays so that
             # `down` or `gc` can remove the stack's containers once the engine is back.
             assert [s["status"] for s in stacks_named(downed)] == ["stopping"]

@@ -22,7 +22,7 @@ from .locks import Claim, PortLocks, Taken, open_locks
 from .probe import check_hosts, port_is_free
 from .process import PerProcess
 from .ranges import PortRange
-from .records import LeaseRecord, check_owner
+from .records import LeaseRecord, check_label, check_owner
 from .store import LeaseStore, store
 
 DEFAULT_TIMEOUT = 30.0
@@ -137,7 +137,7 @@ class FreePorts:
             raise EmptyRangeError(f"no run of {n} consecutive ports in {self.range}")  # waiting cannot help
         hosts = [host] if isinstance(host, str) else list(host or ())
         self._hosts = check_hosts(hosts)
-        self._labels = list(labels)
+        self._labels = [check_label(label) for label in labels]
         self._probe = probe
         self._locks = state_dir._locks if isinstance(state_dir, LeaseStore) else open_locks(state_dir)
         self._claims = self._allocate()

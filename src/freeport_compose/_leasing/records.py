@@ -20,6 +20,7 @@ from .._error import InvalidNameError, StateDirError
 from .process import Holder, holder_alive
 
 RECORD_LIMIT = 4096  # a record is ~200 bytes; anything longer is not one of ours
+LABEL_LIMIT = 256  # characters: even escaped to JSON (6 bytes each) a record stays below RECORD_LIMIT
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -31,6 +32,18 @@ def check_owner(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def check_label(label: str) -> str:
+    """A label that fits in a record: a string of at most LABEL_LIMIT characters.
+
+    Without the limit a long label would make a record that reads back as no record at all, and
+    its named lease would be lost.
+    """
+    if not isinstance(label, str) or len(label) > LABEL_LIMIT:
+        shown = label[:40] + "..." if isinstance(label, str) else repr(label)
+        raise InvalidNameError(f"label {shown!r} is invalid: use a string of at most {LABEL_LIMIT} characters")
+    return label
 
 
 @dataclass(frozen=True)

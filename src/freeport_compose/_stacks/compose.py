@@ -36,11 +36,14 @@ _UNREACHABLE = re.compile(
     r"permission denied while trying to connect to the Docker daemon|error during connect",
     re.IGNORECASE,
 )
-# "Bind for 0.0.0.0:20417 failed: port is already allocated" (the engine's own table) and
-# "listen tcp4 0.0.0.0:20417: bind: address already in use" (docker-proxy met a foreign socket).
+# "Bind for 0.0.0.0:20417 failed: port is already allocated" (the engine's own table),
+# "listen tcp4 0.0.0.0:20417: bind: address already in use" (docker-proxy met a foreign socket), and
+# Docker >= 28, which binds host ports itself: "failed to bind host port 0.0.0.0:20417/tcp: address
+# already in use" (28.0: "failed to bind host port for 0.0.0.0:20417:172.18.0.2:5432/tcp: ...").
 _PORT_CLASH = re.compile(
     r"Bind for \[?[0-9A-Fa-f.:]*\]?:(\d+) failed: port is already allocated"
     r"|listen (?:tcp|udp)[46]? \[?[0-9A-Fa-f.:]*\]?:(\d+): bind: address already in use"
+    r"|failed to bind host port (?:for )?(?:\[[0-9A-Fa-f.:]*\]|[0-9.]*):(\d+)[:/][^\n]*?address already in use"
 )
 
 
@@ -80,7 +83,7 @@ class Result:
 
     def port_clashes(self) -> set[int]:
         """Host ports Compose could not bind because something outside our leases took them."""
-        return {int(a or b) for a, b in _PORT_CLASH.findall(self.stderr)}
+        return {int(next(p for p in groups if p)) for groups in _PORT_CLASH.findall(self.stderr)}
 
     def last_line(self) -> str:
         lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
@@ -209,8 +212,11 @@ class Compose:
             proc.terminate()  # interrupted (Ctrl-C, SIGTERM): do not leave Compose running behind us
             proc.wait()
             raise
+        finally:
+            proc.stderr.close()  # type: ignore[union-attr]
         if reader is not None:
             reader.join()
+            proc.stdout.close()  # type: ignore[union-attr]
         stderr = "".join(err)
         if proc.returncode != 0 and _UNREACHABLE.search(stderr):
             line = next((ln for ln in stderr.splitlines() if _UNREACHABLE.search(ln)), stderr.strip())

@@ -39,9 +39,21 @@ def placeholder_key(name: str) -> str:
     return name if name.startswith(PREFIX) else PREFIX + name
 
 
+def placeholders(text: str) -> list[str]:
+    """The placeholder names in `text`, in order; `$$<...>` (Compose's escaped dollar) is none."""
+    return [name for _, _, name, _ in scan(text) if name is not None]
+
+
 def substitute(text: str, ports: Mapping[str, int]) -> str:
-    """`text` (a value already known to be a port entry) with each placeholder replaced by its port."""
-    return PLACEHOLDER_RE.sub(lambda m: str(ports[PREFIX + m.group(1)]), text)
+    """`text` with each placeholder replaced by its port, exactly as `Template.render` replaces it
+    (`$$<...>` stays literal)."""
+    out, last = [], 0
+    for start, end, name, _ in scan(text):
+        if name is not None:
+            out += [text[last:start], str(ports[name])]
+            last = end
+    out.append(text[last:])
+    return "".join(out)
 
 
 def sort_key(name: str) -> tuple[int, int, str]:
@@ -388,7 +400,7 @@ class _Reader:
                 raise self.error(
                     item.start_mark.index, f"a `ports:` item of service {service!r} must be a string or mapping"
                 )
-            names = tuple(PREFIX + m.group(1) for m in PLACEHOLDER_RE.finditer(published))
+            names = tuple(placeholders(published))
             if host_ip is not None and (host_ip.startswith("$") or "${" in host_ip):
                 host_ip = None  # set by interpolation: only Compose knows it
             self.entries.append(
