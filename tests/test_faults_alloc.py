@@ -798,6 +798,85 @@ def test_garbage_in_lock_files_while_others_allocate(
     print(f"\n{writes} garbage writes; {total}")
 
 
+# Truncates and overwrites one kind of shared state file (ports/slots, or every owners/ index) as fast
+# as it can until told to stop: to nothing, to a random length, with random bytes of the same or
+# another size. Prints how many changes it made.
+VANDAL = r"""
+import json, os, random, sys, threading
+state_dir, kind = sys.argv[1], sys.argv[2]
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
+
+def targets():
+    if kind == "slots":
+        return [os.path.join(state_dir, "ports", "slots")]
+    owners = os.path.join(state_dir, "owners")
+    return [os.path.join(owners, name) for name in os.listdir(owners)]
+
+changes = 0
+while not done.is_set():
+    for path in targets():
+        try:
+            size = os.path.getsize(path)
+            how = random.randrange(4)
+            if how == 0:
+                os.truncate(path, 0)
+            elif how == 1:
+                os.truncate(path, random.randrange(0, size + 1))
+            else:
+                data = os.urandom(size if how == 2 else random.randrange(1, 4096))
+                with open(path, "r+b") as f:
+                    f.seek(random.randrange(0, max(size, 1)) if how == 2 else 0)
+                    f.write(data[: 64] if how == 2 else data)
+                    if how == 3:
+                        f.truncate()
+            changes += 1
+        except OSError:
+            pass
+print(json.dumps({"changes": changes}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["slots", "owners"])
+def test_state_files_truncated_and_overwritten_while_others_allocate(
+    kind: str, spawn: Spawn, free_block: FreeBlock, state_dir: Path, tmp_path: Path
+) -> None:
+    """A shared state file cut short or scribbled over under live allocators: they go on (a mapped
+    slots file cut short used to kill every one of them with SIGBUS), never hand a port out twice,
+    and leave nothing held."""
+    procs_n, threads_n, seconds = 3, 3, 4.0
+    first = free_block(4)
+    last = first + 3
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with FreePort(first, first, timeout=5, owner="seed"):  # creates ports/slots and owners/seed
+        pass
+    allocators = [spawn(ALLOCATOR, first, last, marks, threads_n) for _ in range(procs_n)]
+    for a in allocators:
+        assert a.line() == "ready"
+    vandal = spawn(VANDAL, state_dir, kind)
+    time.sleep(seconds)
+    vandal.send("stop")
+    changes = vandal.json()["changes"]
+    assert vandal.finish() == 0, vandal.stderr()
+    for a in allocators:
+        assert a.proc.poll() is None, f"an allocator died (exit {a.proc.returncode}): {a.stderr()}"
+        a.send("stop")
+    reports = [a.json(timeout=60) for a in allocators]
+    errors = [e for r in reports for e in r["errors"]]
+    assert errors == [], "\n".join(errors)
+    for a in allocators:
+        a.send("exit")
+        assert a.finish() == 0, a.stderr()
+    assert list(marks.iterdir()) == []  # no port was held by two at once
+    assert held_records() == []
+    total = {k: sum(r["counts"][k] for r in reports) for k in reports[0]["counts"]}
+    assert changes > 100, f"the vandal made only {changes} changes"
+    assert total["process"] > 100, total
+    assert total["named"] > 20, total
+    print(f"\n{kind}: {changes} changes; {total}")
+
+
 # -- records that must count as corrupt (found by the garbage test) ------------------------------------------
 
 

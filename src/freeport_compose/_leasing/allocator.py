@@ -79,11 +79,15 @@ class _Sweep:
                 return None
             likely_leased = self.request._locks.likely_leased
             later = []  # ports the slots say are leased: tried only if the others do not suffice
+            missed = False  # the hints cost a read each: asked only once a claim has failed
             for port in self.request.range.shuffled():
-                if likely_leased(port):
+                if missed and likely_leased(port):
                     later.append(port)
-                elif self.claim(port) and len(self.claims) == n:
-                    return self.claims
+                elif self.claim(port):
+                    if len(self.claims) == n:
+                        return self.claims
+                else:
+                    missed = True
             for port in later:
                 if self.claim(port) and len(self.claims) == n:
                     return self.claims

@@ -70,8 +70,8 @@ class PortLocks:
     def __init__(self, sd: StateDir) -> None:
         self.sd = sd
         self.owners = OwnerIndex(sd, sd.owners_fd)
-        # Not in a directory shared with other users: any of them could truncate the map under us,
-        # and touching a truncated map kills the process (SIGBUS).
+        # Not in a directory shared with other users: any of them could write false descriptions
+        # of our leases into it.
         self.slots = None if sd.shared else Slots.open(sd.ports_fd, sd.file_mode)
 
     def likely_leased(self, port: int) -> bool:
@@ -168,8 +168,9 @@ class PortLocks:
         if not is_free(port):
             return FOREIGN
         now = time.time()
-        if owner is None and self.slots is not None:
-            # A process lease is the flock itself; its description goes to the slot, not the file.
+        # A process lease is the flock itself; its description goes to the slot if it can, else
+        # (no slots, or a slot that cannot be written) to the lock file like a named one.
+        if owner is None and self.slots is not None and self.slots.mark(port, PROCESS, process.pid(), now, label):
             if data:
                 os.ftruncate(fd, 0)  # a stale (or hostile) record must not speak for us
             record = LeaseRecord(port, None, current_holder(), now, "", label)
@@ -181,7 +182,7 @@ class PortLocks:
                 write_record(fd, record, len(data))
             except OSError as e:
                 raise StateDirError(f"cannot record the lease of port {port} in {self.sd.path}: {e.strerror}") from None
-        self._mark(port, PROCESS if owner is None else NAMED, process.pid(), now, label)
+            self._mark(port, PROCESS if owner is None else NAMED, process.pid(), now, label)
         if owner is not None:
             return Claim(record, None)
         claim = Claim(record, fd)
