@@ -11,16 +11,23 @@ skips a module without Docker lives in conftest.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import http.client
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Mapping
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +252,119 @@ def down_projects(*projects: str, label: str | None = None) -> None:
     if nets:
         docker("network", "rm", *nets)
     assert_engine_clean(*projects, label=label)
+
+
+# --------------------------------------------------------------------------------------------
+# One test's footprint on the engine, and what its containers serve
+# --------------------------------------------------------------------------------------------
+
+# Serves /index.html holding $BODY ($$: Compose's escaped dollar, so the container's shell expands it).
+HTTPD = ["/bin/busybox", "sh", "-c", 'echo "$$BODY" > /index.html && exec /bin/busybox httpd -f -p 80 -h /']
+
+# `run`'s command: says it started (its pid, atomically), then waits to be killed.
+SLEEPER = (
+    "import os, sys, time; open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(120)"
+)
+
+
+@dataclasses.dataclass
+class Footprint:
+    """One test's Docker footprint: its projects, the label token on its containers, its Compose files."""
+
+    tmp: Path
+    label_key: str = "fpc.test"
+    prefix: str = "fpc-test"
+    token: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
+    projects: list[str] = dataclasses.field(default_factory=list)
+
+    def project(self) -> str:
+        name = f"{self.prefix}-{secrets.token_hex(4)}"
+        self.projects.append(name)
+        return name
+
+    def service(self, name: str, *, ports: Sequence[str] = (), body: str = "ok",
+                env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+                command: Sequence[str] = HTTPD, image: str = IMAGE, extra: Sequence[str] = ()) -> str:
+        """One service of a Compose file, as YAML text (JSON strings are YAML double-quoted scalars)."""
+        lines = [f"  {name}:", f"    image: {image}", "    pull_policy: never", "    stop_signal: SIGKILL",
+                 *(f"    {line}" for line in extra), "    command:"]
+        lines += [f"      - {json.dumps(arg)}" for arg in command]
+        lines += ["    environment:", f"      BODY: {json.dumps(body)}"]
+        lines += [f"      {k}: {json.dumps(v)}" for k, v in (env or {}).items()]
+        lines += ["    labels:", f"      {self.label_key}: {json.dumps(self.token)}"]
+        lines += [f"      {k}: {json.dumps(v)}" for k, v in (labels or {}).items()]
+        if ports:
+            lines += ["    ports:", *(f"      - {json.dumps(p)}" for p in ports)]
+        return "\n".join(lines) + "\n"
+
+    def compose_file(self, name: str, *services: str) -> str:
+        path = self.tmp / name
+        path.write_text("services:\n" + "".join(services))
+        return str(path)
+
+    @property
+    def label(self) -> str:
+        """The label on every container of this test ("key=value")."""
+        return f"{self.label_key}={self.token}"
+
+    def cleanup(self) -> None:
+        """Remove everything this test may have started, whatever freeport-compose did."""
+        if engine_answers():  # a test that stops the engine restarts it in its own finally
+            down_projects(*self.projects, label=self.label)
+
+
+def http_get(port: int, *, attempts: int = 60, delay: float = 0.1) -> tuple[int, str]:
+    """(status, body) of GET http://127.0.0.1:port/, retried while the server is still starting."""
+    url = f"http://127.0.0.1:{port}/"
+    last: BaseException | None = None
+    for _ in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, ""
+        except (OSError, http.client.HTTPException) as e:  # refused or reset while httpd starts
+            last = e
+            time.sleep(delay)
+    raise AssertionError(f"nothing answers HTTP on {url}: {last}")
+
+
+def parse_dotenv(text: str) -> dict[str, int]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if line.strip())
+    return {k: int(v) for k, v in pairs}
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def spawn_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start the CLI in a session of its own, so killpg reaches it and everything it started."""
+    return subprocess.Popen([FPC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen[str]) -> str:
+    """SIGKILL the process group led by proc (the CLI, Compose, a wrapper...); returns its stderr."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    return err
+
+
+def wait_for(what: str, condition: Callable[[], bool], proc: subprocess.Popen[str] | None = None,
+             timeout: float = 60.0) -> None:
+    """Poll until condition() holds; fail early if proc (the CLI under test) exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"{what}: the CLI exited {proc.returncode} first:\n{err}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

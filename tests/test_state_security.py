@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from freeport_compose import FreePort, NoFreePortError, StateDirError, release_owner, store
+from freeport_compose import FreePort, FreeportError, NoFreePortError, StateDirError, release_owner, store
 
 PY = sys.executable
 FreeBlock = Callable[[int], int]
@@ -204,6 +204,58 @@ def test_shared_mode_lock_files_are_usable_by_other_users(
             return str(fp.port).encode()
 
     assert _run_as_other_user(other_user_takes_it) == (0, str(first).encode())
+
+
+THIRD_UID = 65533  # neither us, nor the planter
+
+
+@needs_root
+def test_shared_mode_skips_a_lock_file_another_user_planted(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, free_block: FreeBlock
+) -> None:
+    """In a directory shared on purpose, a lock file another user made private (or a FIFO, or a
+    symlink) takes that port out of play for the others; it must not fail their allocations."""
+    state_dir.mkdir()
+    state_dir.chmod(0o1777)
+    monkeypatch.setenv("FREEPORT_SHARED", "1")
+    first = free_block(3)
+    store()  # the shared subdirectories
+    private = state_dir / "ports" / f"{first}.lock"
+    private.write_bytes(b"")
+    os.chown(private, OTHER_UID, OTHER_UID)
+    private.chmod(0o600)
+    os.mkfifo(state_dir / "ports" / f"{first + 1}.lock", 0o666)
+
+    def third_user(start: int, stop: int) -> bytes:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                os.close(r)
+                os.setgroups([])
+                os.setgid(THIRD_UID)
+                os.setuid(THIRD_UID)
+                try:
+                    with FreePort(start, stop, timeout=0.5) as fp:
+                        os.write(w, f"got {fp.port}".encode())
+                except FreeportError as e:
+                    os.write(w, f"{type(e).__name__}: {e}".encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        return data
+
+    assert third_user(first, first + 2) == f"got {first + 2}".encode()  # the two planted ports skipped
+    said = third_user(first, first + 1).decode()
+    assert said.startswith("NoFreePortError: "), said  # not StateDirError: there is just no port for it
+    assert "2 of 2 taken" in said
+    assert "lock file" in said
 
 
 # -- files planted inside the state directory --------------------------------------------------------------

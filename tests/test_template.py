@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 
 from freeport_compose._error import ExitCode, TemplateError
 from freeport_compose._stacks.check import check_published
+from freeport_compose._stacks.names import sort_key
 from freeport_compose._stacks.outputs import write_file
-from freeport_compose._stacks.template import MAX_TEMPLATE_BYTES, PLACEHOLDER_RE, load, sort_key
+from freeport_compose._stacks.template import MAX_TEMPLATE_BYTES, PLACEHOLDER_RE, load
 from freeport_compose._stacks.templateset import TemplateSet, load_set
 
 CLI = Path(sys.executable).with_name("freeport-compose")

@@ -47,8 +47,9 @@ from freeport_compose._leasing.ranges import (
 )
 from freeport_compose._leasing.records import RECORD_LIMIT, LeaseRecord, is_process_record
 from freeport_compose._stacks.compose import COMPOSE_ENV, Compose, ComposeProject, Result
+from freeport_compose._stacks.names import placeholder_key, sort_key
 from freeport_compose._stacks.records import StackRecord, StackStatus, check_project, project_name
-from freeport_compose._stacks.template import load, placeholder_key, sort_key, substitute
+from freeport_compose._stacks.template import load, substitute
 
 # --------------------------------------------------------------------------------------------------------
 # ranges: parse_port / parse_range

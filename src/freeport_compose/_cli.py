@@ -37,6 +37,19 @@ def _ports_list(text: str) -> list[int]:
     return [parse_port(p, "--exclude port") for p in text.split(",") if p.strip()]
 
 
+def _duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `2h` or `1d` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise InvalidRangeError(f"--ttl must be a duration like 90s, 30m, 2h or 1d, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise InvalidRangeError(f"--ttl must be positive, not {text!r}")
+    return value
+
+
 def _timeout(text: str) -> float | None:
     if text.lower() in ("none", "inf", "forever"):
         return None
@@ -150,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", metavar="OUT", help="output file (one template) or directory (default: the state dir)"
     )
+    p.add_argument(
+        "--ttl",
+        metavar="DURATION",
+        help="free the ports after this long (90s, 30m, 2h, 1d) once no container of the stack is left "
+        "(default: held until `down`)",
+    )
 
     p = sub.add_parser("up", help="render and `docker compose up -d`; leases kept until `down`")
     _stack_options(p)
@@ -227,7 +246,7 @@ def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
         host=args.host,
         exclude=exclude,
         owner=args.owner,
-        state_dir=args.state_dir,
+        state_dir=_state(args).leases,  # its store frees the ports of stacks that are gone, when it must
     )
     print(json.dumps(fps.ports) if args.format == "json" else "\n".join(map(str, fps.ports)))
     return 0
@@ -265,10 +284,12 @@ def _cmd_ls(args: argparse.Namespace, after: list[str]) -> int:
             "stacks": [
                 {
                     "project": s.record.project,
-                    "status": s.record.status.value,
+                    "status": s.state,
                     "ports": s.record.ports,
                     "files": s.record.files,
-                    "containers": s.containers,
+                    "containers": None if s.containers is None else s.containers.total,
+                    "running": None if s.containers is None else s.containers.running,
+                    "expires": s.record.expires,
                 }
                 for s in view.stacks
             ],
@@ -285,9 +306,9 @@ def _cmd_ls(args: argparse.Namespace, after: list[str]) -> int:
         print()
         srows = [("PROJECT", "STATUS", "CONTAINERS", "PORTS")]
         for s in view.stacks:
-            count = "?" if s.containers is None else str(s.containers)
+            count = "?" if s.containers is None else str(s.containers.total)
             ports = " ".join(f"{k}={v}" for k, v in s.record.ports.items())
-            srows.append((s.record.project, s.record.status.value, count, ports))
+            srows.append((s.record.project, s.describe(), count, ports))
         _table(srows)
     return 0
 
@@ -304,11 +325,13 @@ def _cmd_gc(args: argparse.Namespace, after: list[str]) -> int:
     report = gc(_state(args))
     for project, error in report.skipped:
         _say(f"gc: skipped {project}: {error}")
+    for path in report.temporaries:
+        _say(f"removed {path}, left by a writer that was killed")
     if report.dead_process_leases:
         _say(f"freed {len(report.dead_process_leases)} lease record(s) of dead processes")
     for project, why in report.stacks:
         _say(f"freed stack {project}: {why}")
-    if not report.dead_process_leases and not report.stacks:
+    if not (report.dead_process_leases or report.stacks or report.temporaries):
         _say("nothing to free")
     return 0
 
@@ -316,7 +339,8 @@ def _cmd_gc(args: argparse.Namespace, after: list[str]) -> int:
 def _cmd_render(args: argparse.Namespace, after: list[str]) -> int:
     from ._stacks.lifecycle import render
 
-    record = render(_state(args), _opts(args), out=args.output, notify=_say)
+    ttl = _duration(args.ttl) if args.ttl else None
+    record = render(_state(args), _opts(args), out=args.output, ttl=ttl, notify=_say)
     _say(f"project {record.project}: " + " ".join(f"{k}={v}" for k, v in record.ports.items()))
     print("\n".join(record.compose_files))
     return 0
@@ -351,7 +375,7 @@ def _cmd_ports(args: argparse.Namespace, after: list[str]) -> int:
 
 def _cmd_port(args: argparse.Namespace, after: list[str]) -> int:
     from ._stacks.lifecycle import find_project, ports_of
-    from ._stacks.template import placeholder_key
+    from ._stacks.names import placeholder_key
 
     state = _state(args)
     project = find_project(state, args.project)
@@ -407,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, after)
     except FreeportError as e:
+        for line in getattr(e, "details", ()):
+            print(line, file=sys.stderr)  # why it failed, before the one error line
         _say(str(e))
         return int(e.exit_code)
     except KeyboardInterrupt:

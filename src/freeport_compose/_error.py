@@ -82,12 +82,15 @@ class TemplateError(FreeportError):
 
 
 class ComposeError(FreeportError):
-    """`docker compose` exited non-zero; `returncode` is its status."""
+    """`docker compose` exited non-zero; `returncode` is its status, `details` what the user needs to
+    see to know why (the failed services' states, healthchecks and last log lines), shown before the
+    one error line."""
 
     exit_code = ExitCode.COMPOSE_FAILED
 
-    def __init__(self, message: str, returncode: int = 1) -> None:
+    def __init__(self, message: str, returncode: int = 1, details: tuple[str, ...] = ()) -> None:
         self.returncode = returncode
+        self.details = details
         super().__init__(message)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ._error import ComposeError
 from ._leasing.allocator import FreePort, FreePorts
 
 
@@ -49,7 +50,7 @@ class RunningStack:
 
     def port(self, name: str) -> int:
         """The port of `name`: "FREEPORT_db" or just "db"."""
-        from ._stacks.template import placeholder_key
+        from ._stacks.names import placeholder_key
 
         return self.ports[placeholder_key(name)]
 
@@ -65,7 +66,13 @@ def compose_stack() -> Iterator[Callable[..., RunningStack]]:
     started: list[str] = []
 
     def start(*files: str, wait: bool = True, **options: Any) -> RunningStack:
-        record = up(state, Options(files=list(files), **options), wait=wait)
+        try:
+            record = up(state, Options(files=list(files), **options), wait=wait)
+        except ComposeError as e:
+            if not e.details:
+                raise
+            # The failed services' states and logs, which are gone once the stack is rolled back.
+            raise ComposeError("\n".join((str(e), *e.details)), e.returncode, e.details) from None
         started.append(record.project)
         return RunningStack(record.project, dict(record.ports))
 

@@ -23,7 +23,7 @@ from .probe import check_hosts, port_is_free
 from .process import PerProcess
 from .ranges import PortRange
 from .records import LeaseRecord, check_label, check_owner
-from .store import LeaseStore, store
+from .store import LeaseStore, Reclaimed, store
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a request waits for a port while its range is exhausted: long enough to outlast a
@@ -143,7 +143,8 @@ class FreePorts:
         self._hosts = check_hosts(hosts)
         self._labels = [check_label(label) for label in labels]
         self._probe = probe
-        self._locks = state_dir._locks if isinstance(state_dir, LeaseStore) else open_locks(state_dir)
+        self._store = state_dir if isinstance(state_dir, LeaseStore) else LeaseStore(open_locks(state_dir))
+        self._locks = self._store._locks
         self._claims = self._allocate()
         self._finalizer = weakref.finalize(self, _release_all, self._locks, self._claims, False)
 
@@ -158,21 +159,28 @@ class FreePorts:
     def _allocate(self) -> list[Claim]:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         pause = 0.005
+        reclaimed: Reclaimed | None = None
         while True:
             final = deadline is not None and time.monotonic() >= deadline
             sweep = _Sweep(self, explain=final)
             claims = sweep.run()
             if claims is not None:
                 return claims
+            if reclaimed is None:
+                # Exhausted: once per allocation, before waiting, owners that are gone (a stack whose
+                # containers were removed behind our back) give their leases back.
+                reclaimed = self._store.reclaim(self.range)
+                if reclaimed.owners:
+                    continue
             if final:
-                raise NoFreePortError(self._exhausted(sweep.taken or Counter()))
+                raise NoFreePortError(self._exhausted(sweep.taken or Counter(), reclaimed.note))
             wait = pause * (0.5 + random.random())  # jitter: waiters must not retry in lockstep
             if deadline is not None:
                 wait = min(wait, max(deadline - time.monotonic(), 0.0))
             time.sleep(wait)
             pause = min(pause * 2, 0.2)
 
-    def _exhausted(self, taken: Counter[Taken]) -> str:
+    def _exhausted(self, taken: Counter[Taken], note: str) -> str:
         what = f"{self.n} {'consecutive ' if self.contiguous else ''}ports" if self.n > 1 else "port"
         busy = sum(taken.values())
         who = ", ".join(f"{count} {reason}" for reason, count in taken.most_common(5))
@@ -180,7 +188,7 @@ class FreePorts:
             who += ", ..."
         return (
             f"no free {what} in {self.range} after {self.timeout:g} s: "
-            f"{busy} of {len(self.range)} taken ({who or 'none'})"
+            f"{busy} of {len(self.range)} taken ({who or 'none'})" + (f"; {note}" if note else "")
         )
 
     @property

@@ -130,6 +130,8 @@ class PortLocks:
                 fd = self._open_lock(port, check=False)
                 in_flight.add(fd)
         except OSError as e:
+            if self.sd.shared:  # another user's lock file (private, or a symlink): that port is theirs
+                return Taken(f"lock file not usable ({e.strerror})") if explain else LEASED
             raise StateDirError(f"cannot open the lock file of port {port} in {self.sd.path}: {e.strerror}") from None
         got: Claim | Taken = LEASED
         try:
@@ -156,7 +158,12 @@ class PortLocks:
         self, fd: int, port: int, owner: str | None, label: str, is_free: Callable[[int], bool], explain: bool
     ) -> Claim | Taken:
         """try_claim's part under the port's flock; a process lease's Claim takes over fd."""
-        size = self._check_lock(fd, port)
+        try:
+            size = self._check_lock(fd, port)
+        except StateDirError:
+            if not self.sd.shared:
+                raise  # in a private state dir only we can plant things: say so
+            return Taken("lock file not a plain file") if explain else LEASED  # another user's doing
         data = os.pread(fd, RECORD_LIMIT, 0) if size else b""
         # Only a named record still counts once we hold the flock: a process lease's is stale.
         if data and not is_process_record(data, port):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import secrets
 import stat
 import time
@@ -178,9 +179,75 @@ class StateDir:
         self._checked = now
         return any(os.fstat(fd).st_nlink == 0 for fd in (self.fd, self.ports_fd, self.owners_fd, self.stacks_fd))
 
+    def sweep_temporaries(self) -> list[str]:
+        """Remove the temporary files (and private ports/ directories) that writers killed at the
+        wrong instant left behind: those whose writer, named in the file's name, is gone. Returns
+        the paths removed."""
+        removed = []
+        places = [
+            (self.fd, self.path),
+            (self.ports_fd, os.path.join(self.path, "ports")),
+            (self.owners_fd, os.path.join(self.path, "owners")),
+            (self.stacks_fd, os.path.join(self.path, "stacks")),
+        ]
+        with suppress(OSError):
+            for name in os.listdir(self.stacks_fd):
+                if not name.endswith((".json", ".lock")) and _is_dir(name, self.stacks_fd):
+                    fd = _open_dir(name, os.path.join(self.path, "stacks", name), self.shared, self.stacks_fd, False)
+                    places.append((fd, os.path.join(self.path, "stacks", name)))
+        try:
+            for dir_fd, shown in places:
+                with suppress(OSError):
+                    for name in os.listdir(dir_fd):
+                        m = _TEMPORARY.fullmatch(name)
+                        if m is None or _alive(int(m.group("p1") or m.group("p2") or m.group("p3"))):
+                            continue
+                        with suppress(OSError):
+                            if m.group("dir"):
+                                _remove_tree(name, dir_fd)
+                            else:
+                                os.unlink(name, dir_fd=dir_fd)
+                            removed.append(os.path.join(shown, name))
+        finally:
+            for dir_fd, _ in places[4:]:
+                os.close(dir_fd)
+        return removed
+
     def subdir(self, parent_fd: int, name: str, shown: str) -> int:
         """Open (creating if missing) a directory below `parent_fd`; the caller closes it."""
         return _open_dir(name, shown, self.shared, parent_fd)
+
+
+# What our writers name their temporaries: write_atomic's `.NAME.PID.HEX.tmp`, a new ports/ being
+# filled (`.ports.PID.HEX`), a slots file being written whole (`.slots.PID.HEX`).
+_TEMPORARY = re.compile(
+    r"\.(?:(?P<dir>ports)\.(?P<p1>[0-9]{1,10})\.[0-9a-f]{8}"
+    r"|slots\.(?P<p2>[0-9]{1,10})\.[0-9a-f]{8}"
+    r"|.+\.(?P<p3>[0-9]{1,10})\.[0-9a-f]{8}\.tmp)"
+)
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _is_dir(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _remove_tree(name: str, dir_fd: int) -> None:
+    """Remove a directory of plain files below dir_fd, never following a symlink."""
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        for entry in os.listdir(fd):
+            with suppress(OSError):
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def open_file(dir_fd: int, name: str, flags: int, mode: int = 0o600) -> int:

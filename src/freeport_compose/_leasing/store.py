@@ -8,17 +8,37 @@ May touch: what PortLocks touches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from .locks import PortLocks, open_locks
+from .ranges import PortRange
 from .records import LeaseRecord
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """What a reclaimer freed for an exhausted allocation, and why it could not do more."""
+
+    owners: tuple[str, ...] = ()  # the owners whose leases it freed
+    note: str = ""  # e.g. that the engine could not be asked, for the allocation's error
+
+
+Reclaim = Callable[[PortRange], Reclaimed]
+"""Frees leases whose owners are gone (stacks with no container left), in a range an allocation
+found exhausted. Given by whoever knows what owners are (the stacks half), never by the leasing half."""
 
 
 class LeaseStore:
     """The leases recorded in one state directory (see `store()`)."""
 
-    def __init__(self, locks: PortLocks) -> None:
+    def __init__(self, locks: PortLocks, reclaim: Reclaim | None = None) -> None:
         self._locks = locks
+        self._reclaim = reclaim
+
+    def reclaim(self, ports: PortRange) -> Reclaimed:
+        """Ask the reclaimer (if this store has one) to free gone owners' leases in `ports`."""
+        return self._reclaim(ports) if self._reclaim is not None else Reclaimed()
 
     @property
     def path(self) -> str:

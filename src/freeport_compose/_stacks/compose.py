@@ -141,12 +141,18 @@ class Compose:
         numbers = re.findall(r"\d+", out.stdout.split("-")[0]) if out.ok else []
         return tuple(int(n) for n in numbers[:3])
 
-    def up(self, project: ComposeProject, *, wait: bool = False, extra: Sequence[str] = ()) -> Result:
-        """`up --detach`: start the stack in the background; --wait: until running/healthy."""
+    def up(
+        self, project: ComposeProject, *, wait: bool = False, extra: Sequence[str] = (), keep_fds: Sequence[int] = ()
+    ) -> Result:
+        """`up --detach`: start the stack in the background; --wait: until running/healthy.
+
+        `keep_fds` stay open in Compose (a project lock: held for as long as Compose lives, even
+        if we are killed meanwhile).
+        """
         args = [*project.args(), "up", "--detach"]
         if wait:
             args.append("--wait")
-        return self._run([*args, *extra])
+        return self._run([*args, *extra], keep_fds=keep_fds)
 
     def down(self, project: ComposeProject | str, *, volumes: bool = False) -> Result:
         """`down --remove-orphans`: stop and remove the stack's containers and networks; -v: volumes too.
@@ -177,7 +183,13 @@ class Compose:
         return parsed if isinstance(parsed, dict) else {}
 
     def _run(
-        self, args: list[str], *, capture_stdout: bool = False, tee: bool = True, cwd: str | None = None
+        self,
+        args: list[str],
+        *,
+        capture_stdout: bool = False,
+        tee: bool = True,
+        cwd: str | None = None,
+        keep_fds: Sequence[int] = (),
     ) -> _Output:
         """Run Compose with `args`; its stderr is copied through to ours (tee) and kept for diagnosis."""
         try:
@@ -187,6 +199,7 @@ class Compose:
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
                 cwd=cwd,
+                pass_fds=tuple(keep_fds),
             )
         except FileNotFoundError:
             raise ComposeNotFoundError(f"cannot run {self.command[0]!r}: not installed") from None

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
 from .._error import UnknownOwnerError
 from .._leasing.allocator import FreePorts
 from .._leasing.store import LeaseStore
-from .template import sort_key
-from .templateset import TemplateSet
+from .names import sort_key
+
+if TYPE_CHECKING:  # the template reader imports YAML: a reclaim (from `get`, say) must not pay for it
+    from .templateset import TemplateSet
 
 
 def held_ports(leases: LeaseStore, project: str) -> dict[str, int]:

@@ -25,12 +25,14 @@ from .._leasing.allocator import DEFAULT_TIMEOUT
 from .._leasing.records import LeaseRecord
 from .check import BackgroundCheck, verify
 from .compose import Compose, ComposeProject
+from .engine import Containers
 from .leases import held_ports, lease, release, relocate
+from .names import sort_key
 from .outputs import write_outputs
+from .reclaim import verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
 from .state import State
-from .template import sort_key
 from .templateset import load_set
 
 PORT_RETRIES = 3  # how often `up` re-leases ports that something outside our leases grabbed
@@ -75,6 +77,7 @@ class _Attempt:
 
     old: StackRecord | None
     record: StackRecord
+    lock_fd: int  # the project lock: Compose children get it, so the project stays locked while they live
     started: bool = False  # Compose ran: containers may exist
 
     def roll_back(self, state: State, compose: Compose | None) -> None:
@@ -95,8 +98,8 @@ def _attempt(
 ) -> Iterator[_Attempt]:
     """Lock the project and save a fresh record before anything is leased (a killed attempt leaves
     it for gc to find); on any failure, roll back with signals held, then re-raise."""
-    with state.stacks.locked(project):
-        attempt = _Attempt(state.stacks.load(project), _new_record(opts, project, status))
+    with state.stacks.locked(project) as lock_fd:
+        attempt = _Attempt(state.stacks.load(project), _new_record(opts, project, status), lock_fd)
         state.stacks.save(attempt.record)
         try:
             yield attempt
@@ -106,11 +109,14 @@ def _attempt(
             raise
 
 
-def render(state: State, opts: Options, *, out: str | None = None, notify: Notify = silent) -> StackRecord:
+def render(
+    state: State, opts: Options, *, out: str | None = None, ttl: float | None = None, notify: Notify = silent
+) -> StackRecord:
     """Lease a port per placeholder under the project's name and write the concrete files.
 
-    The leases stay until `down` (or `release --owner PROJECT`). On any error nothing is leased
-    and no output file is left half-written.
+    The leases stay until `down` (or `release --owner PROJECT`), or, given a `ttl` in seconds, until
+    that lifetime has run out and no container of the project is left. On any error nothing is
+    leased and no output file is left half-written.
     """
     templates = load_set(opts.files)
     project = project_name(opts.project, opts.files)
@@ -137,6 +143,7 @@ def render(state: State, opts: Options, *, out: str | None = None, notify: Notif
             record.status = StackStatus.RENDERED
         else:  # a stack that was there before keeps its status, and the process gc checks it by
             record.status, record.driver = old.status, old.driver
+        record.expires = None if ttl is None else time.time() + ttl
         state.stacks.save(record)
     return record
 
@@ -171,14 +178,16 @@ def up(
             state.stacks.save(record)
             check = BackgroundCheck(compose, record.compose_project(), templates, record.ports) if opts.check else None
             attempt.started = True
-            result = compose.up(record.compose_project(), wait=wait, extra=extra)
+            result = compose.up(record.compose_project(), wait=wait, extra=extra, keep_fds=(attempt.lock_fd,))
             if check is not None:
                 check.result()  # a mismatch brings the stack just started down again (roll_back)
             if result.ok:
                 break
             clashed = {n for n, p in record.ports.items() if p in result.port_clashes()}
             if not clashed or retry == PORT_RETRIES:
-                raise ComposeError(f"docker compose up failed: {result.last_line()}", result.returncode)
+                raise ComposeError(
+                    f"docker compose up failed: {result.last_line()}", result.returncode, details=why_failed(project)
+                )
             notify(
                 f"port(s) {', '.join(str(record.ports[n]) for n in sorted(clashed))} taken outside "
                 f"freeport-compose meanwhile; leasing new ones and retrying"
@@ -189,19 +198,41 @@ def up(
     return record
 
 
+def why_failed(project: str) -> tuple[str, ...]:
+    """What the user needs to see of a failed stack before it is removed: for each container not
+    running (or unhealthy), its state, its last failing healthcheck output and its last log lines."""
+    from .engine import failures
+
+    try:
+        found = failures(project)
+    except FreeportError:
+        return ()  # the engine does not answer: Compose's own message has to do
+    lines: list[str] = []
+    for f in found:
+        lines.append(f"service {f.service} ({f.container}): {f.state}")
+        if f.health:
+            lines += [f"  last failing healthcheck: {line}" for line in f.health.splitlines()[-5:]]
+        if f.logs:
+            lines.append(f"  last {len(f.logs)} log line(s):")
+            lines += [f"    {line}" for line in f.logs]
+        else:
+            lines.append("  no log output")
+    return tuple(lines)
+
+
 def _down_until_gone(compose: Compose, project: ComposeProject, rounds: int = 5) -> None:
     """`down` after a failed `up`, repeated while the engine still lists containers of the project.
 
     When one service fails, Compose gives up on the others while the engine may still be creating
     their containers: such a container can outlive the first `down` (seen as "Error while Stopping").
     """
-    from .engine import project_containers
+    from .engine import Containers, project_containers
 
     for retry in range(rounds):
         with suppress(FreeportError):
             compose.down(project)
         try:
-            if not project_containers().get(project.name, 0):
+            if not project_containers().get(project.name, Containers()).total:
                 return
         except FreeportError:
             return  # the engine does not answer: nothing more to do
@@ -228,42 +259,69 @@ def find_project(state: State, project: str | None, files: Sequence[str] = ()) -
 
 
 def down(state: State, project: str, *, volumes: bool = False, compose: Compose | None = None) -> StackRecord | None:
-    """`docker compose down` with the files, profiles and env files recorded at `up`; the leases are
-    freed even if Compose fails. UnknownOwnerError if the project has neither record nor leases."""
+    """`docker compose down` with the files, profiles and env files recorded at `up`, then the
+    project's leases freed. UnknownOwnerError if the project has neither record nor leases.
+
+    If Compose fails, the ports are freed only when the engine says no container of the stack is
+    left: a container still there (or one the engine could not be asked about: with a restart
+    policy it comes back when the engine does) keeps its ports, and the stack is kept as
+    `stopping` for `down` or `gc` to finish.
+    """
     check_project(project)
     with state.stacks.locked(project):
         record = state.stacks.load(project)
         if record is None:
             if state.leases.owner_ports(project) is None:
                 raise UnknownOwnerError(f"no stack or lease named {project!r} (see `freeport-compose ls`)")
-            release(state.leases, project)
-            return None
-        with deferred_signals():
-            finished = False
-            try:
-                compose = compose or Compose.find()
-                target: ComposeProject | str = record.compose_project()
-                if not all(os.path.exists(f) for f in record.compose_files):
-                    target = project  # a file went missing: Compose finds the stack by its labels
-                result = compose.down(target, volumes=volumes)
+            if _containers_left(project):  # its record is lost, not its containers: Compose finds them by label
+                result = (compose or Compose.find()).down(project, volumes=volumes)
                 if not result.ok:
                     raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
-                finished = True
-            except FreeportError as e:
-                # Its containers may still be there: forgetting the stack would leave them to no one.
-                e.args = (
-                    f"{e} (its ports are freed; run `freeport-compose down -p {project}` again, "
-                    "or `freeport-compose gc`, to remove what is left)",
-                )
-                raise
-            finally:
-                release(state.leases, project)
-                if finished:
-                    state.stacks.forget(project)
-                else:
-                    record.status = StackStatus.STOPPING
-                    state.stacks.save(record)
+            release(state.leases, project)
+            return None
+        _down_locked(state, record, volumes=volumes, compose=compose)
     return record
+
+
+def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: Compose | None) -> None:
+    """down() of a stack whose project lock the caller holds."""
+    project = record.project
+    with deferred_signals():
+        try:
+            compose = compose or Compose.find()
+            target: ComposeProject | str = record.compose_project()
+            if not all(os.path.exists(f) for f in record.compose_files):
+                target = project  # a file went missing: Compose finds the stack by its labels
+            result = compose.down(target, volumes=volumes)
+            if not result.ok:
+                raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
+        except FreeportError as e:
+            left = _containers_left(project)
+            if left == 0:
+                release(state.leases, project)
+                state.stacks.forget(project)
+                e.args = (f"{e} (no container of it is left: its ports are freed)",)
+            else:
+                record.status = StackStatus.STOPPING
+                state.stacks.save(record)
+                what = "its containers may still exist" if left is None else f"{left} of its containers are left"
+                e.args = (
+                    f"{e} ({what}: its ports stay leased until `freeport-compose down -p {project}` "
+                    "or `freeport-compose gc` can finish)",
+                )
+            raise
+        release(state.leases, project)
+        state.stacks.forget(project)
+
+
+def _containers_left(project: str) -> int | None:
+    """How many containers of the project the engine still has; None if it cannot be asked."""
+    from .engine import Containers, project_containers
+
+    try:
+        return project_containers().get(project, Containers()).total
+    except FreeportError:
+        return None
 
 
 def ports_of(state: State, project: str) -> dict[str, int]:
@@ -281,10 +339,43 @@ def ports_of(state: State, project: str) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class StackView:
-    """A stack as `ls` shows it: its record, and how many containers the engine has of it."""
+    """A stack as `ls` shows it: its record, and what the engine has of it."""
 
     record: StackRecord
-    containers: int | None  # None: the engine could not be asked
+    containers: Containers | None  # None: the engine could not be asked
+
+    @property
+    def state(self) -> str:
+        """up (or run) / partial / stopped / gone by the engine's containers, for a stack that was
+        started (by `up`, `run`, or the user's own `docker compose up` of a rendered one); else the
+        record's status. Never "up" with no container running."""
+        status, c = self.record.status, self.containers
+        started = status in (StackStatus.UP, StackStatus.RUN) or (status is StackStatus.RENDERED and c and c.total)
+        if c is None or not started:
+            return status.value
+        if c.total == 0:
+            return "gone"
+        if c.running == c.total:
+            return "run" if status is StackStatus.RUN else "up"  # "run": up while its `run` lives
+        return "partial" if c.running else "stopped"
+
+    def describe(self) -> str:
+        """The state as one phrase: "partial (1 of 2 running)", "rendered (expires in 5 min)"..."""
+        state, c = self.state, self.containers
+        if state == "partial" and c is not None:
+            return f"partial ({c.running} of {c.total} running)"
+        if state == "rendered" and self.record.expires is not None:
+            left = self.record.expires - time.time()
+            return f"rendered (expires in {_duration(left)})" if left > 0 else "rendered (expired)"
+        return state
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @dataclass(frozen=True)
@@ -298,19 +389,19 @@ class Overview:
 
 
 def overview(state: State) -> Overview:
-    """The leases held now, and every stack with its container count (one engine query)."""
+    """The leases held now, and every stack with what the engine has of it (one engine query)."""
     leases = state.leases.held()
     records = state.stacks.all()
-    containers: dict[str, int] | None = None
+    containers: dict[str, Containers] | None = None
     engine_error = None
     if records:
         try:
             from .engine import project_containers
 
-            containers = dict(project_containers())
+            containers = project_containers()
         except FreeportError as e:
             engine_error = str(e)
-    views = [StackView(r, None if containers is None else containers.get(r.project, 0)) for r in records]
+    views = [StackView(r, None if containers is None else containers.get(r.project, Containers())) for r in records]
     return Overview(state.path, leases, views, engine_error)
 
 
@@ -321,58 +412,53 @@ class GcReport:
     dead_process_leases: list[int] = field(default_factory=list)
     stacks: list[tuple[str, str]] = field(default_factory=list)  # (project, why)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (project, the error)
+    temporaries: list[str] = field(default_factory=list)  # files left by killed writers, removed
 
 
-def gc(
-    state: State, *, containers: Callable[[], dict[str, int]] | None = None, compose: Compose | None = None
-) -> GcReport:
-    """Free what no one holds any more: leases of dead processes, and stacks that no longer exist
-    (a plain `docker compose down`, a reboot, an `up`, `render` or `run` killed half-way, a `down`
-    that could not reach the engine)."""
-    from .._leasing.process import holder_alive
-
-    report = GcReport(dead_process_leases=[r.port for r in state.leases.collect_dead()])
+def gc(state: State, *, compose: Compose | None = None) -> GcReport:
+    """Free what no one holds any more: leases of dead processes, temporary files of killed
+    writers, and stacks that are gone (see reclaim.verdict); a stack whose `up` or `run` was
+    killed is brought down first, and a `down` that could not finish is finished. A stack whose
+    project is busy (an up, down or gc of it under way) is skipped, never waited for."""
+    report = GcReport(
+        dead_process_leases=[r.port for r in state.leases.collect_dead()],
+        temporaries=state.stacks.sd.sweep_temporaries(),
+    )
     records = state.stacks.all()
     if not records:
         return report
-    if containers is None:
-        from .engine import project_containers
+    from .engine import project_containers
 
-        live: dict[str, int] = dict(project_containers())
-    else:
-        live = containers()
+    engine_error = ""
+    try:
+        live: dict[str, Containers] | None = project_containers()
+    except FreeportError as e:
+        live, engine_error = None, str(e)
+    now = time.time()
     for record in records:
-        if record.status is StackStatus.STOPPING:  # a `down` that could not reach the engine: finish it
-            try:
-                down(state, record.project, compose=compose)
-            except FreeportError as e:
-                report.skipped.append((record.project, str(e)))
-            else:
-                report.stacks.append((record.project, "its `down` did not finish"))
+        left = None if live is None else live.get(record.project, Containers()).total
+        if record.status is StackStatus.STOPPING:
+            why: str | None = "its `down` did not finish"  # a down finishes it: networks go too
+        else:
+            why = verdict(record, live, state.leases, now)
+        if why is None:
             continue
-        interrupted = record.status.driven and holder_alive(record.driver) is False
-        gone = record.status is StackStatus.UP and live.get(record.project, 0) == 0
-        # `release --owner P` after `render`: the record outlived its leases.
-        released = record.status is StackStatus.RENDERED and state.leases.owner_ports(record.project) is None
-        if not (interrupted or gone or released):
+        needs_down = record.status is StackStatus.STOPPING or (record.status.driven and left != 0)
+        if needs_down and live is None:
+            report.skipped.append((record.project, engine_error))
             continue
         try:
-            with state.stacks.locked(record.project):
+            with state.stacks.locked(record.project, wait=False):
                 current = state.stacks.load(record.project)
                 if current is None or (current.created, current.status) != (record.created, record.status):
                     continue  # an up, render or down of this project ran meanwhile: not ours to judge
-                if interrupted and live.get(record.project, 0):
-                    with suppress(FreeportError):
-                        (compose or Compose.find()).down(record.compose_project())
-                release(state.leases, record.project)
-                state.stacks.forget(record.project)
+                if needs_down:
+                    _down_locked(state, current, volumes=False, compose=compose)
+                else:
+                    release(state.leases, record.project)
+                    state.stacks.forget(record.project)
         except FreeportError as e:
             report.skipped.append((record.project, str(e)))
             continue
-        if interrupted:
-            verb = {StackStatus.STARTING: "up", StackStatus.RENDERING: "render"}.get(record.status, "run")
-            why = f"its `{verb}` was killed"
-        else:
-            why = "no container left" if gone else "its leases were released"
         report.stacks.append((record.project, why))
     return report

@@ -84,6 +84,7 @@ class StackRecord:
     status: StackStatus = StackStatus.RENDERING
     driver: Holder = field(default_factory=current_holder)  # the process doing render/up/run: gc asks if it died
     created: float = field(default_factory=time.time)
+    expires: float | None = None  # `render --ttl`: after this, a rendered stack with no container is freed
 
     def compose_project(self) -> ComposeProject:
         return ComposeProject(
@@ -103,6 +104,7 @@ class StackRecord:
             "status": self.status.value,
             "driver": {"pid": d.pid, "start_time": d.start_time, "host": d.host},
             "created": self.created,
+            "expires": self.expires,
         }
         return json.dumps(raw, indent=1).encode()
 
@@ -129,6 +131,7 @@ class StackRecord:
                 and (driver["start_time"] is None or type(driver["start_time"]) is int)
                 and isinstance(driver["host"], str)
                 and isinstance(record.created, (int, float))
+                and (record.expires is None or (isinstance(record.expires, (int, float)) and record.expires >= 0))
             )
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError):
             return None
@@ -186,28 +189,29 @@ class StackRecords:
         return [r for r in map(self.load, names) if r is not None]
 
     @contextmanager
-    def locked(self, project: str) -> Iterator[None]:
-        """Exclusive use of a project by this process, so two up/down of one project never interleave.
+    def locked(self, project: str, *, wait: bool = True) -> Iterator[int]:
+        """Exclusive use of a project, so two up/down of one project never interleave; yields the
+        lock's descriptor (a child given it keeps the project locked for as long as it lives).
 
-        Waits up to BUSY_WAIT seconds for another freeport-compose to finish with it, then raises
-        ProjectBusyError.
+        Waits up to BUSY_WAIT seconds (not at all without `wait`) for another freeport-compose to
+        finish with it, then raises ProjectBusyError.
         """
-        wait = BUSY_WAIT
+        patience = BUSY_WAIT if wait else 0.0
         with state_errors(f"cannot lock project {project!r}"):
             fd = open_file(
                 self.sd.stacks_fd, f"{project}.lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode
             )
         try:
-            deadline = time.monotonic() + wait
+            deadline = time.monotonic() + patience
             while not lock_descriptor(fd, blocking=False):
                 if time.monotonic() >= deadline:
                     raise ProjectBusyError(
-                        f"project {project!r} is busy: another freeport-compose kept it for {wait:g} s "
+                        f"project {project!r} is busy: another freeport-compose kept it for {patience:g} s "
                         "(an up, down or gc of it)"
                     )
                 time.sleep(0.05)
             try:
-                yield
+                yield fd
             finally:
                 unlock_descriptor(fd)
         finally:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._leasing.locks import open_locks
-from .._leasing.store import LeaseStore
+from .._leasing.ranges import PortRange
+from .._leasing.store import LeaseStore, Reclaimed
+from .reclaim import reclaim_gone
 from .records import StackRecords
 
 
@@ -28,6 +30,16 @@ class State:
 
     @classmethod
     def open(cls, path: str | None = None) -> State:
-        """The state dir at `path` (default: $FREEPORT_STATE_DIR, else the user's private one), verified."""
+        """The state dir at `path` (default: $FREEPORT_STATE_DIR, else the user's private one), verified.
+
+        Its lease store reclaims: an allocation that finds its range exhausted first frees the
+        leases of stacks that are gone (see reclaim.py).
+        """
         locks = open_locks(path)
-        return cls(LeaseStore(locks), StackRecords(locks.sd))
+        stacks = StackRecords(locks.sd)
+
+        def reclaim(ports: PortRange) -> Reclaimed:
+            return reclaim_gone(stacks, leases, ports)
+
+        leases = LeaseStore(locks, reclaim)
+        return cls(leases, stacks)

@@ -24,6 +24,10 @@ from .records import StackStatus
 from .state import State
 
 
+def _note_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT while the command runs: the command got it too (same process group); its status decides."""
+
+
 def run(
     state: State,
     opts: Options,
@@ -56,8 +60,11 @@ def run(
             else:
                 child.send_signal(signum)
 
-        # Ctrl-C reaches the command from the terminal itself (same process group): only wait for it.
-        old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+        # Ctrl-C reaches the command from the terminal itself (it is in our process group): we only
+        # wait for it. A handler, not SIG_IGN: an ignored signal stays ignored across exec, so the
+        # command (pytest, a shell, sleep) would never see its Ctrl-C; a handler is reset to the
+        # default in the command.
+        old = {signal.SIGINT: signal.signal(signal.SIGINT, _note_interrupt)}
         old.update({s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)})
         try:
             try:

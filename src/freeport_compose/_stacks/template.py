@@ -19,24 +19,19 @@ from dataclasses import dataclass, field
 import yaml
 
 from .._error import TemplateError
+from .names import PREFIX
 
 try:  # libyaml is 10x faster; positions are in characters either way
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - PyYAML without libyaml
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
-PREFIX = "FREEPORT_"
 PLACEHOLDER_RE = re.compile(r"\$<FREEPORT_([A-Za-z0-9_]+)>")
 MAX_TEMPLATE_BYTES = 4 << 20  # a Compose file larger than this is not a hand-written template
 _OVERRIDE_TAGS = ("!override", "!reset")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _BREAK_RE = re.compile(r"[\r\n\x85\u2028\u2029]")  # YAML 1.1 line breaks
 _PROPERTIES_RE = re.compile(r"(?:[&!]\S*\s+(?:#.*\s+)*)+")  # `&anchor !tag  # comment` before a scalar
-
-
-def placeholder_key(name: str) -> str:
-    """The key of a placeholder as given by a user: "db" and "FREEPORT_db" both mean FREEPORT_db."""
-    return name if name.startswith(PREFIX) else PREFIX + name
 
 
 def placeholders(text: str) -> list[str]:
@@ -54,12 +49,6 @@ def substitute(text: str, ports: Mapping[str, int]) -> str:
             last = end
     out.append(text[last:])
     return "".join(out)
-
-
-def sort_key(name: str) -> tuple[int, int, str]:
-    """FREEPORT_1 < FREEPORT_2 < FREEPORT_10 < FREEPORT_api < FREEPORT_db."""
-    suffix = name[len(PREFIX) :]
-    return (0, int(suffix), suffix) if suffix.isdecimal() else (1, 0, suffix)  # FREEPORT_01 != FREEPORT_1
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .._error import TemplateError
-from .template import PortEntry, Template, load, sort_key, substitute
+from .names import sort_key
+from .template import PortEntry, Template, load, substitute
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""Ports follow the containers: a stack that is gone gives its leases back, with no command of ours.
+
+Guarantees:
+- A stack is judged on the engine's word (one query for every stack judged at once), never on a
+  guess: an engine that does not answer frees nothing, and says so with the address it tried.
+- A stack whose project is locked (an up, render, down or gc of it in flight, or the Compose child
+  of an `up` whose CLI was killed) is never judged.
+- What frees a stack's leases (`verdict`): an `up` stack with no container left (a plain `docker
+  compose down`, `docker rm -f`, an engine reset, a reboot); a stack whose `render`, `up` or `run`
+  was killed, once none of its containers is left; a rendered stack whose leases were released, or
+  whose `--ttl` ran out with no container of it left; a `down` that could not finish, once no
+  container is left. A stopped stack (`docker compose stop`: containers exist) keeps its ports, and
+  so does a rendered stack within its lifetime.
+
+May touch: the State's leases and stack records; the engine's API (read only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from .._error import EngineUnreachableError, ProjectBusyError
+from .._leasing.process import holder_alive
+from .._leasing.ranges import PortRange
+from .._leasing.store import LeaseStore, Reclaimed
+from .engine import Containers
+from .leases import release
+from .records import StackRecord, StackRecords, StackStatus
+
+
+def verdict(record: StackRecord, live: Mapping[str, Containers] | None, leases: LeaseStore, now: float) -> str | None:
+    """Why this stack's leases can be freed now (the reason, as `gc` says it), or None to keep them.
+
+    `live`: the engine's containers per project, None when the engine could not be asked.
+    """
+    status = record.status
+    if status.driven:
+        if holder_alive(record.driver) is not False:
+            return None
+        verb = {StackStatus.STARTING: "up", StackStatus.RENDERING: "render"}.get(status, "run")
+        return f"its `{verb}` was killed"
+    if status is StackStatus.RENDERED and leases.owner_ports(record.project) is None:
+        return "its leases were released"
+    if live is None:
+        return None
+    left = live.get(record.project, Containers()).total
+    if left:
+        return None
+    if status is StackStatus.UP:
+        return "no container left"
+    if status is StackStatus.STOPPING:
+        return "its `down` did not finish, and no container is left"
+    if status is StackStatus.RENDERED and record.expires is not None and now >= record.expires:
+        return "its --ttl ran out, and no container of it is left"
+    return None
+
+
+def may_go(record: StackRecord, now: float) -> bool:
+    """Whether the engine's word could free this stack (so it is worth asking about)."""
+    if record.status in (StackStatus.UP, StackStatus.STOPPING) or record.status.driven:
+        return True
+    return record.status is StackStatus.RENDERED and (record.expires is None or now >= record.expires)
+
+
+def forget_if_unchanged(stacks: StackRecords, leases: LeaseStore, record: StackRecord) -> bool:
+    """Release the stack's leases and remove its record, unless its project is busy or its record
+    changed since it was judged; True if it was freed."""
+    try:
+        with stacks.locked(record.project, wait=False):
+            current = stacks.load(record.project)
+            if current is None or (current.created, current.status) != (record.created, record.status):
+                return False  # an up, render or down of this project ran meanwhile: not ours to judge
+            release(leases, record.project)
+            stacks.forget(record.project)
+            return True
+    except ProjectBusyError:
+        return False
+
+
+def reclaim_gone(stacks: StackRecords, leases: LeaseStore, ports: PortRange) -> Reclaimed:
+    """Free the stacks holding leases in `ports` that are gone, asking the engine once.
+
+    Called by an allocation that found its range exhausted, before it waits or fails.
+    """
+    now = time.time()
+    records = [r for r in stacks.all() if may_go(r, now) and any(p in ports for p in r.ports.values())]
+    if not records:
+        return Reclaimed()
+    live: dict[str, Containers] | None
+    note = ""
+    try:
+        from .engine import project_containers
+
+        live = project_containers()
+    except EngineUnreachableError as e:
+        live = None
+        names = ", ".join(r.project for r in records)
+        note = f"the engine could not be asked whether stack(s) {names} still exist: {e}"
+    freed = []
+    for record in records:
+        if verdict(record, live, leases, now) is None:
+            continue
+        if record.status.driven and (live is None or live.get(record.project, Containers()).total):
+            continue  # a killed `up` whose containers may still be there: `gc` brings them down first
+        if forget_if_unchanged(stacks, leases, record):
+            freed.append(record.project)
+    return Reclaimed(tuple(freed), note)
