@@ -398,3 +398,21 @@ def test_gc_sweeps_temporaries_of_dead_writers_only(state_dir: Path) -> None:
     assert live.exists()
     assert ours.exists()
     assert "nothing to free" in ok(fpc("gc")).stderr
+
+
+def test_the_compose_stack_fixture_says_why_a_stack_failed(box: Footprint) -> None:
+    bad = box.service("db", command=["/bin/busybox", "sh", "-c", "echo fixture-log-marker; exit 4"])
+    template = box.compose_file("compose.yml", box.service("web", ports=["$<FREEPORT_web>:80"]), bad)
+    project = box.project()
+    suite = box.tmp / "test_user.py"
+    suite.write_text(
+        "def test_stack(compose_stack):\n"
+        f"    compose_stack({template!r}, project={project!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)],
+                          capture_output=True, text=True, timeout=300, cwd=box.tmp, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ComposeError: docker compose up failed" in done.stdout, done.stdout
+    assert f"service db ({project}-db-1): exited (4)" in done.stdout, done.stdout
+    assert "fixture-log-marker" in done.stdout, done.stdout
+    assert_nothing_left(project, label=box.label)
