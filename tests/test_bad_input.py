@@ -59,6 +59,9 @@ VALID = (
 )
 
 
+UNPUBLISHED = VALID.replace('    ports:\n      - "$<FREEPORT_web>:80"\n', "")  # no placeholder, no published port
+
+
 def with_port(published: str) -> str:
     """VALID with another `ports:` item: how each malformed placeholder is written."""
     return VALID.replace('"$<FREEPORT_web>:80"', json.dumps(published))
@@ -137,8 +140,23 @@ CASES: dict[str, Case] = {
     "empty": render(code=T, fragment="t.yml:1:1: empty file", files={"t.yml": ""}),
     "whitespace-only": render(code=T, out="new", fragment="t.yml:1:1: empty file", files={"t.yml": "\n  \n\n"}),
     "comments-only": render(code=T, fragment="t.yml:1:1: empty file", files={"t.yml": "# a comment\n  # another\n"}),
-    "no-placeholder": render(code=T, out="new", fragment="t.yml:1:1: no $<FREEPORT_name> placeholder",
-                             files={"t.yml": VALID.replace("$<FREEPORT_web>", "8080")}),
+    # No placeholder is zero-edit now (every published port leased); with no published port either:
+    "nothing-published": render(code=T, out="new", fragment="t.yml publishes no port: nothing to lease",
+                                docker=True, files={"t.yml": UNPUBLISHED}),
+    "nothing-published-up": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), T,
+                                 "t.yml publishes no port: nothing to lease", docker=True,
+                                 files={"t.yml": UNPUBLISHED}),
+    "placeholder-published-twice": render(
+        code=T, out="new",
+        fragment="t.yml:9:9: $<FREEPORT_1> is published here (api:8080/tcp) and at {work}/t.yml:5:9 (web:8080/tcp)",
+        files={"t.yml": "services:\n  web:\n    image: x\n    ports:\n      - \"$<FREEPORT_1>:8080\"\n"
+                        "  api:\n    image: x\n    ports:\n      - \"$<FREEPORT_1>:8080\"\n"}),
+    "no-compose-file": Case(("up", "-p", "{project}"), T, "no Compose file found: looked for compose.yaml",
+                            cwd_work=True),
+    "compose-rejects-the-file": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.COMPOSE_FAILED,
+                                     "docker compose config failed: ", docker=True,
+                                     files={"t.yml": VALID.replace('"$<FREEPORT_web>:80"', '"8080:80"').replace(
+                                         "    pull_policy: never\n", "    pull_policy: sometimes-maybe\n")}),
     "top-level-list": render(code=T, fragment="t.yml:1:1: not a Compose file: the top level is a list",
                              files={"t.yml": "- services\n- $<FREEPORT_1>\n"}),
     "top-level-scalar": render(code=T, out="new", fragment="t.yml:1:1: not a Compose file: the top level is a single",
@@ -263,11 +281,14 @@ CASES: dict[str, Case] = {
     "dashdash-for-render": Case(("render", "-f", "{work}/t.yml", "-p", "{project}", "-o", "{out}", "--", "x"),
                                 ExitCode.USAGE, "not `render`", files={"t.yml": VALID}, out="file"),
     "dashdash-for-down": Case(("down", "-p", "{project}", "--", "-v"), ExitCode.USAGE, "not `down`"),
-    "unknown-command": Case(("start",), ExitCode.USAGE, "invalid choice: 'start'", usage=True),
+    # (`start`, `logs`, `exec`...: Compose's verbs, passed through for a stack; see test_zero_edit.py)
+    "unknown-command": Case(("frobnicate",), ExitCode.USAGE, "invalid choice: 'frobnicate'", usage=True),
+    "compose-verb-without-stack": Case(("start",), ExitCode.UNKNOWN_OWNER, "no stack of freeport-compose here",
+                                       cwd_work=True),
     "no-command": Case((), ExitCode.USAGE, "required: COMMAND", usage=True),
     "get-without-owner": Case(("get", "-n", "2"), ExitCode.USAGE, "required: --owner", usage=True),
-    "render-without-file": Case(("render", "-p", "{project}", "-o", "{out}"), ExitCode.USAGE, "-f/--file",
-                                usage=True, out="new"),
+    "render-without-file": Case(("render", "-p", "{project}", "-o", "{out}"), T,
+                                "no Compose file found: looked for compose.yaml", out="new", cwd_work=True),
     "ports-bad-format": Case(("ports", "-p", "{project}", "--format", "xml"), ExitCode.USAGE, "invalid choice: 'xml'",
                              usage=True),
 }

@@ -1006,10 +1006,12 @@ def test_cli_render_ports_port_release(tmp_path: Path) -> None:
         (port, "proj", name) for name, port in ports.items()
     }
 
+    # each port, then the address to reach it on (CLI_TEMPLATE binds none: 127.0.0.1)
     formats = {
-        "dotenv": [f"{k}={v}" for k, v in ports.items()],
-        "make": [f"{k} := {v}" for k, v in ports.items()],
-        "shell": [f"export {k}={v}" for k, v in ports.items()],
+        "dotenv": [line for k, v in ports.items() for line in (f"{k}={v}", f"{k}_HOST=127.0.0.1")],
+        "env-file": [line for k, v in ports.items() for line in (f"{k}={v}", f"{k}_HOST=127.0.0.1")],
+        "make": [line for k, v in ports.items() for line in (f"{k} := {v}", f"{k}_HOST := 127.0.0.1")],
+        "shell": [line for k, v in ports.items() for line in (f"export {k}={v}", f"export {k}_HOST=127.0.0.1")],
     }
     for fmt, lines in formats.items():
         shown = cli("ports", "-p", "proj", "--format", fmt)
@@ -1062,7 +1064,7 @@ def test_cli_render_with_a_base_file_writes_the_override(tmp_path: Path) -> None
     ("content", "line", "column"),
     [
         ("services:\n  web:\n    ports:\n      - '$<FREEPORT_>:80'\n", 4, 10),
-        ("services:\n  web:\n    ports: ['8080:80']\n", 1, 1),  # no placeholder
+        ("services:\n  web:\n    image: x\n", 1, 1),  # no placeholder and no published port: nothing to lease
         ("services:\n\tweb: {}\n", 2, 1),
         ("- $<FREEPORT_1>\n", 1, 1),
     ],

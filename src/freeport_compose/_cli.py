@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # imported where used: every command pays only for what it ne
     from ._stacks.lifecycle import Options
     from ._stacks.state import State
 
-FORMATS = ("json", "dotenv", "make", "shell")
+FORMATS = ("json", "dotenv", "make", "shell", "env-file", "github")
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -67,15 +67,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
-def _stack_options(p: argparse.ArgumentParser, *, files_required: bool = True) -> None:
+def _stack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-f",
         "--file",
         dest="files",
         action="append",
-        required=files_required,
+        default=[],
         metavar="FILE",
-        help="Compose file or template (repeatable, merged in order like `docker compose -f`)",
+        help="Compose file or template (repeatable, merged in order like `docker compose -f`; default: "
+        "$COMPOSE_FILE, else compose.yaml and its kin here or in a parent directory)",
     )
     p.add_argument(
         "-p",
@@ -115,6 +116,16 @@ def _stack_options(p: argparse.ArgumentParser, *, files_required: bool = True) -
         dest="check",
         action="store_false",
         help="skip checking with `docker compose config` that exactly the leased ports are published",
+    )
+    p.add_argument(
+        "--lease-all",
+        action="store_true",
+        help="with placeholders, lease the fixed host ports too (a file without any is always leased whole)",
+    )
+    p.add_argument(
+        "--drop-container-names",
+        action="store_true",
+        help="reset every `container_name:` (`!reset null` in the override), so copies can run side by side",
     )
 
 
@@ -178,9 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
     p.add_argument("-v", "--volumes", action="store_true", help="remove volumes too")
 
-    p = sub.add_parser("ports", help="print a stack's ports")
+    p = sub.add_parser("ports", help="print a stack's ports, each with the address to reach it on")
     p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
-    p.add_argument("--format", choices=FORMATS, default="dotenv")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="dotenv",
+        help="json ({NAME: port}), dotenv, env-file (docker run --env-file), make, shell (export ...), "
+        "github (appended to $GITHUB_ENV and $GITHUB_OUTPUT)",
+    )
 
     p = sub.add_parser("port", help="print one placeholder's port")
     p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
@@ -200,16 +217,21 @@ def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _opts(args: argparse.Namespace) -> Options:
+    """The stack options of a command, found the way Compose finds them where not given (the CLI is
+    where the environment is read: the library is handed what it found)."""
+    from ._stacks.discovery import compose_files, listed
     from ._stacks.lifecycle import Options
 
     return Options(
-        files=args.files,
+        files=compose_files(args.files, os.environ, os.getcwd()),
         project=args.project,
         project_directory=args.project_directory,
-        profiles=args.profiles,
-        env_files=args.env_files,
+        profiles=listed(args.profiles, os.environ, "COMPOSE_PROFILES"),
+        env_files=listed(args.env_files, os.environ, "COMPOSE_ENV_FILES"),
         timeout=_timeout(args.timeout),
         check=args.check,
+        lease_all=args.lease_all,
+        drop_container_names=args.drop_container_names,
     )
 
 
@@ -224,12 +246,38 @@ def _state(args: argparse.Namespace) -> State:
     return State.open(args.state_dir)
 
 
-def format_ports(ports: Mapping[str, int], fmt: str) -> str:
-    """`json`: exactly {"FREEPORT_1": 20417}; `dotenv`/`make`/`shell`: lines to include or eval."""
+def format_ports(ports: Mapping[str, int], fmt: str, hosts: Mapping[str, str] | None = None) -> str:
+    """`json`: exactly {"FREEPORT_1": 20417}; `dotenv`/`make`/`shell`/`env-file`: lines to include,
+    eval or give `docker run --env-file`, each port followed by `NAME_HOST`, the address to reach it
+    on, when `hosts` is given."""
     if fmt == "json":
         return json.dumps(dict(ports))
-    line = {"dotenv": "{}={}", "make": "{} := {}", "shell": "export {}={}"}[fmt]
-    return "\n".join(line.format(name, port) for name, port in ports.items())
+    line = {"dotenv": "{}={}", "env-file": "{}={}", "make": "{} := {}", "shell": "export {}={}"}[fmt]
+    out = []
+    for name, port in ports.items():
+        out.append(line.format(name, port))
+        if hosts is not None:
+            out.append(line.format(f"{name}_HOST", hosts.get(name, "127.0.0.1")))
+    return "\n".join(out)
+
+
+def _to_github(ports: Mapping[str, int], hosts: Mapping[str, str]) -> None:
+    """Append NAME=port and NAME_HOST=host to $GITHUB_ENV (later steps' environment) and to $GITHUB_OUTPUT."""
+    from ._error import OutputError
+
+    lines = format_ports(ports, "dotenv", hosts) + "\n"
+    targets = [os.environ.get(v, "") for v in ("GITHUB_ENV", "GITHUB_OUTPUT")]
+    if not any(targets):
+        raise OutputError(
+            "--format github: neither $GITHUB_ENV nor $GITHUB_OUTPUT is set (not in a GitHub Actions job?)"
+        )
+    for path in filter(None, targets):
+        try:
+            with open(path, "a") as f:
+                f.write(lines)
+        except OSError as e:
+            raise OutputError(f"cannot append to {path}: {e.strerror or e}") from None
+        _say(f"wrote {len(ports)} port(s) to {path}")
 
 
 def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
@@ -366,10 +414,15 @@ def _cmd_down(args: argparse.Namespace, after: list[str]) -> int:
 
 
 def _cmd_ports(args: argparse.Namespace, after: list[str]) -> int:
-    from ._stacks.lifecycle import find_project, ports_of
+    from ._stacks.lifecycle import find_project, hosts_of, ports_of
 
     state = _state(args)
-    print(format_ports(ports_of(state, find_project(state, args.project)), args.format))
+    project = find_project(state, args.project)
+    ports, hosts = ports_of(state, project), hosts_of(state, project)
+    if args.format == "github":
+        _to_github(ports, hosts)
+    else:
+        print(format_ports(ports, args.format, None if args.format == "json" else hosts))
     return 0
 
 
@@ -418,9 +471,91 @@ def _terminate(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C: cleanup code runs, leases are freed
 
 
+# Compose's own verbs that freeport-compose passes through for a stack (`up`, `down`, `run`, `port`
+# and `ls` are ours: `freeport-compose compose run ...` reaches Compose's).
+COMPOSE_VERBS = frozenset(
+    (
+        "attach",
+        "build",
+        "commit",
+        "config",
+        "cp",
+        "create",
+        "events",
+        "exec",
+        "export",
+        "images",
+        "kill",
+        "logs",
+        "pause",
+        "ps",
+        "pull",
+        "push",
+        "restart",
+        "rm",
+        "scale",
+        "start",
+        "stats",
+        "stop",
+        "top",
+        "unpause",
+        "version",
+        "wait",
+        "watch",
+    )
+)
+
+
+def _passthrough(argv: list[str]) -> tuple[str | None, str | None, list[str]] | None:
+    """(state dir, project, Compose arguments) when argv is `[--state-dir D] [-p P] VERB ...` with a
+    Compose verb of ours to pass through (or `compose ANYTHING`); None for our own commands."""
+    state_dir = project = None
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in ("--state-dir", "-p", "--project-name") and i + 1 < len(argv):
+            if word == "--state-dir":
+                state_dir = argv[i + 1]
+            else:
+                project = argv[i + 1]
+            i += 2
+        elif word.startswith(("--state-dir=", "--project-name=")):
+            name, _, value = word.partition("=")
+            state_dir, project = (value, project) if name == "--state-dir" else (state_dir, value)
+            i += 1
+        elif word == "compose":
+            return state_dir, project, argv[i + 1 :]
+        elif word in COMPOSE_VERBS:
+            return state_dir, project, argv[i:]
+        else:
+            return None
+    return None
+
+
+def _cmd_compose(state_dir: str | None, project: str | None, args: list[str]) -> int:
+    """Pass a Compose command through for a stack: `freeport-compose logs -f web` is `docker compose
+    <the stack's options> logs -f web`."""
+    from ._stacks.lifecycle import find_project
+    from ._stacks.state import State
+    from ._stacks.supervise import exec_compose
+
+    state = State.open(os.path.abspath(state_dir) if state_dir else None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    exec_compose(state, find_project(state, project), args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `freeport-compose` command."""
-    own, after = _split_dashdash(list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    through = _passthrough(words)
+    if through is not None:
+        try:
+            return _cmd_compose(*through)
+        except FreeportError as e:
+            _say(str(e))
+            return int(e.exit_code)
+    own, after = _split_dashdash(words)
     args = build_parser().parse_args(own)
     if args.state_dir:
         args.state_dir = os.path.abspath(args.state_dir)

@@ -81,6 +81,12 @@ class TemplateError(FreeportError):
         super().__init__(f"{path}:{line}:{column}: {problem}")
 
 
+class NoComposeFileError(FreeportError):
+    """No -f given, no COMPOSE_FILE, and no compose.yaml (or its kin) here or in a parent directory."""
+
+    exit_code = ExitCode.TEMPLATE
+
+
 class ComposeError(FreeportError):
     """`docker compose` exited non-zero; `returncode` is its status, `details` what the user needs to
     see to know why (the failed services' states, healthchecks and last log lines), shown before the

@@ -4,17 +4,15 @@ Guarantee: for every service and container port that a placeholder publishes, Co
 publishes exactly the leased host ports; a base binding left beside them, or an interpolation that
 replaced a placeholder, is reported as file:line:column.
 
-May touch: runs `docker compose config` (through the driver); writes nothing.
+May touch: nothing (it reads the model it is given); BackgroundCheck runs a check in a thread.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from .._error import ComposeError
-from .compose import Compose, ComposeProject
 from .template import PortEntry, substitute
 from .templateset import TemplateSet
 
@@ -65,27 +63,18 @@ def check_published(config: Mapping[str, object], templates: TemplateSet, ports:
     return problems
 
 
-def verify(compose: Compose, project: ComposeProject, templates: TemplateSet, ports: Mapping[str, int]) -> None:
-    """Raise ComposeError unless `docker compose config` publishes exactly the leased ports."""
-    problems = check_published(compose.config(project), templates, ports)
-    if problems:
-        raise ComposeError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-
-
 class BackgroundCheck(threading.Thread):
-    """verify() run beside `docker compose up`: the ~60 ms of `compose config` need not add to up's time."""
+    """A check run beside `docker compose up`: the ~60 ms of `compose config` need not add to up's time."""
 
-    def __init__(
-        self, compose: Compose, project: ComposeProject, templates: TemplateSet, ports: Mapping[str, int]
-    ) -> None:
+    def __init__(self, check: Callable[[], None]) -> None:
         super().__init__(daemon=True)
-        self.args_ = (compose, project, templates, dict(ports))
+        self.check = check
         self.error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
         try:
-            verify(*self.args_)
+            self.check()
         except BaseException as e:  # handed to the main thread by result()
             self.error = e
 

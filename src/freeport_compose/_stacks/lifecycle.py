@@ -16,24 +16,24 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 
 from .._error import ComposeError, FreeportError, UnknownOwnerError
 from .._leasing.allocator import DEFAULT_TIMEOUT
 from .._leasing.records import LeaseRecord
-from .check import BackgroundCheck, verify
+from .check import BackgroundCheck
 from .compose import Compose, ComposeProject
 from .engine import Containers
-from .leases import held_ports, lease, release, relocate
+from .leases import held_ports, release, relocate
 from .names import sort_key
-from .outputs import write_outputs
+from .plan import Plan
 from .reclaim import verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
 from .state import State
-from .templateset import load_set
 
 PORT_RETRIES = 3  # how often `up` re-leases ports that something outside our leases grabbed
 
@@ -56,6 +56,8 @@ class Options:
     env_files: Sequence[str] = ()
     timeout: float | None = DEFAULT_TIMEOUT  # for leasing ports
     check: bool = True  # check with `docker compose config` that exactly the leased ports are published
+    lease_all: bool = False  # with placeholders, lease the fixed ports too (zero-edit for the rest)
+    drop_container_names: bool = False  # `container_name: !reset null`, so copies can run side by side
 
 
 def _new_record(opts: Options, project: str, status: StackStatus) -> StackRecord:
@@ -112,33 +114,38 @@ def _attempt(
 def render(
     state: State, opts: Options, *, out: str | None = None, ttl: float | None = None, notify: Notify = silent
 ) -> StackRecord:
-    """Lease a port per placeholder under the project's name and write the concrete files.
+    """Lease the stack's ports under the project's name and write what Compose is to be given: the
+    rendered templates, or (zero-edit) the user's files and an override putting every published
+    port on a leased one.
 
     The leases stay until `down` (or `release --owner PROJECT`), or, given a `ttl` in seconds, until
     that lifetime has run out and no container of the project is left. On any error nothing is
     leased and no output file is left half-written.
     """
-    templates = load_set(opts.files)
+    plan = Plan.read(opts.files, lease_all=opts.lease_all, drop_container_names=opts.drop_container_names)
     project = project_name(opts.project, opts.files)
-    for w in templates.warnings():
+    for w in plan.warnings():
         notify(f"warning: {w}")
     compose = None
-    if opts.check:
+    if opts.check or plan.zero_edit:
         try:
             compose = Compose.find()
         except FreeportError as e:
+            if plan.zero_edit:
+                raise  # zero-edit reads Compose's own model of the files
             notify(f"warning: not checked with `docker compose config`: {e}")
     with _attempt(state, opts, project, StackStatus.RENDERING, None) as attempt:
         record, old = attempt.record, attempt.old
-        record.ports = lease(state.leases, templates, project, reuse=old is not None, timeout=opts.timeout)
+        record.ports = plan.lease(state, record, compose, reuse=old is not None, timeout=opts.timeout)
+        record.hosts = _reach(plan, record.ports)
         if out is None or compose is not None:
             # With -o, the check runs on copies in the state dir: OUT is written only once Compose
             # accepted the stack, so a failed render never leaves OUT changed or created.
-            record.compose_files = write_outputs(templates, record.ports, state.stacks, project, None, compose)
-            if compose is not None:
-                verify(compose, record.compose_project(), templates, record.ports)
+            record.compose_files = plan.write(state, project, record.ports, None, compose)
+            if compose is not None and opts.check:
+                plan.verify(compose, record.compose_project(), record.ports)
         if out is not None:
-            record.compose_files = write_outputs(templates, record.ports, state.stacks, project, out, compose)
+            record.compose_files = plan.write(state, project, record.ports, out, compose)
         if old is None or old.status in (StackStatus.RENDERING, StackStatus.STOPPING):
             record.status = StackStatus.RENDERED
         else:  # a stack that was there before keeps its status, and the process gc checks it by
@@ -158,25 +165,27 @@ def up(
     status: StackStatus = StackStatus.UP,
     notify: Notify = silent,
 ) -> StackRecord:
-    """Render, then `docker compose up --detach`; the leases stay until `down`.
+    """Lease and write as render does, then `docker compose up --detach`; the leases stay until `down`.
 
-    If something outside our leases grabbed a leased port in the meantime, those placeholders get
-    new ports and `up` is retried (PORT_RETRIES times). If `up` fails, the stack is brought down
-    and its leases freed: nothing is left behind. `status=RUN` records a stack that must not
-    outlive this process: gc brings it down once the process is gone (even by SIGKILL).
+    If something outside our leases grabbed a leased port in the meantime, those names get new
+    ports and `up` is retried (PORT_RETRIES times). If `up` fails, the stack is brought down and its
+    leases freed: nothing is left behind. `status=RUN` records a stack that must not outlive this
+    process: gc brings it down once the process is gone (even by SIGKILL).
     """
-    templates = load_set(opts.files)
+    plan = Plan.read(opts.files, lease_all=opts.lease_all, drop_container_names=opts.drop_container_names)
     project = project_name(opts.project, opts.files)
     compose = compose or Compose.find()
-    for w in templates.warnings():
+    for w in plan.warnings():
         notify(f"warning: {w}")
     with _attempt(state, opts, project, StackStatus.STARTING, compose) as attempt:
         record = attempt.record
-        record.ports = lease(state.leases, templates, project, reuse=attempt.old is not None, timeout=opts.timeout)
+        record.ports = plan.lease(state, record, compose, reuse=attempt.old is not None, timeout=opts.timeout)
+        record.hosts = _reach(plan, record.ports)
         for retry in range(PORT_RETRIES + 1):
-            record.compose_files = write_outputs(templates, record.ports, state.stacks, project, None, compose)
+            record.compose_files = plan.write(state, project, record.ports, None, compose)
             state.stacks.save(record)
-            check = BackgroundCheck(compose, record.compose_project(), templates, record.ports) if opts.check else None
+            verify = partial(plan.verify, compose, record.compose_project(), dict(record.ports))
+            check = BackgroundCheck(verify) if opts.check else None
             attempt.started = True
             result = compose.up(record.compose_project(), wait=wait, extra=extra, keep_fds=(attempt.lock_fd,))
             if check is not None:
@@ -192,10 +201,14 @@ def up(
                 f"port(s) {', '.join(str(record.ports[n]) for n in sorted(clashed))} taken outside "
                 f"freeport-compose meanwhile; leasing new ones and retrying"
             )
-            record.ports = relocate(state.leases, templates, project, record.ports, clashed, opts.timeout)
+            record.ports = relocate(state.leases, plan.hosts_of, project, record.ports, clashed, opts.timeout)
         record.status = status
         state.stacks.save(record)
     return record
+
+
+def _reach(plan: Plan, ports: Mapping[str, int]) -> dict[str, str]:
+    return {name: host for name in ports if (host := plan.reach(name)) != "127.0.0.1"}
 
 
 def why_failed(project: str) -> tuple[str, ...]:
@@ -335,6 +348,13 @@ def ports_of(state: State, project: str) -> dict[str, int]:
         for name, port in sorted(record.ports.items(), key=lambda kv: sort_key(kv[0]))
         if held.get(name) == port
     }
+
+
+def hosts_of(state: State, project: str) -> dict[str, str]:
+    """The address to reach each port of a stack on: the one it is published on, else 127.0.0.1."""
+    record = state.stacks.load(check_project(project))
+    known = {} if record is None else record.hosts
+    return {name: known.get(name, "127.0.0.1") for name in ports_of(state, project)}
 
 
 @dataclass(frozen=True)

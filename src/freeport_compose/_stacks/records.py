@@ -85,6 +85,7 @@ class StackRecord:
     driver: Holder = field(default_factory=current_holder)  # the process doing render/up/run: gc asks if it died
     created: float = field(default_factory=time.time)
     expires: float | None = None  # `render --ttl`: after this, a rendered stack with no container is freed
+    hosts: dict[str, str] = field(default_factory=dict)  # the address to reach a port on, where not 127.0.0.1
 
     def compose_project(self) -> ComposeProject:
         return ComposeProject(
@@ -105,6 +106,7 @@ class StackRecord:
             "driver": {"pid": d.pid, "start_time": d.start_time, "host": d.host},
             "created": self.created,
             "expires": self.expires,
+            "hosts": self.hosts,
         }
         return json.dumps(raw, indent=1).encode()
 
@@ -127,6 +129,8 @@ class StackRecord:
                 and all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in lists)
                 and isinstance(record.ports, dict)
                 and all(isinstance(k, str) and type(v) is int for k, v in record.ports.items())
+                and isinstance(record.hosts, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in record.hosts.items())
                 and type(driver["pid"]) is int
                 and (driver["start_time"] is None or type(driver["start_time"]) is int)
                 and isinstance(driver["host"], str)

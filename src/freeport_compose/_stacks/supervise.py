@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .._error import FreeportError
 from .._leasing.statedir import STATE_ENV
@@ -86,3 +86,30 @@ def run(
         except FreeportError as e:  # the command's status still stands; say what is left
             notify(str(e))
     return code
+
+
+def exec_compose(state: State, project: str, args: Sequence[str]) -> NoReturn:
+    """Become `docker compose <the stack's recorded options> ARGS`: its exit status, its signals and
+    its terminal are the user's, exactly as if they had typed it (`logs -f`, `exec db psql`, `ps`...).
+
+    The stack's files, profiles, env files, project directory and name are those recorded at up or
+    render; a stack whose files are gone is named to Compose by its project name alone.
+    """
+    from .compose import Compose
+    from .records import check_project
+
+    record = state.stacks.load(check_project(project))
+    if record is None:
+        from .._error import UnknownOwnerError
+
+        raise UnknownOwnerError(f"no stack named {project!r} (see `freeport-compose ls`)")
+    compose = Compose.find()
+    files_there = all(os.path.exists(f) for f in record.compose_files)
+    head = record.compose_project().args() if files_there else ["--project-name", project]
+    argv = [*compose.command, *head, *args]
+    try:
+        os.execvp(argv[0], argv)  # noqa: S606 (an argument list, never a shell string)
+    except OSError as e:
+        from .._error import ComposeNotFoundError
+
+        raise ComposeNotFoundError(f"cannot run {argv[0]!r}: {e.strerror or e}") from None

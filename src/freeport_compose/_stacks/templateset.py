@@ -35,6 +35,14 @@ class TemplateSet:
     def protocols(self, name: str) -> list[str]:
         return sorted({e.protocol for t in self.templates for e in t.entries if name in e.names})
 
+    @property
+    def paths(self) -> list[str]:
+        return [t.path for t in self.templates]
+
+    def container_names(self) -> list[tuple[str, str, int, int]]:
+        """(service, file, line, column) of every `container_name:`."""
+        return [(svc, t.path, line, column) for t in self.templates for svc, line, column in t.container_names]
+
     def warnings(self) -> list[str]:
         return [
             f"{t.path}:{line}:{column}: service {svc!r} sets container_name, so two stacks from this file "
@@ -42,6 +50,30 @@ class TemplateSet:
             for t in self.templates
             for svc, line, column in t.container_names
         ]
+
+    def check_twice(self) -> None:
+        """TemplateError if one placeholder is published by two different services or container ports
+        on an address and protocol in common: Compose would start one and fail the other with "port
+        is already allocated". (One service's container port published by a base file and again by
+        an override is one binding, merged by Compose: that is `conflicts`' business.)"""
+        first: dict[tuple[str, str], PortEntry] = {}
+        for t in self.templates:
+            for e in t.entries:
+                for name in e.names:
+                    key = (name, e.protocol)
+                    seen = first.setdefault(key, e)
+                    if seen is e or (seen.service, seen.target) == (e.service, e.target):
+                        continue
+                    if seen.host_ip and e.host_ip and seen.host_ip != e.host_ip:
+                        continue  # two addresses, each its own binding: no clash
+                    raise TemplateError(
+                        e.path,
+                        e.line,
+                        e.column,
+                        f"$<{name}> is published here ({e.service}:{e.target}/{e.protocol}) and at "
+                        f"{seen.path}:{seen.line}:{seen.column} ({seen.service}:{seen.target}/{seen.protocol}) "
+                        "on the same address: Compose could start only one of them",
+                    )
 
     def conflicts(self) -> dict[str, list[PortEntry]]:
         """Services whose base files publish a container port that a placeholder publishes too.
@@ -82,6 +114,14 @@ class TemplateSet:
                 rendered = substitute(e.value, ports)
                 lines.append(f"      - {rendered if e.is_mapping else json.dumps(rendered)}")
         return "\n".join(lines) + "\n"
+
+
+def read_set(paths: Sequence[str]) -> TemplateSet:
+    """Read every file of a stack, placeholders or not; TemplateError if any is bad, or if one
+    placeholder is published twice on one address and protocol (see `TemplateSet.check_twice`)."""
+    templates = TemplateSet([load(p) for p in paths])
+    templates.check_twice()
+    return templates
 
 
 def load_set(paths: Sequence[str]) -> TemplateSet:
