@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -29,7 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -268,6 +269,9 @@ SLEEPER = (
 )
 
 
+_F = TypeVar("_F", bound="Footprint")
+
+
 @dataclasses.dataclass
 class Footprint:
     """One test's Docker footprint: its projects, the label token on its containers, its Compose files."""
@@ -313,6 +317,12 @@ class Footprint:
         if engine_answers():  # a test that stops the engine restarts it in its own finally
             down_projects(*self.projects, label=self.label)
 
+    def __enter__(self: _F) -> _F:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
 
 def http_get(port: int, *, attempts: int = 60, delay: float = 0.1) -> tuple[int, str]:
     """(status, body) of GET http://127.0.0.1:port/, retried while the server is still starting."""
@@ -330,9 +340,31 @@ def http_get(port: int, *, attempts: int = 60, delay: float = 0.1) -> tuple[int,
     raise AssertionError(f"nothing answers HTTP on {url}: {last}")
 
 
+def refused(port: int) -> bool:
+    """Whether a TCP connection to 127.0.0.1:port is refused (nothing listens there)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
 def parse_dotenv(text: str) -> dict[str, int]:
-    pairs = (line.split("=", 1) for line in text.splitlines() if line.strip())
-    return {k: int(v) for k, v in pairs}
+    """The ports of dotenv output (`up`'s stdout, `ports --format dotenv`), in order: NAME: port.
+
+    `ports` follows each `NAME=port` line with `NAME_HOST=<address>`; those lines are checked
+    (a non-empty address) and left out, so the same call reads both commands' output.
+    """
+    ports: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key, value = line.split("=", 1)
+        if key.endswith("_HOST"):
+            assert value.strip(), f"empty address in {line!r}"
+            continue
+        ports[key] = int(value)
+    return ports
 
 
 def pid_gone(pid: int) -> bool:
@@ -350,11 +382,25 @@ def spawn_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Po
                             stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` has not exited yet (zombies count as exited)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(pgrp) == pgid and state != "Z":
+                return True
+    return False
+
+
 def kill_group(proc: subprocess.Popen[str]) -> str:
-    """SIGKILL the process group led by proc (the CLI, Compose, a wrapper...); returns its stderr."""
+    """SIGKILL the process group led by proc (the CLI, Compose, a wrapper...); returns its stderr
+    once every process of the group has exited (proc's pipes can reach EOF while one still dies)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
     return err
 
 

@@ -10,21 +10,16 @@ removes whatever it started in a finally block, even when freeport-compose itsel
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import random
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +29,32 @@ from _docker import (
     CLI_TIMEOUT,
     FPC,
     IMAGE,
+    SLEEPER,
+    Footprint,
     assert_error,
     assert_nothing_left,
     containers,
     docker,
-    down_projects,
     exits,
     fpc,
+    http_get,
     leases_of,
     ls_json,
     ok,
+    parse_dotenv,
+    pid_gone,
+    refused,
+    spawn_cli,
+    wait_for,
 )
 from freeport_compose._error import ExitCode
 
 pytestmark = pytest.mark.usefixtures("docker_engine")  # conftest: skips the module without Docker
 
-# Every container a test starts carries this label, valued with the test's own token.
-TOKEN_LABEL = "fpc.e2e"  # noqa: S105 (a label name, not a password)
-# Serves /index.html holding $BODY: the environment value reaches the container and HTTP shows it.
-HTTPD = ["/bin/busybox", "sh", "-c", 'echo "$$BODY" > /index.html && exec /bin/busybox httpd -f -p 80 -h /']
+# One test's footprint (_docker.Footprint): every container it starts is labelled fpc.e2e=<its token>,
+# every project it names is fpc-e2e-<random>; its services serve $BODY (_docker.HTTPD), so the
+# environment value reaches the container and HTTP shows it.
+E2E = Footprint
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,30 +82,6 @@ def published(container: dict[str, Any], port: str) -> set[int]:
     return {int(b["HostPort"]) for b in bindings}
 
 
-def http_get(port: int, *, attempts: int = 60, delay: float = 0.1) -> tuple[int, str]:
-    """(status, body) of GET http://127.0.0.1:port/, retried while the server is still starting."""
-    url = f"http://127.0.0.1:{port}/"
-    last: BaseException | None = None
-    for _ in range(attempts):
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, ""
-        except (OSError, http.client.HTTPException) as e:  # refused or reset while httpd starts
-            last = e
-            time.sleep(delay)
-    raise AssertionError(f"nothing answers HTTP on {url}: {last}")
-
-
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
 def free_fixed_ports(n: int) -> list[int]:
     """n ports free right now inside the kernel's ephemeral range, which the allocator never hands
     out, so a base file's fixed ports cannot collide with a leased one."""
@@ -124,64 +102,10 @@ def free_fixed_ports(n: int) -> list[int]:
     return found
 
 
-def proc_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-@dataclass
-class E2E:
-    """One test's Docker footprint: its projects, its label token, and its template files."""
-
-    tmp: Path
-    token: str = field(default_factory=lambda: secrets.token_hex(4))
-    projects: list[str] = field(default_factory=list)
-
-    def project(self) -> str:
-        name = f"fpc-e2e-{secrets.token_hex(4)}"
-        self.projects.append(name)
-        return name
-
-    def service(self, name: str, *, ports: Sequence[str] = (), body: str = "ok",
-                env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
-                command: Sequence[str] = HTTPD, image: str = IMAGE, extra: Sequence[str] = ()) -> str:
-        """One service of a Compose file, as YAML text (JSON strings are YAML double-quoted scalars)."""
-        lines = [f"  {name}:", f"    image: {image}", "    pull_policy: never", "    stop_signal: SIGKILL",
-                 *(f"    {line}" for line in extra), "    command:"]
-        lines += [f"      - {json.dumps(arg)}" for arg in command]
-        lines += ["    environment:", f"      BODY: {json.dumps(body)}"]
-        lines += [f"      {k}: {json.dumps(v)}" for k, v in (env or {}).items()]
-        lines += ["    labels:", f"      {TOKEN_LABEL}: {json.dumps(self.token)}"]
-        lines += [f"      {k}: {json.dumps(v)}" for k, v in (labels or {}).items()]
-        if ports:
-            lines += ["    ports:", *(f"      - {json.dumps(p)}" for p in ports)]
-        return "\n".join(lines) + "\n"
-
-    def compose_file(self, name: str, *services: str) -> str:
-        path = self.tmp / name
-        path.write_text("services:\n" + "".join(services))
-        return str(path)
-
-    @property
-    def label(self) -> str:
-        """The label on every container of this test ("key=value")."""
-        return f"{TOKEN_LABEL}={self.token}"
-
-    def cleanup(self) -> None:
-        """Remove everything this test may have started, whatever freeport-compose did."""
-        down_projects(*self.projects, label=self.label)
-
-
 @pytest.fixture
 def e2e(tmp_path: Path) -> Iterator[E2E]:
-    box = E2E(tmp_path)
-    try:
-        yield box
-    finally:
-        box.cleanup()
+    with Footprint(tmp_path, "fpc.e2e", "fpc-e2e") as footprint:  # cleanup() at the end, whatever happened
+        yield footprint
 
 
 def web_template(e2e: E2E, name: str = "compose.yml") -> str:
@@ -193,11 +117,6 @@ def web_template(e2e: E2E, name: str = "compose.yml") -> str:
         env={"FPC_URL": "http://127.0.0.1:$<FREEPORT_1>/"},
         labels={"fpc.e2e.web": "$<FREEPORT_web>"},
     ))
-
-
-def parse_dotenv(text: str) -> dict[str, int]:
-    pairs = (line.split("=", 1) for line in text.splitlines() if line.strip())
-    return {k: int(v) for k, v in pairs}
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,27 +271,15 @@ def test_run_passes_ports_and_exit_code(e2e: E2E, code: int) -> None:
     assert refused(port)
 
 
-SLEEPER = (
-    "import os, sys, time; open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
-    "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(120)"
-)
-
-
 @pytest.mark.docker
 def test_run_sigterm_brings_stack_down(e2e: E2E) -> None:
     template = e2e.compose_file("compose.yml", e2e.service("web", ports=["$<FREEPORT_web>:80"],
                                                             body="run $<FREEPORT_web>"))
     project = e2e.project()
     marker = e2e.tmp / "started"
-    proc = subprocess.Popen([FPC, "run", "-f", template, "-p", project, "--", sys.executable, "-c", SLEEPER,
-                             str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+    proc = spawn_cli("run", "-f", template, "-p", project, "--", sys.executable, "-c", SLEEPER, str(marker))
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "the command never started"
-            time.sleep(0.05)
+        wait_for("the command to start", marker.exists, proc)  # fails with run's stderr if run exits first
         child = int(marker.read_text())
         [port] = leases_of(project).values()
         assert len(containers(project, running=True)) == 1
@@ -387,7 +294,7 @@ def test_run_sigterm_brings_stack_down(e2e: E2E) -> None:
     assert proc.returncode != 0, err
     assert proc.returncode == 128 + signal.SIGTERM, err  # the command died of SIGTERM: 143
     assert "Traceback" not in err
-    assert proc_gone(child), "the command outlived run"
+    assert pid_gone(child), "the command outlived run"
     assert_nothing_left(project)
     assert ls_json()["leases"] == []
 

@@ -18,16 +18,12 @@ block; the dockerd test always restarts the engine, as scripts/setup.sh starts i
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -36,27 +32,28 @@ from typing import Any
 import pytest
 
 from _docker import (
-    FPC,
-    IMAGE,
+    SLEEPER,
+    Footprint,
     assert_error,
     assert_no_traceback,
     assert_nothing_left,
     containers,
     docker,
-    down_projects,
     engine_answers,
     fpc,
+    http_get,
+    kill_group,
     leases_of,
     ls_json,
     ok,
+    parse_dotenv,
+    pid_gone,
+    spawn_cli,
+    wait_for,
 )
 from freeport_compose._error import ExitCode
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]  # conftest: skips without Docker
-
-TOKEN_LABEL = "fpc.faults"  # noqa: S105 (a label name)
-# Serves /index.html holding $BODY ($$: Compose's escaped dollar, so the container's shell expands it).
-HTTPD = ["/bin/busybox", "sh", "-c", 'echo "$$BODY" > /index.html && exec /bin/busybox httpd -f -p 80 -h /']
 
 # A Compose stand-in: every verb goes straight to `docker compose`, except `up`, which stops
 # where $FPC_FAULT says and records that it got there (with its pid) in $FPC_FAULT_DIR.
@@ -80,30 +77,10 @@ done
 exec docker compose "$@"
 """
 
-# `run`'s command: says it started (its pid, atomically), then waits to be killed.
-SLEEPER = (
-    "import os, sys, time; open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
-    "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(120)"
-)
-
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def spawn(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start the CLI in a session of its own, so killpg reaches it and everything it started."""
-    return subprocess.Popen([FPC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
-
-
-def kill_group(proc: subprocess.Popen[str]) -> str:
-    """SIGKILL the process group led by proc (the CLI, Compose, the wrapper...); returns its stderr."""
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    _, err = proc.communicate(timeout=30)
-    return err
 
 
 def stacks_named(project: str) -> list[dict[str, Any]]:
@@ -119,84 +96,27 @@ def published(project: str) -> set[int]:
     return {int(b["HostPort"]) for b in bindings}
 
 
-def http_get(port: int, *, attempts: int = 60) -> tuple[int, str]:
-    """(status, body) of GET http://127.0.0.1:port/, retried while httpd starts."""
-    last: BaseException | None = None
-    for _ in range(attempts):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, ""
-        except (OSError, http.client.HTTPException) as e:
-            last = e
-            time.sleep(0.1)
-    raise AssertionError(f"nothing answers HTTP on 127.0.0.1:{port}: {last}")
-
-
-def wait_for(what: str, condition: Callable[[], bool], proc: subprocess.Popen[str] | None = None,
-             timeout: float = 60.0) -> None:
-    """Poll until condition() holds; fail early if proc (the CLI under test) exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(f"{what}: the CLI exited {proc.returncode} first:\n{err}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def parse_dotenv(text: str) -> dict[str, int]:
-    return {k: int(v) for k, v in (line.split("=", 1) for line in text.splitlines() if line.strip())}
-
-
-class Box:
-    """One test's footprint: its projects, its template, and the label token on its containers."""
+class Box(Footprint):
+    """One test's footprint (_docker.Footprint: projects fpc-fault-<random>, containers labelled
+    fpc.faults=<token>, cleaned up by cleanup()), with its template and its Compose wrapper."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.token = secrets.token_hex(4)
-        self.projects: list[str] = []
-        self.template = str(tmp / "compose.yml")
-        lines = ["services:", "  web:", f"    image: {IMAGE}", "    pull_policy: never", "    stop_signal: SIGKILL",
-                 "    command:", *(f"      - {json.dumps(a)}" for a in HTTPD),
-                 "    environment:", '      BODY: "web $<FREEPORT_web>"',
-                 "    labels:", f"      {TOKEN_LABEL}: {json.dumps(self.token)}",
-                 "    ports:", '      - "$<FREEPORT_web>:80"']
-        Path(self.template).write_text("\n".join(lines) + "\n")
+        super().__init__(tmp, "fpc.faults", "fpc-fault")
+        # One service, web, serving "web <its port>" on FREEPORT_web.
+        self.template = self.compose_file("compose.yml", self.service(
+            "web", ports=["$<FREEPORT_web>:80"], body="web $<FREEPORT_web>"))
         self.wrapper = tmp / "compose-wrapper.sh"
         self.wrapper.write_text(WRAPPER)
         self.wrapper.chmod(0o755)
 
-    def project(self) -> str:
-        name = f"fpc-fault-{secrets.token_hex(4)}"
-        self.projects.append(name)
-        return name
-
     def wrapper_env(self, fault: str) -> dict[str, str]:
         return {"FREEPORT_COMPOSE": str(self.wrapper), "FPC_FAULT": fault, "FPC_FAULT_DIR": str(self.tmp)}
-
-    def cleanup(self) -> None:
-        if not engine_answers():
-            return  # the dockerd test restarts the engine in its own finally; nothing to reach here
-        down_projects(*self.projects, label=f"{TOKEN_LABEL}={self.token}")
 
 
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[Box]:
-    b = Box(tmp_path)
-    try:
+    with Box(tmp_path) as b:  # cleanup() at the end, whatever happened
         yield b
-    finally:
-        b.cleanup()
 
 
 def assert_consistent(project: str, ports: Mapping[str, int]) -> int:
@@ -233,7 +153,7 @@ def _kill_up(box: Box, project: str, stage: str, monkeypatch: pytest.MonkeyPatch
         assert ok(fpc("get", "--owner", "blocker")).stdout == f"{only}\n"
     else:
         env = box.wrapper_env("before-up" if stage == "before-compose" else "after-up")
-    proc = spawn("up", "-f", box.template, "-p", project, env=env)
+    proc = spawn_cli("up", "-f", box.template, "-p", project, env=env)
     port: int | None = None
     try:
         if stage == "waiting-for-port":
@@ -319,7 +239,7 @@ def test_killed_up_then_up_again(box: Box, stage: str, monkeypatch: pytest.Monke
 def test_killed_run_then_gc(box: Box) -> None:
     project = box.project()
     marker = box.tmp / "command-started"
-    proc = spawn("run", "-f", box.template, "-p", project, "--", sys.executable, "-c", SLEEPER, str(marker))
+    proc = spawn_cli("run", "-f", box.template, "-p", project, "--", sys.executable, "-c", SLEEPER, str(marker))
     command_pid = None
     try:
         wait_for("run's command", marker.exists, proc)
