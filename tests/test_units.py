@@ -1378,3 +1378,30 @@ def test_sort_key_never_ties_distinct_names() -> None:
     assert len({sort_key(n) for n in names}) == len(names)
     assert sorted(names, key=sort_key) == sorted(reversed(names), key=sort_key)  # a total order
     assert sort_key("FREEPORT_01") < sort_key("FREEPORT_2")  # 01 is one, not "01" as text
+
+
+def test_fixed_network_and_volume_names_are_reported(tmp_path: Path) -> None:
+    from freeport_compose._stacks.templateset import read_set
+
+    path = tmp_path / "compose.yaml"
+    path.write_text(
+        "services:\n"
+        "  web:\n"
+        "    image: x\n"
+        "    container_name: web\n"
+        "networks:\n"
+        "  front:\n"
+        "    name: shared-net\n"
+        "  outside:\n"
+        "    name: theirs\n"
+        "    external: true\n"
+        "volumes:\n"
+        "  data:\n"
+        "    name: shared-data\n"
+        "  own: {}\n"
+    )
+    warnings = read_set([str(path)]).warnings()
+    assert [w.split(": ", 1)[0] for w in warnings] == [f"{path}:4:5", f"{path}:7:11", f"{path}:13:11"]
+    assert "service 'web' sets container_name" in warnings[0]
+    assert "network 'front' has a fixed name" in warnings[1]
+    assert "volume 'data' has a fixed name, so every stack from this file shares it (and its data)" in warnings[2]

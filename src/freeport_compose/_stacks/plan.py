@@ -50,9 +50,11 @@ class Plan:
         return cls(templates, zero_edit=lease_all or not templates.names, drop_container_names=drop_container_names)
 
     def warnings(self) -> list[str]:
-        if self.drop_container_names:
-            return []
-        return [w + " (or give --drop-container-names)" for w in self.templates.warnings()]
+        """What stops two copies of this stack from running side by side, less what the plan lifts."""
+        names = self.templates.container_name_warnings()
+        others = [w for w in self.templates.warnings() if w not in names]
+        lifted = [] if self.drop_container_names else [w + " (or give --drop-container-names)" for w in names]
+        return lifted + others
 
     def hosts_of(self, name: str) -> list[str]:
         """The addresses besides the wildcards that `name`'s port must be free on."""

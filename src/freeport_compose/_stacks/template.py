@@ -89,6 +89,7 @@ class Template:
     occurrences: list[Occurrence]
     entries: list[PortEntry]
     container_names: list[tuple[str, int, int]]  # (service, line, column) of container_name keys
+    fixed_names: list[tuple[str, str, int, int]] = field(default_factory=list)  # (kind, key, line, column)
     resets: list[str] = field(default_factory=list)  # services whose `ports:` are !override/!reset here
 
     @property
@@ -266,6 +267,7 @@ class _Reader:
         self.occurrences: list[Occurrence] = []
         self.entries: list[PortEntry] = []
         self.container_names: list[tuple[str, int, int]] = []
+        self.fixed_names: list[tuple[str, str, int, int]] = []
         self.resets: list[str] = []
 
     def error(self, offset: int, problem: str) -> TemplateError:
@@ -296,8 +298,17 @@ class _Reader:
                 raise self.error(doc.start_mark.index, f"not a Compose file: the top level is {kind}, not a mapping")
             self._walk(doc, seen)
             self._services(doc)
+            self._named(doc)
         self.occurrences.sort(key=lambda o: o.start)
-        return Template(self.path, self.text, self.occurrences, self.entries, self.container_names, self.resets)
+        return Template(
+            self.path,
+            self.text,
+            self.occurrences,
+            self.entries,
+            self.container_names,
+            fixed_names=self.fixed_names,
+            resets=self.resets,
+        )
 
     def _walk(self, root: yaml.Node, seen: set[int]) -> None:
         """Every scalar once, in document order; a loop, not recursion: libyaml nests up to 1000 deep."""
@@ -339,6 +350,21 @@ class _Reader:
             # The value holds a `$<` the source does not show literally (a YAML escape such as "\x24<"):
             # Compose would receive it untouched, so it must be written out plainly.
             raise self.error(start, "a `$<` made with YAML escapes: write placeholders literally")
+
+    def _named(self, doc: yaml.MappingNode) -> None:
+        """Networks and volumes given a fixed `name:` and not `external`: every copy of the stack shares them."""
+        for kind in ("networks", "volumes"):
+            section = _get(doc, kind)
+            if not isinstance(section, yaml.MappingNode):
+                continue
+            for key, spec in section.value:
+                if not isinstance(spec, yaml.MappingNode):
+                    continue
+                name, external = _get(spec, "name"), _get(spec, "external")
+                if name is None or _scalar(external) in ("true", "True", "yes"):
+                    continue
+                line, column = self.lines.at(name.start_mark.index)
+                self.fixed_names.append((kind[:-1], _scalar(key) or "?", line, column))
 
     def _services(self, doc: yaml.MappingNode) -> None:
         services = _get(doc, "services")

@@ -44,6 +44,15 @@ class TemplateSet:
         return [(svc, t.path, line, column) for t in self.templates for svc, line, column in t.container_names]
 
     def warnings(self) -> list[str]:
+        """What stops two stacks from these files from running side by side, file:line first."""
+        return self.container_name_warnings() + [
+            f"{t.path}:{line}:{column}: {kind} {key!r} has a fixed name, so every stack from this file "
+            f"shares it{' (and its data)' if kind == 'volume' else ''}; remove `name:` to give each its own"
+            for t in self.templates
+            for kind, key, line, column in t.fixed_names
+        ]
+
+    def container_name_warnings(self) -> list[str]:
         return [
             f"{t.path}:{line}:{column}: service {svc!r} sets container_name, so two stacks from this file "
             f"cannot run at once; remove it to run stacks side by side"
