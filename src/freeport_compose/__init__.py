@@ -1,5 +1,7 @@
 """Host ports that no other thread, process or Compose stack on the machine gets at the same time."""
 
+from typing import TYPE_CHECKING
+
 from ._error import (
     ComposeError,
     ComposeNotFoundError,
@@ -13,6 +15,7 @@ from ._error import (
     NoFreePortError,
     OutputError,
     ProjectBusyError,
+    StackNotReadyError,
     StateDirError,
     TemplateError,
     UnknownOwnerError,
@@ -21,6 +24,19 @@ from ._leasing.allocator import DEFAULT_TIMEOUT, FreePort, FreePorts, get_free_p
 from ._leasing.ranges import PortRange
 from ._leasing.records import LeaseRecord
 from ._leasing.store import LeaseStore, store
+
+if TYPE_CHECKING:
+    from ._stacks.stack import Stack
+
+
+def __getattr__(name: str) -> object:
+    """`Stack` is imported when first asked for: leasing a port needs none of the stacks half."""
+    if name == "Stack":
+        from ._stacks.stack import Stack
+
+        return Stack
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -41,6 +57,8 @@ __all__ = [
     "OutputError",
     "PortRange",
     "ProjectBusyError",
+    "Stack",
+    "StackNotReadyError",
     "StateDirError",
     "TemplateError",
     "UnknownOwnerError",

@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     INVALID_NAME = 12  # an owner or project name that cannot be used
     BUSY = 13  # another freeport-compose kept working on the same project for too long
     OUTPUT = 14  # the output file or directory given with -o cannot be written
+    NOT_READY = 15  # a stack's readiness checks (Stack(wait_for=...)) did not pass in time
 
 
 class FreeportError(Exception):
@@ -122,3 +123,10 @@ class OutputError(FreeportError, OSError):
     """The user's own output path cannot be written; the state dir is not to blame."""
 
     exit_code = ExitCode.OUTPUT
+
+
+class StackNotReadyError(FreeportError):
+    """A Stack's `wait_for` checks did not all pass in time; the message shows `ps`, the last log lines
+    of each unready service and its failing healthcheck output."""
+
+    exit_code = ExitCode.NOT_READY

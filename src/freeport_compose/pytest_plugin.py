@@ -5,18 +5,35 @@ parallel CI jobs.
 - `free_port_factory(n=1, **FreePorts options)`: more ports, all released when the test ends.
 - `compose_stack(*files, **options)`: `freeport-compose up --wait` a stack for this test; it is
   brought down (volumes included) and its ports freed when the test ends.
+- `freeport_stack`: a session stack (a `Stack`) from the ini options `freeport_compose_files`,
+  `freeport_compose_profiles` and `freeport_compose_env_files`.
+- `stack_fixture(*files, scope="session", **Stack options)`: declares more stacks in a conftest.py.
+
+A session stack is shared by every pytest-xdist worker of one run: the first worker that needs it
+starts it, the others wait for it and reuse its ports, the last one to finish takes it down (see
+_stacks/sharing.py: kernel locks, so a worker killed outright neither takes it down under the others
+nor leaves it up). `--freeport-keep` leaves it up after the run; `--freeport-reuse` reuses a kept
+stack whose files and options are unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ._error import ComposeError
 from ._leasing.allocator import FreePort, FreePorts
+
+if TYPE_CHECKING:
+    from ._stacks.stack import Stack
 
 
 @pytest.fixture
@@ -85,3 +102,150 @@ def compose_stack() -> Iterator[Callable[..., RunningStack]]:
             errors.append(f"{project}: {e}")
     if errors:
         raise RuntimeError("compose_stack could not bring down: " + "; ".join(errors))
+
+
+# -- session stacks, shared by the workers of one run ------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("freeport-compose")
+    group.addoption("--freeport-keep", action="store_true", help="leave session stacks up after the run")
+    group.addoption(
+        "--freeport-reuse",
+        action="store_true",
+        help="reuse a stack kept by an earlier run when its files and options are unchanged",
+    )
+    parser.addini("freeport_compose_files", "Compose files of the `freeport_stack` fixture", type="linelist")
+    parser.addini("freeport_compose_profiles", "Compose profiles of `freeport_stack`", type="linelist")
+    parser.addini("freeport_compose_env_files", "env files of `freeport_stack`", type="linelist")
+
+
+_DECLARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}  # fingerprint: the stacks this run may keep
+
+
+def _fingerprint(files: tuple[str, ...], options: dict[str, Any]) -> str:
+    """Of the files' contents and the options: a kept stack is reused only when nothing changed."""
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())
+    for path in (*files, *options.get("env_files", ())):
+        digest.update(path.encode())
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(b"(missing)")
+    return digest.hexdigest()[:12]
+
+
+def _run_id(config: pytest.Config) -> str:
+    """The same for every worker of one run (xdist's testrunuid), else this process's own."""
+    worker = getattr(config, "workerinput", None)
+    if worker and worker.get("testrunuid"):
+        return str(worker["testrunuid"])[:10]
+    return f"{os.getpid()}"
+
+
+def _driver() -> Any:
+    """The process the run lives as long as: the xdist controller (a worker's parent), else this one."""
+    from ._leasing.process import Holder, current_holder, process_start_time
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        parent = os.getppid()
+        return Holder(parent, process_start_time(parent), current_holder().host)
+    return current_holder()
+
+
+def _session_stack(request: pytest.FixtureRequest, files: tuple[str, ...], options: dict[str, Any]) -> Iterator[Stack]:
+    from ._stacks.lifecycle import Options
+    from ._stacks.sharing import join
+    from ._stacks.stack import Stack
+    from ._stacks.state import State
+
+    config = request.config
+    keep, reuse = config.getoption("freeport_keep"), config.getoption("freeport_reuse")
+    wait_for = options.pop("wait_for", None)
+    timeout = options.pop("timeout", 120.0)
+    up_args = tuple(options.pop("up_args", ()))
+    wait = options.pop("wait", True)
+    fingerprint = _fingerprint(files, options)
+    project = f"pytest-{fingerprint}" if keep or reuse else f"pytest-{_run_id(config)}-{fingerprint[:6]}"
+    state = State.open(options.pop("state_dir", None))
+    opts = Options(files=list(files), project=project, **options)
+    share = join(state, opts, driver=_driver(), keep=keep or reuse, wait=wait, up_args=up_args)
+    try:
+        stack = Stack.attach(project, state_dir=state.path)
+        stack.wait_for, stack.timeout = dict(wait_for or {}), timeout
+        stack.ready()
+        yield stack
+    finally:
+        share.leave()
+
+
+def stack_fixture(*files: str, scope: str = "session", **options: Any) -> Any:
+    """A fixture of a `Stack` from these Compose files (relative to the calling conftest.py), for a
+    conftest.py: `db = stack_fixture("compose.yaml", wait_for={"db": "tcp"})`.
+
+    Session scope (the default): one stack for the whole run, shared by every xdist worker. Any other
+    scope: a stack of its own for each use, brought down afterwards.
+    """
+    here = Path(inspect.stack()[1].filename).resolve().parent
+    paths = tuple(str((here / f).resolve()) for f in files)
+    _DECLARED[_fingerprint(paths, {k: v for k, v in options.items() if k not in _RUN_OPTIONS})] = (paths, options)
+
+    fixture_scope: Any = scope  # one of pytest's scope names; pytest says so if it is not
+
+    @pytest.fixture(scope=fixture_scope)
+    def _stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+        if scope == "session":
+            yield from _session_stack(request, paths, dict(options))
+            return
+        from ._stacks.stack import Stack
+
+        with Stack(paths, **options) as stack:
+            yield stack
+
+    return _stack
+
+
+_RUN_OPTIONS = ("wait_for", "timeout", "up_args", "wait", "state_dir")  # not part of what a kept stack is
+
+
+@pytest.fixture(scope="session")
+def freeport_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The session stack of the ini options `freeport_compose_files` (and `_profiles`, `_env_files`)."""
+    config = request.config
+    files = config.getini("freeport_compose_files")
+    if not files:
+        raise pytest.UsageError("freeport_stack needs the ini option freeport_compose_files (one file per line)")
+    root = config.rootpath
+    options: dict[str, Any] = {
+        "profiles": tuple(config.getini("freeport_compose_profiles")),
+        "env_files": tuple(str(root / f) for f in config.getini("freeport_compose_env_files")),
+    }
+    yield from _session_stack(request, tuple(str(root / f) for f in files), options)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say how to reach and remove the stacks `--freeport-keep` left up."""
+    if not config.getoption("freeport_keep") or getattr(config, "workerinput", None):
+        return
+    from ._stacks.lifecycle import ports_of
+    from ._stacks.state import State
+
+    state = State.open()
+    names = list(_DECLARED)
+    files = config.getini("freeport_compose_files")
+    if files:
+        root = config.rootpath
+        env_files = tuple(str(root / f) for f in config.getini("freeport_compose_env_files"))
+        options = {"profiles": tuple(config.getini("freeport_compose_profiles")), "env_files": env_files}
+        names.append(_fingerprint(tuple(str(root / f) for f in files), options))
+    for fingerprint in names:
+        project = f"pytest-{fingerprint}"
+        try:
+            ports = ports_of(state, project)
+        except Exception:  # noqa: S112 (not kept by this run: nothing to say)
+            continue
+        shown = " ".join(f"{k}={v}" for k, v in ports.items())
+        terminalreporter.write_line(
+            f"freeport-compose: kept stack {project} ({shown}); reuse it with --freeport-reuse, "
+            f"remove it with `freeport-compose down -p {project}`"
+        )

@@ -171,6 +171,20 @@ class Compose:
         with tempfile.TemporaryDirectory(prefix="freeport-") as empty:
             return self._run(args, cwd=empty)
 
+    def ps(self, project: ComposeProject) -> str:
+        """`ps --all`: the stack's containers as Compose shows them (for an error message)."""
+        out = self._run([*project.args(), "ps", "--all"], capture_stdout=True, tee=False)
+        return out.stdout if out.ok else out.stderr
+
+    def logs(self, project: ComposeProject, service: str, *, tail: int = 20) -> str:
+        """`logs --no-color --tail N SERVICE`: a service's last log lines."""
+        out = self._run(
+            [*project.args(), "logs", "--no-color", "--no-log-prefix", "--tail", str(tail), service],
+            capture_stdout=True,
+            tee=False,
+        )
+        return out.stdout if out.ok else ""
+
     def config(self, project: ComposeProject) -> dict[str, Any]:
         """`config --format json`: the model Compose will run, after merging and interpolation."""
         out = self._run([*project.args(), "config", "--format", "json"], capture_stdout=True, tee=False)

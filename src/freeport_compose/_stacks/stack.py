@@ -1,0 +1,226 @@
+"""`Stack`: a Compose stack on leased ports as a Python object, for tests and scripts.
+
+Guarantees: `with Stack(...)` brings the stack up (and ready) on entering, and down on leaving, however
+the body leaves (an exception, KeyboardInterrupt); an `up` that fails leaves nothing; `Stack.attach`
+reads a stack someone else started and never brings it down. A readiness timeout raises
+StackNotReadyError showing `ps`, the last log lines of each unready service and its failing
+healthcheck output.
+
+May touch: what `up` and `down` touch; TCP connections and HTTP requests to the stack's own ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from .._error import FreeportError, StackNotReadyError, UnknownOwnerError
+from .._leasing.allocator import DEFAULT_TIMEOUT
+from .names import PREFIX, placeholder_key
+from .records import StackRecord, StackStatus
+
+Files = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
+def _resolve(ports: Mapping[str, int], name: str) -> str:
+    """The key of `name` in `ports`: "FREEPORT_db", "db", or (zero-edit) "db" for the one port of
+    service db, "db_5432" for one of several."""
+    key = placeholder_key(name)
+    if key in ports:
+        return key
+    matches = [k for k in ports if k.startswith(key + "_") and k[len(key) + 1 :].split("_")[0].isdecimal()]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UnknownOwnerError(f"{name!r} has several ports ({', '.join(matches)}): name one of them")
+    raise UnknownOwnerError(f"no port named {name!r} (the stack has {', '.join(ports) or 'none'})")
+
+
+class Stack:
+    """A Compose stack on leased ports: `with Stack("compose.yaml") as stack: stack.url("web")`."""
+
+    def __init__(
+        self,
+        files: Files,
+        project: str | None = None,
+        *,
+        wait: bool = True,
+        profiles: Sequence[str] = (),
+        env_files: Sequence[str] = (),
+        up_args: Sequence[str] = (),
+        wait_for: Mapping[str, str] | None = None,
+        timeout: float = 120.0,
+        project_directory: str | None = None,
+        lease_all: bool = False,
+        drop_container_names: bool = False,
+        state_dir: str | None = None,
+    ) -> None:
+        paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+        self.files = [os.fspath(f) for f in paths]
+        self.wait, self.up_args, self.timeout = wait, tuple(up_args), timeout
+        self.wait_for = dict(wait_for or {})
+        self._options: dict[str, Any] = {
+            "project": project,
+            "project_directory": project_directory,
+            "profiles": tuple(profiles),
+            "env_files": tuple(env_files),
+            "lease_all": lease_all,
+            "drop_container_names": drop_container_names,
+        }
+        self._state_dir = state_dir
+        self._record: StackRecord | None = None
+        self._owned = True  # brought down on exit (not an attached stack)
+
+    @classmethod
+    def attach(cls, project: str, *, state_dir: str | None = None) -> Stack:
+        """A stack started elsewhere (`freeport-compose up -p PROJECT`): its ports, never brought down here."""
+        from .state import State
+
+        record = State.open(state_dir).stacks.load(project)
+        if record is None or record.status is StackStatus.STOPPING:
+            raise UnknownOwnerError(f"no stack named {project!r} (see `freeport-compose ls`)")
+        stack = cls(record.files, project, state_dir=state_dir)
+        stack._record, stack._owned = record, False
+        return stack
+
+    # -- what a test needs ---------------------------------------------------------------------
+
+    @property
+    def record(self) -> StackRecord:
+        if self._record is None:
+            raise FreeportError("the stack is not up: use `with Stack(...) as stack`, or call up()")
+        return self._record
+
+    @property
+    def project(self) -> str:
+        """The Compose project name."""
+        return self.record.project
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """{"FREEPORT_db": 20417, ...}"""
+        return dict(self.record.ports)
+
+    def port(self, name: str) -> int:
+        """The port of `name`: "FREEPORT_db", "db", or a zero-edit service's one port ("db")."""
+        return self.record.ports[_resolve(self.record.ports, name)]
+
+    def host(self, name: str) -> str:
+        """The address to reach `name`'s port on: the one it is published on, else 127.0.0.1."""
+        return self.record.hosts.get(_resolve(self.record.ports, name), "127.0.0.1")
+
+    def url(self, name: str, path: str = "/", scheme: str = "http") -> str:
+        """`scheme://host:port/path` of `name`'s port (an IPv6 host in brackets)."""
+        host = self.host(name)
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{self.port(name)}{path if path.startswith('/') else '/' + path}"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def up(self) -> Stack:
+        """Bring the stack up (`--wait` unless wait=False), then wait for `wait_for`; on any failure
+        the stack is brought down again before the error is raised."""
+        from .lifecycle import Options, up
+        from .state import State
+
+        state = State.open(self._state_dir)
+        opts = Options(files=self.files, timeout=DEFAULT_TIMEOUT, **self._options)
+        self._record = up(state, opts, wait=self.wait, extra=self.up_args)
+        try:
+            self.ready()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def ready(self) -> None:
+        """Wait until every `wait_for` check passes, or raise StackNotReadyError after `timeout`.
+
+        A check is "tcp" (a connection is accepted), "http" or "http:/path" (an HTTP status below
+        500), or "log:REGEX" (a line of the service's log matches).
+        """
+        deadline = time.monotonic() + self.timeout
+        pending = dict(self.wait_for)
+        last: dict[str, str] = {}
+        while pending:
+            for name, check in list(pending.items()):
+                ok, why = self._check(name, check)
+                if ok:
+                    del pending[name]
+                else:
+                    last[name] = why
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise self._not_ready(pending, last)
+            time.sleep(0.2)
+
+    def _check(self, name: str, check: str) -> tuple[bool, str]:
+        kind, _, arg = check.partition(":")
+        if kind == "log":
+            from .compose import Compose
+
+            text = Compose.find().logs(self.record.compose_project(), name, tail=1000)
+            return (re.search(arg, text, re.MULTILINE) is not None, f"no log line matches {arg!r}")
+        import socket
+        import urllib.error
+        import urllib.request
+
+        host, port = self.host(name), self.port(name)
+        if kind == "tcp":
+            try:
+                with socket.create_connection((host, port), timeout=2):
+                    return True, ""
+            except OSError as e:
+                return False, f"tcp {host}:{port}: {e.strerror or e}"
+        if kind == "http":
+            url = self.url(name, arg or "/")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (our own stack's URL)
+                    return response.status < 500, f"{url}: HTTP {response.status}"
+            except urllib.error.HTTPError as e:
+                return e.code < 500, f"{url}: HTTP {e.code}"
+            except OSError as e:
+                return False, f"{url}: {getattr(e, 'reason', e)}"
+        raise FreeportError(f"wait_for[{name!r}] = {check!r}: use 'tcp', 'http', 'http:/path' or 'log:REGEX'")
+
+    def _not_ready(self, pending: Mapping[str, str], last: Mapping[str, str]) -> StackNotReadyError:
+        from .compose import Compose
+        from .lifecycle import why_failed
+
+        compose = Compose.find()
+        target = self.record.compose_project()
+        lines = ["docker compose ps:", *("  " + ln for ln in compose.ps(target).splitlines())]
+        for name in pending:
+            service = name.removeprefix(PREFIX)
+            lines.append(f"{name}: {last.get(name, 'not checked')}; last log lines of {service}:")
+            lines += ["  " + ln for ln in compose.logs(target, service).splitlines()] or ["  (none)"]
+        lines += why_failed(self.project)
+        what = ", ".join(f"{n} ({c})" for n, c in pending.items())
+        return StackNotReadyError(
+            f"stack {self.project} not ready after {self.timeout:g} s: {what}\n" + "\n".join(lines)
+        )
+
+    def down(self, *, volumes: bool = True) -> None:
+        """Bring the stack down and free its ports (a no-op for an attached or never started stack)."""
+        if self._record is None or not self._owned:
+            return
+        from .lifecycle import down
+        from .state import State
+
+        record, self._record = self._record, None
+        down(State.open(self._state_dir), record.project, volumes=volumes)
+
+    def __enter__(self) -> Stack:
+        return self if self._record is not None else self.up()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.down()
+
+    def __repr__(self) -> str:
+        where = self._record.project if self._record is not None else "not up"
+        return f"Stack({self.files!r}, {where})"
