@@ -25,11 +25,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from filelock import lock_descriptor, unlock_descriptor
-
 from .._error import StateDirError, UnknownOwnerError
 from . import process
 from .adoption import adopt_orphans
+from .flock import try_lock, unlock
 from .owners import OwnerIndex
 from .process import PerProcess, current_holder
 from .records import RECORD_LIMIT, LeaseRecord, check_owner, is_process_record, read_record, write_record
@@ -135,7 +134,7 @@ class PortLocks:
             raise StateDirError(f"cannot open the lock file of port {port} in {self.sd.path}: {e.strerror}") from None
         got: Claim | Taken = LEASED
         try:
-            if not lock_descriptor(fd, blocking=False):
+            if not try_lock(fd):
                 if self.slots is not None and self.slots.state(port) == FREE:
                     # Someone holds it: let the next claimers skip it cheaply.
                     self.slots.set_state(port, PROCESS)
@@ -144,7 +143,7 @@ class PortLocks:
                 got = self._claim_locked(fd, port, owner, label, is_free, explain)
             finally:
                 if not isinstance(got, Claim) or got.fd is None:
-                    unlock_descriptor(fd)
+                    unlock(fd)
             return got
         finally:
             if isinstance(got, Claim) and got.fd is not None:
@@ -248,7 +247,7 @@ class PortLocks:
             try:
                 # A claimer holds the flock for microseconds; wait a little longer than that.
                 deadline = time.monotonic() + 1.0
-                while not (locked := lock_descriptor(fd, blocking=False)) and time.monotonic() < deadline:
+                while not (locked := try_lock(fd)) and time.monotonic() < deadline:
                     time.sleep(0.001)
                 if not locked:
                     return None
@@ -259,7 +258,7 @@ class PortLocks:
                     self._mark(port, FREE)
                     return True
                 finally:
-                    unlock_descriptor(fd)
+                    unlock(fd)
             finally:
                 in_flight.discard(fd)
                 os.close(fd)
@@ -326,8 +325,8 @@ class PortLocks:
         except (OSError, StateDirError):
             return False
         try:
-            if lock_descriptor(fd, blocking=False):
-                unlock_descriptor(fd)  # we got it, so no one holds it: a few microseconds of overlap at most
+            if try_lock(fd):
+                unlock(fd)  # we got it, so no one holds it: a few microseconds of overlap at most
                 return False
             return True
         finally:
@@ -363,7 +362,7 @@ class PortLocks:
                 continue  # a lock file that is not one (reported when a claim meets it)
             with state_errors(f"cannot collect port {record.port} in {self.sd.path}"):
                 try:
-                    if not lock_descriptor(fd, blocking=False):
+                    if not try_lock(fd):
                         continue  # its holder is alive
                     try:
                         current = self._held_record(fd, record.port)
@@ -372,7 +371,7 @@ class PortLocks:
                             self._mark(record.port, FREE)
                             collected.append(current)
                     finally:
-                        unlock_descriptor(fd)
+                        unlock(fd)
                 finally:
                     os.close(fd)
         return collected

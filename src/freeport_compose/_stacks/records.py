@@ -20,9 +20,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import Enum
 
-from filelock import lock_descriptor, unlock_descriptor
-
 from .._error import InvalidNameError, ProjectBusyError
+from .._leasing.flock import try_lock, unlock
 from .._leasing.process import Holder, current_holder
 from .._leasing.statedir import StateDir, open_file, read_small, state_errors, write_atomic
 from .compose import ComposeProject
@@ -207,7 +206,7 @@ class StackRecords:
             )
         try:
             deadline = time.monotonic() + patience
-            while not lock_descriptor(fd, blocking=False):
+            while not try_lock(fd):
                 if time.monotonic() >= deadline:
                     raise ProjectBusyError(
                         f"project {project!r} is busy: another freeport-compose kept it for {patience:g} s "
@@ -217,6 +216,6 @@ class StackRecords:
             try:
                 yield fd
             finally:
-                unlock_descriptor(fd)
+                unlock(fd)
         finally:
             os.close(fd)
