@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _docker import FPC, docker, engine_answers, fpc, ls_json, ok
+from _docker import FPC, assert_nothing_left, docker, down_projects, engine_answers, fpc, ls_json, ok
 from _docker import IMAGE as DEFAULT_IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,11 +81,12 @@ def test_makefile_example(tmp_path: Path) -> None:
     try:
         up = subprocess.run([*make, "stack-up"], capture_output=True, text=True, env=env, check=False)
         assert up.returncode == 0, up.stderr
-        included = (work / ".ports.mk").read_text()
-        assert included.startswith("FREEPORT_api := ")
+        included = (work / ".ports.mk").read_text().splitlines()
+        assert included[0].startswith("FREEPORT_api := ")
+        assert included[1] == "FREEPORT_api_HOST := 127.0.0.1"  # where to reach it, for a URL
         test = subprocess.run([*make, "test-against-stack"], capture_output=True, text=True, env=env, check=False)
         assert test.returncode == 0, test.stdout + test.stderr
-        assert included.split(":= ")[1].strip() in test.stdout
+        assert included[0].split(":= ")[1].strip() in test.stdout
     finally:
         down = subprocess.run([*make, "stack-down"], capture_output=True, text=True, env=env, check=False)
     assert down.returncode == 0, down.stderr
@@ -144,3 +146,62 @@ def test_stack(compose_stack):
     listing = ls_json()
     assert listing["leases"] == []
     assert listing["stacks"] == []
+
+
+POSTGRES_IMAGE = os.environ.get("FREEPORT_TEST_POSTGRES_IMAGE", "freeport-test-postgres:15")
+
+# Loaded into the example's run with `-p` (the example itself stays as a user would copy it): each
+# test writes one JSON line to <dir>/<worker>.jsonl saying which stack, port and database it used.
+RECORDER = """
+import json, os, pathlib, pytest
+
+@pytest.fixture(autouse=True)
+def _fpc_record(request, db, worker_db, worker_id):
+    line = {"worker": worker_id, "project": db.project, "port": db.port("db"), "database": worker_db,
+            "test": request.node.nodeid}
+    with open(pathlib.Path(os.environ["FPC_EXAMPLE_RECORD"]) / f"{worker_id}.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\\n")
+"""
+
+
+@pytest.mark.docker
+@needs_docker
+def test_pytest_example_shares_one_postgres_with_a_database_per_worker(tmp_path: Path) -> None:
+    """examples/pytest under `pytest -n 4`: every worker on one stack, each in its own database, and
+    the stack and its leases gone when the run ends."""
+    pytest.importorskip("pg8000", reason="pg8000 is not installed (the `test` extra): pip install -e '.[test]'")
+    if docker("image", "inspect", POSTGRES_IMAGE).returncode != 0:
+        pytest.skip(f"local image {POSTGRES_IMAGE} is missing: run `bash scripts/setup.sh`")
+    work, records, plugins = tmp_path / "example", tmp_path / "records", tmp_path / "plugins"
+    shutil.copytree(ROOT / "examples/pytest", work)
+    records.mkdir()
+    plugins.mkdir()
+    (plugins / "fpc_example_record.py").write_text(RECORDER)
+    # Not this run's xdist worker variables (when it runs under -n): the example is a run of its own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST_", "PYTEST_CURRENT_TEST"))}
+    env.update(POSTGRES_IMAGE=POSTGRES_IMAGE, FPC_EXAMPLE_RECORD=str(records),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(plugins), env.get("PYTHONPATH")])))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "4", "-p", "no:cacheprovider", "-p", "fpc_example_record"],
+        capture_output=True, text=True, cwd=work, env=env, check=False, timeout=SLOW,
+    )
+    lines = [json.loads(ln) for f in sorted(records.glob("*.jsonl")) for ln in f.read_text().splitlines()]
+    projects = sorted({ln["project"] for ln in lines})
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        passed = re.search(r"(\d+) passed", result.stdout)
+        assert passed, result.stdout
+        assert not re.search(r"\d+ (failed|error|skipped)", result.stdout), result.stdout
+        assert len(lines) == int(passed[1]) >= 8, (lines, result.stdout)
+        assert len(projects) == 1, projects  # one stack for the whole run...
+        assert len({ln["port"] for ln in lines}) == 1, lines
+        databases = {ln["worker"]: {x["database"] for x in lines if x["worker"] == ln["worker"]} for ln in lines}
+        assert sorted(databases) == ["gw0", "gw1", "gw2", "gw3"], databases
+        assert databases == {w: {f"test_{w}"} for w in databases}  # ...and a database of its own per worker
+        assert_nothing_left(projects[0])
+        state = ls_json()
+        assert (state["leases"], state["stacks"]) == ([], []), state
+    except BaseException:
+        if projects:
+            down_projects(*projects)
+        raise
