@@ -54,6 +54,17 @@ exec docker compose "$@"
 """
 
 
+def stalled_up(box: Footprint, template: str, project: str) -> tuple[subprocess.Popen[str], Path, Path]:
+    """`up` started with a Compose that stalls at `up` until the file `go` exists; (proc, at, go):
+    `at` appears, holding Compose's pid, once it stalls."""
+    wrapper = box.tmp / "compose.sh"
+    wrapper.write_text(STALLING_COMPOSE)
+    wrapper.chmod(0o755)
+    at, go = box.tmp / "at-up", box.tmp / "go"
+    env = {"FREEPORT_COMPOSE": str(wrapper), "FPC_AT": str(at), "FPC_GO": str(go)}
+    return spawn_cli("up", "-f", template, "-p", project, env=env), at, go
+
+
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[Footprint]:
     footprint = Footprint(tmp_path, "fpc.lifetime", "fpc-life")
@@ -190,12 +201,7 @@ def test_a_locked_project_is_never_reclaimed(box: Footprint, one_port: int, stat
 
 def test_an_up_in_flight_is_never_reclaimed(box: Footprint, one_port: int) -> None:
     template, a = web(box), box.project()
-    wrapper = box.tmp / "compose.sh"
-    wrapper.write_text(STALLING_COMPOSE)
-    wrapper.chmod(0o755)
-    at, go = box.tmp / "at-up", box.tmp / "go"
-    env = {"FREEPORT_COMPOSE": str(wrapper), "FPC_AT": str(at), "FPC_GO": str(go)}
-    proc = spawn_cli("up", "-f", template, "-p", a, env=env)
+    proc, at, go = stalled_up(box, template, a)
     try:
         wait_for("the stalled `docker compose up`", at.exists, proc)
         assert stack(a)["status"] == "starting"
@@ -313,12 +319,7 @@ def test_cli_killed_alone_during_compose_up_keeps_the_project_locked(box: Footpr
     """SIGKILL of the CLI process only (not its group): its Compose child goes on, and holds the project's
     lock while it lives, so gc cannot free the ports before the containers appear."""
     template, a = web(box), box.project()
-    wrapper = box.tmp / "compose.sh"
-    wrapper.write_text(STALLING_COMPOSE)
-    wrapper.chmod(0o755)
-    at, go = box.tmp / "at-up", box.tmp / "go"
-    env = {"FREEPORT_COMPOSE": str(wrapper), "FPC_AT": str(at), "FPC_GO": str(go)}
-    proc = spawn_cli("up", "-f", template, "-p", a, env=env)
+    proc, at, go = stalled_up(box, template, a)
     try:
         wait_for("the stalled `docker compose up`", at.exists, proc)
         compose_pid = int(at.read_text())

@@ -159,8 +159,8 @@ def test_shared_mode_accepts_sticky_world_writable_dir_of_another_user(
         assert stat.S_IMODE((state_dir / sub).stat().st_mode) == 0o1777  # others can add, not swap
 
 
-def _run_as_other_user(body: Callable[[], bytes]) -> tuple[int, bytes]:
-    """body() in a forked child that switched to OTHER_UID; (exit status, its output)."""
+def _run_as_other_user(body: Callable[[], bytes], uid: int = OTHER_UID) -> tuple[int, bytes]:
+    """body() in a forked child that switched to `uid`; (exit status, its output)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -168,8 +168,8 @@ def _run_as_other_user(body: Callable[[], bytes]) -> tuple[int, bytes]:
         try:
             os.close(r)
             os.setgroups([])
-            os.setgid(OTHER_UID)
-            os.setuid(OTHER_UID)
+            os.setgid(uid)
+            os.setuid(uid)
             os.write(w, body())
             status = 0
         except BaseException as e:
@@ -227,29 +227,16 @@ def test_shared_mode_skips_a_lock_file_another_user_planted(
     os.mkfifo(state_dir / "ports" / f"{first + 1}.lock", 0o666)
 
     def third_user(start: int, stop: int) -> bytes:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            status = 1
+        def allocate() -> bytes:
             try:
-                os.close(r)
-                os.setgroups([])
-                os.setgid(THIRD_UID)
-                os.setuid(THIRD_UID)
-                try:
-                    with FreePort(start, stop, timeout=0.5) as fp:
-                        os.write(w, f"got {fp.port}".encode())
-                except FreeportError as e:
-                    os.write(w, f"{type(e).__name__}: {e}".encode())
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        return data
+                with FreePort(start, stop, timeout=0.5) as fp:
+                    return f"got {fp.port}".encode()
+            except FreeportError as e:
+                return f"{type(e).__name__}: {e}".encode()
+
+        status, said = _run_as_other_user(allocate, THIRD_UID)
+        assert status == 0, said
+        return said
 
     assert third_user(first, first + 2) == f"got {first + 2}".encode()  # the two planted ports skipped
     said = third_user(first, first + 1).decode()

@@ -204,7 +204,7 @@ class StateDir:
                             continue
                         with suppress(OSError):
                             if m.group("dir"):
-                                _remove_tree(name, dir_fd)
+                                remove_tree(name, dir_fd)
                             else:
                                 os.unlink(name, dir_fd=dir_fd)
                             removed.append(os.path.join(shown, name))
@@ -238,7 +238,7 @@ def _is_dir(name: str, dir_fd: int) -> bool:
         return False
 
 
-def _remove_tree(name: str, dir_fd: int) -> None:
+def remove_tree(name: str, dir_fd: int) -> None:
     """Remove a directory of plain files below dir_fd, never following a symlink."""
     fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     try:

@@ -23,7 +23,7 @@ from enum import Enum
 from .._error import InvalidNameError, ProjectBusyError
 from .._leasing.flock import try_lock, unlock
 from .._leasing.process import Holder, current_holder
-from .._leasing.statedir import StateDir, open_file, read_small, state_errors, write_atomic
+from .._leasing.statedir import StateDir, open_file, read_small, remove_tree, state_errors, write_atomic
 from .compose import ComposeProject
 
 BUSY_WAIT = 120.0  # seconds to wait while another freeport-compose works on the same project
@@ -171,20 +171,8 @@ class StackRecords:
         """Remove the project's record and rendered files (not its leases)."""
         with suppress(FileNotFoundError):
             os.unlink(f"{project}.json", dir_fd=self.sd.stacks_fd)
-        try:
-            dfd = os.open(
-                project, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.sd.stacks_fd
-            )
-        except OSError:
-            return
-        try:
-            for name in os.listdir(dfd):
-                with suppress(OSError):
-                    os.unlink(name, dir_fd=dfd)
-        finally:
-            os.close(dfd)
         with suppress(OSError):
-            os.rmdir(project, dir_fd=self.sd.stacks_fd)
+            remove_tree(project, self.sd.stacks_fd)
 
     def all(self) -> list[StackRecord]:
         with state_errors("cannot list the stacks"):
