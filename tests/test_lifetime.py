@@ -67,11 +67,8 @@ def stalled_up(box: Footprint, template: str, project: str) -> tuple[subprocess.
 
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[Footprint]:
-    footprint = Footprint(tmp_path, "fpc.lifetime", "fpc-life")
-    try:
+    with Footprint(tmp_path, "fpc.lifetime", "fpc-life") as footprint:
         yield footprint
-    finally:
-        footprint.cleanup()
 
 
 @pytest.fixture

@@ -41,11 +41,8 @@ FIELDS = ("target", "protocol", "host_ip", "mode", "name", "app_protocol")
 
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[Footprint]:
-    footprint = Footprint(tmp_path, "fpc.zero", "fpc-zero")
-    try:
+    with Footprint(tmp_path, "fpc.zero", "fpc-zero") as footprint:
         yield footprint
-    finally:
-        footprint.cleanup()
 
 
 def config(directory: Path, *args: str) -> dict[str, Any]:
