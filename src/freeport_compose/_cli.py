@@ -309,7 +309,7 @@ def _cmd_release(args: argparse.Namespace, after: list[str]) -> int:
 
 
 def _cmd_ls(args: argparse.Namespace, after: list[str]) -> int:
-    from ._stacks.lifecycle import overview
+    from ._stacks.overview import overview
 
     view = overview(_state(args))
     if view.engine_error is not None:

@@ -6,7 +6,8 @@ The stack record is what `down`, `ports`, `ls` and `gc` replay.
 
 Guarantees: every verb works on the State it is handed and changes a project only under its lock.
 A failed render or up leaves nothing it added (no lease, no container, no file) and keeps the stack
-that was there before; `down` frees the leases even when Compose fails. Nothing here prints:
+that was there before; `down` frees the leases once the engine lists no container of the stack (a
+stack it cannot be sure of stays `stopping`, ports held, for `down` or gc to finish). Nothing here prints:
 warnings go to the `notify` callback, results are returned, failures raised as FreeportError.
 
 May touch: the State's leases and stack records; `docker compose` and the engine through the driver.
@@ -23,14 +24,13 @@ from functools import partial
 
 from .._error import ComposeError, FreeportError, UnknownOwnerError
 from .._leasing.allocator import DEFAULT_TIMEOUT
-from .._leasing.records import LeaseRecord
 from .check import BackgroundCheck
 from .compose import Compose, ComposeProject
 from .engine import Containers
 from .leases import held_ports, release, relocate
 from .names import sort_key
 from .plan import Plan
-from .reclaim import verdict
+from .reclaim import unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
 from .state import State
@@ -357,74 +357,6 @@ def hosts_of(state: State, project: str) -> dict[str, str]:
     return {name: known.get(name, "127.0.0.1") for name in ports_of(state, project)}
 
 
-@dataclass(frozen=True)
-class StackView:
-    """A stack as `ls` shows it: its record, and what the engine has of it."""
-
-    record: StackRecord
-    containers: Containers | None  # None: the engine could not be asked
-
-    @property
-    def state(self) -> str:
-        """up (or run) / partial / stopped / gone by the engine's containers, for a stack that was
-        started (by `up`, `run`, or the user's own `docker compose up` of a rendered one); else the
-        record's status. Never "up" with no container running."""
-        status, c = self.record.status, self.containers
-        started = status in (StackStatus.UP, StackStatus.RUN) or (status is StackStatus.RENDERED and c and c.total)
-        if c is None or not started:
-            return status.value
-        if c.total == 0:
-            return "gone"
-        if c.running == c.total:
-            return "run" if status is StackStatus.RUN else "up"  # "run": up while its `run` lives
-        return "partial" if c.running else "stopped"
-
-    def describe(self) -> str:
-        """The state as one phrase: "partial (1 of 2 running)", "rendered (expires in 5 min)"..."""
-        state, c = self.state, self.containers
-        if state == "partial" and c is not None:
-            return f"partial ({c.running} of {c.total} running)"
-        if state == "rendered" and self.record.expires is not None:
-            left = self.record.expires - time.time()
-            return f"rendered (expires in {_duration(left)})" if left > 0 else "rendered (expired)"
-        return state
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-@dataclass(frozen=True)
-class Overview:
-    """Everything `ls` shows, gathered in one place so the CLI only formats it."""
-
-    state_dir: str
-    leases: list[LeaseRecord]
-    stacks: list[StackView]
-    engine_error: str | None  # why container counts are unknown
-
-
-def overview(state: State) -> Overview:
-    """The leases held now, and every stack with what the engine has of it (one engine query)."""
-    leases = state.leases.held()
-    records = state.stacks.all()
-    containers: dict[str, Containers] | None = None
-    engine_error = None
-    if records:
-        try:
-            from .engine import project_containers
-
-            containers = project_containers()
-        except FreeportError as e:
-            engine_error = str(e)
-    views = [StackView(r, None if containers is None else containers.get(r.project, Containers())) for r in records]
-    return Overview(state.path, leases, views, engine_error)
-
-
 @dataclass
 class GcReport:
     """What gc freed, by reason, and what it had to skip, for the CLI to print."""
@@ -468,9 +400,8 @@ def gc(state: State, *, compose: Compose | None = None) -> GcReport:
             report.skipped.append((record.project, engine_error))
             continue
         try:
-            with state.stacks.locked(record.project, wait=False):
-                current = state.stacks.load(record.project)
-                if current is None or (current.created, current.status) != (record.created, record.status):
+            with unchanged(state.stacks, record) as current:
+                if current is None:
                     continue  # an up, render or down of this project ran meanwhile: not ours to judge
                 if needs_down:
                     _down_locked(state, current, volumes=False, compose=compose)

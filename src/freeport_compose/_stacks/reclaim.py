@@ -18,7 +18,8 @@ May touch: the State's leases and stack records; the engine's API (read only).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from .._error import EngineUnreachableError, ProjectBusyError
 from .._leasing.process import holder_alive
@@ -63,13 +64,22 @@ def may_go(record: StackRecord, now: float) -> bool:
     return record.status is StackStatus.RENDERED and (record.expires is None or now >= record.expires)
 
 
+@contextmanager
+def unchanged(stacks: StackRecords, record: StackRecord) -> Iterator[StackRecord | None]:
+    """The project's record under its lock, taken without waiting (ProjectBusyError if busy): the
+    current one if it is still the one that was judged (same creation and status), else None."""
+    with stacks.locked(record.project, wait=False):
+        current = stacks.load(record.project)
+        same = current is not None and (current.created, current.status) == (record.created, record.status)
+        yield current if same else None
+
+
 def forget_if_unchanged(stacks: StackRecords, leases: LeaseStore, record: StackRecord) -> bool:
     """Release the stack's leases and remove its record, unless its project is busy or its record
     changed since it was judged; True if it was freed."""
     try:
-        with stacks.locked(record.project, wait=False):
-            current = stacks.load(record.project)
-            if current is None or (current.created, current.status) != (record.created, record.status):
+        with unchanged(stacks, record) as current:
+            if current is None:
                 return False  # an up, render or down of this project ran meanwhile: not ours to judge
             release(leases, record.project)
             stacks.forget(record.project)

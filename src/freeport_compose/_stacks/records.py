@@ -179,6 +179,13 @@ class StackRecords:
             names = sorted(n[:-5] for n in os.listdir(self.sd.stacks_fd) if n.endswith(".json"))
         return [r for r in map(self.load, names) if r is not None]
 
+    def lock_file(self, project: str, suffix: str) -> int:
+        """stacks/<project>.<suffix> (lock, users, start), opened safely for an flock (caller closes)."""
+        with state_errors(f"cannot lock project {project!r}"):
+            return open_file(
+                self.sd.stacks_fd, f"{project}.{suffix}", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode
+            )
+
     @contextmanager
     def locked(self, project: str, *, wait: bool = True) -> Iterator[int]:
         """Exclusive use of a project, so two up/down of one project never interleave; yields the
@@ -188,10 +195,7 @@ class StackRecords:
         finish with it, then raises ProjectBusyError.
         """
         patience = BUSY_WAIT if wait else 0.0
-        with state_errors(f"cannot lock project {project!r}"):
-            fd = open_file(
-                self.sd.stacks_fd, f"{project}.lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode
-            )
+        fd = self.lock_file(project, "lock")
         try:
             deadline = time.monotonic() + patience
             while not try_lock(fd):

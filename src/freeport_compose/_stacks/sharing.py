@@ -22,7 +22,6 @@ import os
 from dataclasses import dataclass
 
 from .._leasing.process import Holder
-from .._leasing.statedir import open_file, state_errors
 from .lifecycle import Options, down, up
 from .records import StackRecord, StackStatus
 from .state import State
@@ -60,10 +59,7 @@ class _locked:
     """An exclusive flock on stacks/<project>.<suffix>, waited for."""
 
     def __init__(self, state: State, project: str, suffix: str) -> None:
-        with state_errors(f"cannot lock project {project!r}"):
-            self.fd = open_file(
-                state.stacks.sd.stacks_fd, f"{project}.{suffix}", os.O_RDWR | os.O_CREAT, state.stacks.sd.file_mode
-            )
+        self.fd = state.stacks.lock_file(project, suffix)
 
     def __enter__(self) -> int:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
@@ -79,10 +75,8 @@ def join(
     """Use the stack of `opts.project`, starting it if it is not up (see the module's guarantees)."""
     assert opts.project is not None
     project = opts.project
-    with state_errors(f"cannot lock project {project!r}"):
-        users = open_file(
-            state.stacks.sd.stacks_fd, f"{project}.users", os.O_RDWR | os.O_CREAT, state.stacks.sd.file_mode
-        )
+    users = state.stacks.lock_file(project, "users")
+
     try:
         fcntl.flock(users, fcntl.LOCK_SH)  # waits while a last user takes the stack down
         with _locked(state, project, "start"):
