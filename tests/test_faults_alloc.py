@@ -17,6 +17,7 @@ import random
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -35,12 +36,28 @@ from freeport_compose import (
     release_owner,
     store,
 )
-from freeport_compose._leasing.locks import PortLocks
+from freeport_compose._leasing import slots as slots_module
+from freeport_compose._leasing.locks import PortLocks, open_locks
 from freeport_compose._leasing.slots import FREE
 
 PY = sys.executable
 FreeBlock = Callable[[int], int]
 NO_SUCH_PID = 4194305  # above PID_MAX_LIMIT: never a live process
+
+
+def slots_file(state_dir: Path) -> Path:
+    """Where the slots of state_dir's (existing) ports/ live: under /dev/shm when ports/ is on a
+    block device, else ports/slots (slots.Slots.open's rule)."""
+    st = (state_dir / "ports").stat()
+    if os.major(st.st_dev) != 0:
+        return Path(slots_module.SHM_DIR) / f"freeport-compose-{os.geteuid()}" / slots_module.shm_name(st)
+    return state_dir / "ports" / "slots"
+
+
+def slots_in_use(state_dir: Path) -> Path | None:
+    """The slots file this process's allocator actually has open for state_dir, or None."""
+    found = open_locks(str(state_dir)).slots
+    return None if found is None else Path(os.readlink(f"/proc/self/fd/{found._fd}"))
 
 # -- child processes ------------------------------------------------------------------------------
 
@@ -559,6 +576,8 @@ def test_full_state_dir_filesystem(
         before = holder.json()
         held = {before["process"], before["named"]}
         assert len(held) == 2
+        # A tmpfs is no block device: the slots stay in ports/, on the filesystem this test fills.
+        assert slots_file(where / "state") == where / "state" / "ports" / "slots"
         has_slots = (where / "state" / "ports" / "slots").exists()
         assert has_slots == (options != "size=256k")  # 256k cannot hold the 2 MiB slots map: records go to files
         made = fill(where, what)
@@ -766,10 +785,13 @@ def test_garbage_in_lock_files_while_others_allocate(
     marks.mkdir()
     if not slots:  # a slots file of the wrong size is ignored: process leases then write their records to files
         (state_dir / "ports").mkdir(mode=0o700, parents=True)
-        (state_dir / "ports" / "slots").write_bytes(b"\0")
+        planted = slots_file(state_dir)
+        planted.parent.mkdir(mode=0o700, exist_ok=True)
+        planted.write_bytes(b"\0")
     with FreePort(first, first, timeout=5) as probe:  # creates the state dir; shows which mode we are in
         recorded = (state_dir / "ports" / f"{probe.port}.lock").read_bytes()
         assert (recorded == b"") == slots
+        assert slots_in_use(state_dir) == (slots_file(state_dir) if slots else None)
     writer = spawn(GARBAGE, state_dir / "ports", first, last)
     assert writer.line() == "ready"
     allocators = [spawn(ALLOCATOR, first, last, marks, threads_n) for _ in range(procs_n)]
@@ -803,13 +825,13 @@ def test_garbage_in_lock_files_while_others_allocate(
 # another size. Prints how many changes it made.
 VANDAL = r"""
 import json, os, random, sys, threading
-state_dir, kind = sys.argv[1], sys.argv[2]
+state_dir, kind, slots_file = sys.argv[1], sys.argv[2], sys.argv[3]
 done = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
 
 def targets():
     if kind == "slots":
-        return [os.path.join(state_dir, "ports", "slots")]
+        return [slots_file]
     owners = os.path.join(state_dir, "owners")
     return [os.path.join(owners, name) for name in os.listdir(owners)]
 
@@ -849,12 +871,13 @@ def test_state_files_truncated_and_overwritten_while_others_allocate(
     last = first + 3
     marks = tmp_path / "marks"
     marks.mkdir()
-    with FreePort(first, first, timeout=5, owner="seed"):  # creates ports/slots and owners/seed
+    with FreePort(first, first, timeout=5, owner="seed"):  # creates the slots file and owners/seed
         pass
+    assert slots_in_use(state_dir) == slots_file(state_dir)  # the file the vandal works on is the one in use
     allocators = [spawn(ALLOCATOR, first, last, marks, threads_n) for _ in range(procs_n)]
     for a in allocators:
         assert a.line() == "ready"
-    vandal = spawn(VANDAL, state_dir, kind)
+    vandal = spawn(VANDAL, state_dir, kind, slots_file(state_dir))
     time.sleep(seconds)
     vandal.send("stop")
     changes = vandal.json()["changes"]
@@ -904,7 +927,8 @@ def test_record_with_float_port_counts_as_corrupt(free_block: FreeBlock, state_d
     for r in st.records():
         st.is_held(r)
         assert type(r.port) is int
-    assert sorted(os.listdir(state_dir / "ports")) == sorted([f"{port}.lock", "slots"])
+    in_ports = ["slots"] if slots_file(state_dir).parent == state_dir / "ports" else []
+    assert sorted(os.listdir(state_dir / "ports")) == sorted([f"{port}.lock", *in_ports])
     with FreePort(port, port, timeout=0) as fp:
         assert fp.port == port
 
@@ -937,3 +961,131 @@ def test_claimer_racing_a_release_leaves_no_phantom_lease(
     assert st.collect_dead() == []
     with FreePort(port, port, timeout=0) as again:
         assert again.port == port
+
+
+# -- where the slots file lives ---------------------------------------------------------------------
+
+
+def on_block_device(path: Path) -> bool:
+    return os.major(path.stat().st_dev) != 0
+
+
+@pytest.fixture
+def shm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory standing in for /dev/shm (slots.SHM_DIR), world-writable and sticky like it."""
+    if not on_block_device(tmp_path):
+        pytest.skip("the state dir must be on a block device for its slots to move to /dev/shm")
+    d = tmp_path / "shm"
+    d.mkdir()
+    d.chmod(0o1777)
+    monkeypatch.setattr(slots_module, "SHM_DIR", str(d))
+    return d
+
+
+def test_slots_of_a_state_dir_on_disk_live_in_a_private_dir_in_ram(
+    shm: Path, state_dir: Path, free_block: FreeBlock
+) -> None:
+    port = free_block(1)
+    with FreePort(port, port, timeout=0) as fp:
+        mine = shm / f"freeport-compose-{os.geteuid()}"
+        st = mine.stat(follow_symlinks=False)
+        assert stat.S_ISDIR(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o700
+        assert st.st_uid == os.geteuid()
+        ports = (state_dir / "ports").stat()
+        [name] = os.listdir(mine)
+        assert name == f"{ports.st_dev}-{ports.st_ino}.slots"
+        assert slots_in_use(state_dir) == mine / name
+        assert "slots" not in os.listdir(state_dir / "ports")
+        made = (mine / name).stat()
+        assert made.st_blocks * 512 < 64 * 1024, "the slots file under /dev/shm must be sparse"
+        # The process lease is described in the slot, not in its lock file.
+        assert (state_dir / "ports" / f"{port}.lock").read_bytes() == b""
+        assert [(r.port, r.holder.pid, r.owner) for r in store().held()] == [(port, os.getpid(), None)]
+        assert fp.port == port
+
+
+@pytest.mark.parametrize("planted", ["symlink", "file", "group-writable", "other-user"])
+def test_an_unusable_ram_dir_leaves_the_slots_in_ports(
+    planted: str, shm: Path, state_dir: Path, tmp_path: Path, free_block: FreeBlock
+) -> None:
+    """/dev/shm is everyone's: a directory, file or symlink planted under our name (or one we cannot
+    trust) is never used; the slots go to ports/ as on tmpfs."""
+    mine = shm / f"freeport-compose-{os.geteuid()}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    if planted == "symlink":
+        mine.symlink_to(elsewhere)
+    elif planted == "file":
+        mine.write_bytes(b"")
+    elif planted == "group-writable":
+        mine.mkdir()
+        mine.chmod(0o770)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to chown")
+        mine.mkdir(mode=0o700)
+        os.chown(mine, 65534, 65534)
+    port = free_block(1)
+    with FreePort(port, port, timeout=0):
+        assert slots_in_use(state_dir) == state_dir / "ports" / "slots"
+        assert [r.holder.pid for r in store().held()] == [os.getpid()]
+    assert os.listdir(elsewhere) == []
+    if planted != "symlink" and planted != "file":
+        assert os.listdir(mine) == []
+
+
+def test_ram_slots_of_deleted_state_dirs_are_swept(
+    shm: Path, tmp_path: Path, free_block: FreeBlock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each state dir on disk gets a slots file in RAM; whoever makes a new one removes those whose
+    ports/ is gone (and dead writers' temporaries), and keeps those in use."""
+    port = free_block(1)
+    made: dict[str, Path] = {}
+    for name in ("a", "b", "c"):
+        monkeypatch.setenv("FREEPORT_STATE_DIR", str(tmp_path / name))
+        with FreePort(port, port, timeout=0):
+            made[name] = slots_in_use(tmp_path / name)  # type: ignore[assignment]
+    mine = shm / f"freeport-compose-{os.geteuid()}"
+    assert sorted(os.listdir(mine)) == sorted(p.name for p in made.values())
+    dead_tmp = mine / f".slots.{NO_SUCH_PID}.0a1b2c3d"
+    live_tmp = mine / f".slots.{os.getpid()}.0a1b2c3d"
+    dead_tmp.write_bytes(b"")
+    live_tmp.write_bytes(b"")
+    for name in ("a", "b"):
+        for sub in ("ports", "owners", "stacks"):
+            for f in (tmp_path / name / sub).iterdir():
+                f.unlink()
+            (tmp_path / name / sub).rmdir()
+        (tmp_path / name).rmdir()
+    (tmp_path / "b").mkdir(mode=0o700)  # a new state dir at b's path: its ports/ is not b's
+    (tmp_path / "b" / "ports").mkdir(mode=0o700)
+    monkeypatch.setenv("FREEPORT_STATE_DIR", str(tmp_path / "d"))
+    with FreePort(port, port, timeout=0):
+        new = slots_in_use(tmp_path / "d")
+    assert new is not None
+    assert sorted(os.listdir(mine)) == sorted([made["c"].name, new.name, live_tmp.name])
+
+
+def test_a_stale_ram_slots_file_costs_only_speed(
+    shm: Path, state_dir: Path, free_block: FreeBlock
+) -> None:
+    """A slots file found under our name (an inode number reused by a new ports/, a file left by a
+    crash) that calls every port leased by a live process: allocation still gets the free ports,
+    and nothing reads as held that is not."""
+    first = free_block(3)
+    (state_dir / "ports").mkdir(mode=0o700, parents=True)
+    stale = slots_file(state_dir)
+    stale.parent.mkdir(mode=0o700)
+    slot = slots_module._SLOT
+    data = bytearray(slots_module.SIZE + slots_module._HEADER)
+    for port in range(first, first + 3):
+        slot.pack_into(data, port * slot.size, slots_module.PROCESS, os.getppid(), 1.0, b"stale")
+    stale.write_bytes(bytes(data))
+    with FreePorts(3, first, first + 2, timeout=0) as fps:
+        assert sorted(fps.ports) == [first, first + 1, first + 2]
+        assert slots_in_use(state_dir) == stale
+        assert sorted((r.port, r.holder.pid, r.label) for r in store().held()) == [
+            (p, os.getpid(), "") for p in range(first, first + 3)
+        ]
+    assert store().held() == []

@@ -12,7 +12,7 @@ belong to the open file description, so two threads of one process that open the
 exclude each other too (fcntl/lockf locks would not: they belong to the process). Nothing is ever
 written through a lock file that is not a plain, singly linked file.
 
-May touch: ports/ (lock files, the slots map), owners/ (through OwnerIndex).
+May touch: ports/ (lock files), the slots file (wherever slots.py keeps it), owners/ (through OwnerIndex).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class PortLocks:
         self.owners = OwnerIndex(sd, sd.owners_fd)
         # Not in a directory shared with other users: any of them could write false descriptions
         # of our leases into it.
-        self.slots = None if sd.shared else Slots.open(sd.ports_fd, sd.file_mode)
+        self.slots = None if sd.shared else Slots.open(sd.ports_fd, os.path.join(sd.path, "ports"), sd.file_mode)
 
     def likely_leased(self, port: int) -> bool:
         """A hint, free of syscalls: True if the port was leased when last seen."""

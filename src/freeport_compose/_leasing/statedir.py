@@ -227,6 +227,12 @@ _TEMPORARY = re.compile(
 )
 
 
+def is_dead_temporary(name: str) -> bool:
+    """Whether `name` is one of our writers' temporaries, left by a writer that is gone."""
+    m = _TEMPORARY.fullmatch(name)
+    return m is not None and not _alive(int(m.group("p1") or m.group("p2") or m.group("p3")))
+
+
 def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
