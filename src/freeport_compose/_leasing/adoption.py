@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import time
 
 from .._error import StateDirError
-from .process import Holder, process_start_time
+from .process import Holder, hostname, process_start_time
 from .records import LeaseRecord
 from .statedir import open_file
 
@@ -63,7 +62,7 @@ def orphaned_leases(ports_path: str) -> dict[int, int]:
 
 def adopt_orphans(ports_fd: int, ports_path: str, mode: int) -> None:
     """Fill a new, still private ports/ with the leases live processes hold in a deleted one."""
-    host = socket.gethostname()
+    host = hostname()
     for port, pid in orphaned_leases(ports_path).items():
         holder = Holder(pid, process_start_time(pid), host)
         record = LeaseRecord(port, None, holder, time.time(), f"{random.getrandbits(64):016x}", "", adopted=True)

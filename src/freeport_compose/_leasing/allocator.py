@@ -37,7 +37,7 @@ def _candidates(start: object, stop: object, exclude: Iterable[int]) -> PortRang
         raise InvalidRangeError("give both start and stop, or neither for the default range")
     else:
         prange = PortRange.between(start, stop)
-    return prange.without(exclude)
+    return prange if exclude == () else prange.without(exclude)  # () is the default: nothing to subtract
 
 
 def _release_all(locks: PortLocks, claims: list[Claim], named_too: bool) -> None:
@@ -138,7 +138,7 @@ class FreePorts:
         if contiguous and n > max(hi - lo + 1 for lo, hi in self.range.intervals):
             raise EmptyRangeError(f"no run of {n} consecutive ports in {self.range}")  # waiting cannot help
         hosts = [host] if isinstance(host, str) else list(host or ())
-        self._hosts = check_hosts(hosts)
+        self._hosts = check_hosts(hosts) if hosts else []
         self._labels = [check_label(label) for label in labels]
         self._probe = probe
         self._store = state_dir if isinstance(state_dir, LeaseStore) else LeaseStore(open_locks(state_dir))

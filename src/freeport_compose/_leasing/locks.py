@@ -377,7 +377,7 @@ class PortLocks:
         return collected
 
 
-# One PortLocks per state dir, kept across fork: opening one verifies the directory and maps the
+# One PortLocks per state dir, kept across fork: opening one verifies the directory and opens the
 # slots, which every FreePort() would otherwise pay for. Its lock is the process's own.
 _OPEN: dict[tuple[str, bool], PortLocks] = {}
 _OPEN_LOCK: PerProcess[threading.Lock] = PerProcess(threading.Lock)
@@ -391,12 +391,16 @@ def open_locks(path: str | None = None) -> PortLocks:
     """
     path = path if path and path[0] == "/" else os.path.abspath(path) if path else default_state_path()
     key = (path, shared_opt_in())
+    # Looked up without the lock first (a dict lookup is atomic): this is every FreePort()'s way in.
+    found = _OPEN.get(key)
+    if found is not None and not found.sd.is_deleted():
+        return found
     with _OPEN_LOCK.get():
-        locks = _OPEN.get(key)
-        if locks is not None and locks.sd.is_deleted():
-            # Not closed: other threads may still be using its descriptors, and a closed number
-            # could be reused for another file. New leases go to the new directory.
-            locks = None
-        if locks is None:
-            locks = _OPEN[key] = PortLocks(StateDir(path, shared=key[1], fill_new_ports=adopt_orphans))
+        # Not found.sd.is_deleted() again: it is asked at most every 0.1 s, and would say False now.
+        current = _OPEN.get(key)
+        if current is not None and current is not found:
+            return current  # another thread opened it meanwhile
+        # A deleted one is not closed: other threads may still be using its descriptors, and a
+        # closed number could be reused for another file. New leases go to the new directory.
+        locks = _OPEN[key] = PortLocks(StateDir(path, shared=key[1], fill_new_ports=adopt_orphans))
         return locks

@@ -160,7 +160,7 @@ class PortRange:
         n = len(self)
         offset = int(random.random() * n)
         # A prime above 65535 is coprime to any range size, so the walk visits every candidate once.
-        stride = random.choice(_STRIDES) % n if n > 1 else 1
+        stride = _STRIDES[int(random.random() * len(_STRIDES))] % n if n > 1 else 1  # random.choice, ~3x cheaper
         if len(self.intervals) == 1:
             lo = self.intervals[0][0]
             for k in range(n):

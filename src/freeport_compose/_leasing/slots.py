@@ -36,6 +36,7 @@ from .statedir import is_dead_temporary, open_file
 _SLOT = struct.Struct("<B3xId16s")  # state, pid, created, label
 SIZE = 65536 * _SLOT.size
 FREE, PROCESS, NAMED = 0, 1, 2  # slot states
+_FREE_SLOT = _SLOT.pack(FREE, 0, 0.0, b"")  # every release writes it
 SHM_DIR = "/dev/shm"  # where the slots of a ports/ on a disk live (tests point it elsewhere)
 # Under SHM_DIR a file also says, past the slots, which ports/ it serves: the sweep that keeps RAM
 # from filling up with the slots of deleted state dirs removes the files whose ports/ is gone.
@@ -137,7 +138,8 @@ class Slots:
 
     def mark(self, port: int, state: int, pid: int = 0, created: float = 0.0, label: str = "") -> bool:
         """Describe a port's lease (or its end); False if the slot could not be written."""
-        return self._write(port * _SLOT.size, _SLOT.pack(state, pid, created, label.encode()[:16]))
+        data = _FREE_SLOT if state == FREE else _SLOT.pack(state, pid, created, label.encode()[:16])
+        return self._write(port * _SLOT.size, data)
 
     def _write(self, offset: int, data: bytes) -> bool:
         try:

@@ -14,7 +14,6 @@ import errno
 import fcntl
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -155,7 +154,7 @@ class StateDir:
                 return _open_dir("ports", shown, self.shared, self.fd, create=False)
             except FileNotFoundError:
                 pass
-            tmp = f".ports.{os.getpid()}.{secrets.token_hex(4)}"
+            tmp = f".ports.{os.getpid()}.{os.urandom(4).hex()}"
             fd = _open_dir(tmp, shown, self.shared, self.fd)
             try:
                 if self._fill_new_ports is not None:
@@ -283,7 +282,8 @@ def write_atomic(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None
     """Replace `name` below dir_fd with `data` all at once: readers, and a writer killed half-way,
     see the old or the new file, never half of one. (No fsync: a lease means nothing across a
     power loss, which ends every holder too.)"""
-    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.urandom, as unguessable as secrets.token_hex (whose import, hmac and hashlib, cost ~4 ms).
+    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     fd = open_file(dir_fd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
