@@ -9,6 +9,9 @@ May touch: the state directory (through PortLocks), and the probe's sockets.
 
 from __future__ import annotations
 
+# weakref.finalize imports atexit on its first use: imported with the module instead, so a process's
+# first FreePort() does not stop for an import (~30 µs) in the middle of allocating.
+import atexit  # noqa: F401
 import random
 import threading
 import time

@@ -34,15 +34,32 @@ class Holder:
     json: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        text = json.dumps({"pid": self.pid, "start_time": self.start_time, "host": self.host}, separators=(",", ":"))
+        pid, start, host = self.pid, self.start_time, self.host
+        if (
+            type(pid) is int
+            and (start is None or type(start) is int)
+            and type(host) is str
+            and host.isascii()
+            and host.isprintable()
+            and '"' not in host
+            and "\\" not in host
+        ):
+            # What json.dumps would write, byte for byte (nothing here needs escaping), without its
+            # ~6 µs per call (~25 µs on a process's first): every process builds its own Holder.
+            text = f'{{"pid":{pid},"start_time":{"null" if start is None else start},"host":"{host}"}}'
+        else:  # a decoded record's holder, of any JSON types, or an unusual host name
+            text = json.dumps({"pid": pid, "start_time": start, "host": host}, separators=(",", ":"))
         object.__setattr__(self, "json", text)
 
 
 def process_start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if there is no such process."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # not open(): ~20 µs less
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
         # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
         return int(data[data.rindex(b")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
