@@ -240,6 +240,18 @@ CASES: dict[str, Case] = {
     "engine-unreachable-run": Case(("run", "-f", "{work}/t.yml", "-p", "{project}", "--", "true"),
                                    ExitCode.ENGINE_UNREACHABLE, "no Docker engine answers", files={"t.yml": VALID},
                                    env={"DOCKER_HOST": "unix:///tmp/nonexistent.sock"}, docker=True),
+    "unknown-context-up": Case(("--context", "fpc-nosuch", "up", "-f", "{work}/t.yml", "-p", "{project}"),
+                               ExitCode.UNKNOWN_CONTEXT, "docker context 'fpc-nosuch' does not exist",
+                               files={"t.yml": VALID}, env={"DOCKER_CONFIG": "{work}"}),
+    "unknown-context-env-ports": Case(("ports", "-p", "{project}"), ExitCode.UNKNOWN_CONTEXT,
+                                      "docker context 'fpc-nosuch' does not exist",
+                                      env={"DOCKER_CONFIG": "{work}", "DOCKER_CONTEXT": "fpc-nosuch"}),
+    "unknown-context-after-command": Case(("render", "-f", "{work}/t.yml", "--context", "fpc-nosuch"),
+                                          ExitCode.UNKNOWN_CONTEXT, "does not exist", files={"t.yml": VALID},
+                                          env={"DOCKER_CONFIG": "{work}"}),
+    "deploy-not-a-swarm-manager": Case(("deploy", "-f", "{work}/t.yml", "-p", "{project}"),
+                                       ExitCode.NOT_SWARM_MANAGER, "is not a Swarm manager",
+                                       files={"t.yml": VALID}, docker=True),
     "compose-rejects-render-file": render(code=ExitCode.COMPOSE_FAILED, fragment="docker compose config failed",
                                           files={"t.yml": NO_IMAGE}, docker=True),
     "compose-rejects-render-new": render(code=ExitCode.COMPOSE_FAILED, out="new", fragment="neither an image",
@@ -430,7 +442,9 @@ def test_bad_input(name: str, work: Path, state_dir: Path) -> None:
             listing = ls_json(state, user=NOBODY if as_nobody else None)
             assert (listing["leases"], listing["stacks"]) == ([], [])
             if state.exists():
-                assert [p for p in state.rglob("*") if p.name.endswith(".tmp") or p.suffix == ".json"] == []
+                # engine.json only names the engine a directory below engines/ is for: no lease, no record
+                left = [p for p in state.rglob("*") if p.name.endswith(".tmp") or p.suffix == ".json"]
+                assert [p for p in left if p.name != "engine.json"] == []
         else:  # a refused state dir is left exactly as it was (nothing created through it)
             assert tree(work) == work_before
             if case.state == "unwritable":

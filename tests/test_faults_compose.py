@@ -328,7 +328,8 @@ def test_dockerd_restart_under_running_stacks(box: Box, monkeypatch: pytest.Monk
         assert {p: (s["status"], s["containers"]) for p, s in stacks.items()} == {downed: ("up", None),
                                                                                      kept: ("up", None)}
         table = ok(fpc("ls"))
-        assert [downed, "up", "?", f"FREEPORT_web={port_a}"] in [ln.split() for ln in table.stdout.splitlines()]
+        rows = [ln.split() for ln in table.stdout.splitlines()]
+        assert [downed, "up", "?", "default", f"FREEPORT_web={port_a}"] in rows
         got = [int(p) for p in ok(fpc("get", "--owner", "x", "-n", "2", "--timeout", "0")).stdout.split()]
         assert set(got) == block - {port_a, port_b}
         assert_error(fpc("get", "--owner", "y", "--timeout", "0"), ExitCode.NO_FREE_PORT)

@@ -1118,7 +1118,7 @@ def test_stack_record_compose_project() -> None:
 
 
 def test_stack_status_values() -> None:
-    assert {s.value for s in StackStatus} == {"rendering", "rendered", "starting", "up", "run", "stopping"}
+    assert {s.value for s in StackStatus} == {"rendering", "rendered", "starting", "up", "run", "stopping", "deployed"}
     assert StackStatus("up") is StackStatus.UP
     assert StackStatus.UP == "up"
     assert {s for s in StackStatus if s.driven} == {StackStatus.RENDERING, StackStatus.STARTING, StackStatus.RUN}

@@ -21,6 +21,7 @@ from ._error import ExitCode, FreeportError, InvalidRangeError, UnknownOwnerErro
 if TYPE_CHECKING:  # imported where used: every command pays only for what it needs
     from ._stacks.lifecycle import Options
     from ._stacks.state import State
+    from ._stacks.target import Engine
 
 FORMATS = ("json", "dotenv", "make", "shell", "env-file", "github")
 
@@ -129,12 +130,28 @@ def _stack_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+_CONTEXT_HELP = (
+    "docker context of the engine to target (default: $DOCKER_HOST, else $DOCKER_CONTEXT, else the current "
+    "context); `get` and `release` use the machine's own leases unless given"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="freeport-compose", description=__doc__ and "Leased host ports for Compose stacks.")
     parser.add_argument(
         "--state-dir", metavar="DIR", help="state directory (default: $FREEPORT_STATE_DIR, else a private per-user one)"
     )
+    parser.add_argument("--context", metavar="NAME", help=_CONTEXT_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _build_commands(sub)
+    for command in sub.choices.values():
+        # Also after the command, as `docker compose` users type it; SUPPRESS keeps a value given
+        # before the command from being reset by the subcommand's default.
+        command.add_argument("--context", metavar="NAME", default=argparse.SUPPRESS, help=_CONTEXT_HELP)
+    return parser
+
+
+def _build_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
 
     p = sub.add_parser("get", help="lease ports under an owner name and print them")
     p.add_argument("--owner", required=True, help="name the leases are held under until `release --owner`")
@@ -206,7 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="up --wait, run a command with FREEPORT_* set, down; exits with its status")
     _stack_options(p)
     p.add_argument("--keep-volumes", action="store_true", help="do not remove the stack's volumes at the end")
-    return parser
+
+    p = sub.add_parser(
+        "deploy",
+        help="render and `docker stack deploy` on a Swarm manager; leases kept until `rm` or the stack is gone "
+        "(extra `docker stack deploy` arguments after --)",
+    )
+    _stack_options(p)
 
 
 def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -240,10 +263,26 @@ def _say(message: str) -> None:
     print(f"freeport-compose: {message}", file=sys.stderr)
 
 
+def _engine(args: argparse.Namespace) -> Engine:
+    """The engine a command targets: --context, else what Compose would use ($DOCKER_HOST...)."""
+    from ._stacks.target import resolve
+
+    return resolve(args.context, os.environ)
+
+
 def _state(args: argparse.Namespace) -> State:
     from ._stacks.state import State
 
-    return State.open(args.state_dir)
+    return State.open(args.state_dir, _engine(args))
+
+
+def _leases_state(args: argparse.Namespace) -> State:
+    """`get` and `release`: the machine's own leases (plain ports for this machine), unless --context
+    names an engine: then that engine's leases, and its published ports are avoided."""
+    from ._stacks.state import State
+    from ._stacks.target import DEFAULT_ADDRESS, Engine
+
+    return State.open(args.state_dir, _engine(args) if args.context else Engine(DEFAULT_ADDRESS))
 
 
 def format_ports(ports: Mapping[str, int], fmt: str, hosts: Mapping[str, str] | None = None) -> str:
@@ -285,38 +324,53 @@ def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
 
     start, stop = _range(args.range) if args.range else (None, None)
     exclude = [p for text in args.exclude for p in _ports_list(text)]
+    state = _leases_state(args)
+    probe = None
+    hosts = args.host
+    if args.context:  # an engine named: its published ports are avoided (asked once), as for a stack
+        from ._stacks.leases import port_check
+
+        check = port_check(state.engine)
+        hosts = check.hosts(args.host)
+        probe = check.probe(hosts)
     fps = FreePorts(
         args.n,
         start,
         stop,
         contiguous=args.contiguous,
         timeout=_timeout(args.timeout),
-        host=args.host,
+        host=hosts,
         exclude=exclude,
         owner=args.owner,
-        state_dir=_state(args).leases,  # its store frees the ports of stacks that are gone, when it must
+        state_dir=state.leases,  # its store frees the ports of stacks that are gone, when it must
+        probe=probe,
     )
     print(json.dumps(fps.ports) if args.format == "json" else "\n".join(map(str, fps.ports)))
     return 0
 
 
 def _cmd_release(args: argparse.Namespace, after: list[str]) -> int:
-    from ._leasing.store import store
+    if args.context:
+        ports = _leases_state(args).leases.release_owner(args.owner)
+    else:
+        from ._leasing.store import store
 
-    ports = store(args.state_dir).release_owner(args.owner)
+        ports = store(args.state_dir).release_owner(args.owner)
     _say(f"released {len(ports)} port(s) of {args.owner!r}: {' '.join(map(str, ports))}")
     return 0
 
 
 def _cmd_ls(args: argparse.Namespace, after: list[str]) -> int:
     from ._stacks.overview import overview
+    from ._stacks.state import State
 
-    view = overview(_state(args))
-    if view.engine_error is not None:
-        _say(f"warning: container counts unknown: {view.engine_error}")
+    views = [overview(state) for state in State.every(args.state_dir, _engine(args))]
+    for view in views:
+        if view.engine_error is not None:
+            _say(f"warning: container counts unknown on {_engine_name(view.engine)}: {view.engine_error}")
     if args.json:
         out = {
-            "state_dir": view.state_dir,
+            "state_dir": views[0].state_dir,
             "leases": [
                 {
                     "port": r.port,
@@ -326,7 +380,9 @@ def _cmd_ls(args: argparse.Namespace, after: list[str]) -> int:
                     "host": r.holder.host,
                     "created": r.created,
                     "kind": r.kind,
+                    "engine": view.engine.address,
                 }
+                for view in views
                 for r in view.leases
             ],
             "stacks": [
@@ -337,28 +393,40 @@ def _cmd_ls(args: argparse.Namespace, after: list[str]) -> int:
                     "files": s.record.files,
                     "containers": None if s.containers is None else s.containers.total,
                     "running": None if s.containers is None else s.containers.running,
+                    "services": s.services,
                     "expires": s.record.expires,
+                    "engine": view.engine.address,
+                    "context": view.engine.context,
+                    "swarm": s.record.swarm,
                 }
+                for view in views
                 for s in view.stacks
             ],
         }
         print(json.dumps(out, indent=2))
         return 0
-    print(f"# state dir: {view.state_dir}")
-    rows = [("PORT", "KIND", "OWNER", "LABEL", "HOLDER", "SINCE")]
-    for r in view.leases:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
-        rows.append((str(r.port), r.kind, r.owner or "-", r.label or "-", f"pid {r.holder.pid}@{r.holder.host}", since))
+    print(f"# state dir: {views[0].state_dir}")
+    rows = [("PORT", "KIND", "OWNER", "LABEL", "HOLDER", "SINCE", "ENGINE")]
+    for view in views:
+        for r in view.leases:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
+            holder = f"pid {r.holder.pid}@{r.holder.host}"
+            rows.append((str(r.port), r.kind, r.owner or "-", r.label or "-", holder, since, _engine_name(view.engine)))
     _table(rows)
-    if view.stacks:
-        print()
-        srows = [("PROJECT", "STATUS", "CONTAINERS", "PORTS")]
+    srows = [("PROJECT", "STATUS", "CONTAINERS", "ENGINE", "PORTS")]
+    for view in views:
         for s in view.stacks:
             count = "?" if s.containers is None else str(s.containers.total)
             ports = " ".join(f"{k}={v}" for k, v in s.record.ports.items())
-            srows.append((s.record.project, s.describe(), count, ports))
+            srows.append((s.record.project, s.describe(), count, _engine_name(view.engine), ports))
+    if len(srows) > 1:
+        print()
         _table(srows)
     return 0
+
+
+def _engine_name(engine: Engine) -> str:
+    return "default" if engine.is_default else engine.name
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:
@@ -368,9 +436,16 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 
 
 def _cmd_gc(args: argparse.Namespace, after: list[str]) -> int:
-    from ._stacks.lifecycle import gc
+    from ._stacks.lifecycle import GcReport, gc
+    from ._stacks.state import State
 
-    report = gc(_state(args))
+    report = GcReport()
+    for state in State.every(args.state_dir, _engine(args)):
+        one = gc(state)
+        report.dead_process_leases += one.dead_process_leases
+        report.stacks += one.stacks
+        report.skipped += one.skipped
+        report.temporaries += one.temporaries
     for project, error in report.skipped:
         _say(f"gc: skipped {project}: {error}")
     for path in report.temporaries:
@@ -440,6 +515,15 @@ def _cmd_port(args: argparse.Namespace, after: list[str]) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace, after: list[str]) -> int:
+    from ._stacks.swarm import deploy
+
+    record = deploy(_state(args), _opts(args), extra=after, notify=_say)
+    _say(f"Swarm stack {record.project} is deployed; `freeport-compose rm -p {record.project}` removes it")
+    print(format_ports(record.ports, "dotenv"))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace, after: list[str]) -> int:
     from ._stacks.supervise import run
 
@@ -463,6 +547,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "ports": _cmd_ports,
     "port": _cmd_port,
     "run": _cmd_run,
+    "deploy": _cmd_deploy,
 }
 """Each command's handler: (parsed arguments, what followed `--`) -> exit status."""
 
@@ -492,7 +577,7 @@ COMPOSE_VERBS = frozenset(
         "pull",
         "push",
         "restart",
-        "rm",
+        "rm",  # ours for a Swarm stack of ours (`docker stack rm`), else Compose's
         "scale",
         "start",
         "stats",
@@ -506,43 +591,64 @@ COMPOSE_VERBS = frozenset(
 )
 
 
-def _passthrough(argv: list[str]) -> tuple[str | None, str | None, list[str]] | None:
-    """(state dir, project, Compose arguments) when argv is `[--state-dir D] [-p P] VERB ...` with a
-    Compose verb of ours to pass through (or `compose ANYTHING`); None for our own commands."""
-    state_dir = project = None
+_GLOBALS = {"--state-dir": "state_dir", "-p": "project", "--project-name": "project", "--context": "context"}
+
+
+def _passthrough(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
+    """({state_dir, project, context} as given, Compose arguments) when argv is `[--state-dir D]
+    [--context C] [-p P] VERB ...` with a Compose verb of ours to pass through (or `compose
+    ANYTHING`); None for our own commands."""
+    given: dict[str, str] = {}
     i = 0
     while i < len(argv):
         word = argv[i]
-        if word in ("--state-dir", "-p", "--project-name") and i + 1 < len(argv):
-            if word == "--state-dir":
-                state_dir = argv[i + 1]
-            else:
-                project = argv[i + 1]
+        name, eq, value = word.partition("=")
+        if word in _GLOBALS and i + 1 < len(argv):
+            given[_GLOBALS[word]] = argv[i + 1]
             i += 2
-        elif word.startswith(("--state-dir=", "--project-name=")):
-            name, _, value = word.partition("=")
-            state_dir, project = (value, project) if name == "--state-dir" else (state_dir, value)
+        elif eq and name in _GLOBALS and name != "-p":
+            given[_GLOBALS[name]] = value
             i += 1
         elif word == "compose":
-            return state_dir, project, argv[i + 1 :]
+            return given, argv[i + 1 :]
         elif word in COMPOSE_VERBS:
-            return state_dir, project, argv[i:]
+            return given, argv[i:]
         else:
             return None
     return None
 
 
-def _cmd_compose(state_dir: str | None, project: str | None, args: list[str]) -> int:
+def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
     """Pass a Compose command through for a stack: `freeport-compose logs -f web` is `docker compose
-    <the stack's options> logs -f web`."""
+    <the stack's options> logs -f web`. `rm` of a Swarm stack of ours is `docker stack rm` and frees
+    its ports."""
     from ._stacks.lifecycle import find_project
     from ._stacks.state import State
     from ._stacks.supervise import exec_compose
+    from ._stacks.target import resolve
 
-    state = State.open(os.path.abspath(state_dir) if state_dir else None)
+    if args[:1] == ["rm"]:  # `rm -p NAME`: the project may follow the verb, as `docker stack rm NAME` users type it
+        words, args = args[1:], ["rm"]
+        while words:
+            word = words.pop(0)
+            if word in _GLOBALS and word != "--state-dir" and words:
+                given[_GLOBALS[word]] = words.pop(0)
+            else:
+                args.append(word)
+    state_dir = given.get("state_dir")
+    engine = resolve(given.get("context"), os.environ)
+    state = State.open(os.path.abspath(state_dir) if state_dir else None, engine)
+    project = find_project(state, given.get("project"))
+    if args[:1] == ["rm"]:
+        from ._stacks.swarm import is_swarm_stack, remove
+
+        if is_swarm_stack(state, project):
+            remove(state, project)
+            _say(f"Swarm stack {project} is removed; its ports are free")
+            return 0
     sys.stdout.flush()
     sys.stderr.flush()
-    exec_compose(state, find_project(state, project), args)
+    exec_compose(state, project, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -559,8 +665,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(own)
     if args.state_dir:
         args.state_dir = os.path.abspath(args.state_dir)
-    if after and args.command not in ("up", "run"):
-        _say(f"`--` is only for `up` (extra Compose arguments) and `run` (the command), not `{args.command}`")
+    if after and args.command not in ("up", "run", "deploy"):
+        _say(
+            f"`--` is only for `up` and `deploy` (extra Compose or docker stack arguments) and `run` (the "
+            f"command), not `{args.command}`"
+        )
         return ExitCode.USAGE
     signal.signal(signal.SIGTERM, _terminate)
     try:

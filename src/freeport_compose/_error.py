@@ -28,6 +28,8 @@ class ExitCode(IntEnum):
     BUSY = 13  # another freeport-compose kept working on the same project for too long
     OUTPUT = 14  # the output file or directory given with -o cannot be written
     NOT_READY = 15  # a stack's readiness checks (Stack(wait_for=...)) did not pass in time
+    UNKNOWN_CONTEXT = 16  # --context (or $DOCKER_CONTEXT, the current context) names no docker context
+    NOT_SWARM_MANAGER = 17  # `deploy` or `rm` of a Swarm stack on an engine that is not a Swarm manager
 
 
 class FreeportError(Exception):
@@ -111,6 +113,18 @@ class EngineUnreachableError(FreeportError):
     """Compose is installed but no container engine answers on its socket."""
 
     exit_code = ExitCode.ENGINE_UNREACHABLE
+
+
+class UnknownContextError(FreeportError, LookupError):
+    """A docker context that does not exist or cannot be read, so no engine can be chosen."""
+
+    exit_code = ExitCode.UNKNOWN_CONTEXT
+
+
+class NotSwarmManagerError(FreeportError):
+    """Swarm stacks are deployed, listed and removed through a manager; this engine is not one."""
+
+    exit_code = ExitCode.NOT_SWARM_MANAGER
 
 
 class ProjectBusyError(FreeportError):

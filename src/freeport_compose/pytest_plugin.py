@@ -158,6 +158,7 @@ def _session_stack(request: pytest.FixtureRequest, files: tuple[str, ...], optio
     from ._stacks.sharing import join
     from ._stacks.stack import Stack
     from ._stacks.state import State
+    from ._stacks.target import resolve
 
     config = request.config
     keep, reuse = config.getoption("freeport_keep"), config.getoption("freeport_reuse")
@@ -167,11 +168,12 @@ def _session_stack(request: pytest.FixtureRequest, files: tuple[str, ...], optio
     wait = options.pop("wait", True)
     fingerprint = _fingerprint(files, options)
     project = f"pytest-{fingerprint}" if keep or reuse else f"pytest-{_run_id(config)}-{fingerprint[:6]}"
-    state = State.open(options.pop("state_dir", None))
+    context = options.pop("context", None)
+    state = State.open(options.pop("state_dir", None), resolve(context, os.environ))
     opts = Options(files=list(files), project=project, **options)
     share = join(state, opts, driver=_driver(), keep=keep or reuse, wait=wait, up_args=up_args)
     try:
-        stack = Stack.attach(project, state_dir=state.path)
+        stack = Stack.attach(project, state_dir=state.root, context=context)
         stack.wait_for, stack.timeout = dict(wait_for or {}), timeout
         stack.ready()
         yield stack

@@ -17,11 +17,12 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 from .._error import ComposeError, ComposeNotFoundError, EngineUnreachableError
+from .target import Engine
 
 COMPOSE_ENV = "FREEPORT_COMPOSE"  # e.g. "docker compose" or "/opt/bin/docker-compose"
 _PLUGIN_DIRS = (
@@ -44,6 +45,9 @@ _PORT_CLASH = re.compile(
     r"Bind for \[?[0-9A-Fa-f.:]*\]?:(\d+) failed: port is already allocated"
     r"|listen (?:tcp|udp)[46]? \[?[0-9A-Fa-f.:]*\]?:(\d+): bind: address already in use"
     r"|failed to bind host port (?:for )?(?:\[[0-9A-Fa-f.:]*\]|[0-9.]*):(\d+)[:/][^\n]*?address already in use"
+    # Swarm's cluster-wide allocator (`docker stack deploy`): "port '20417' is already in use by
+    # service 'web' (ID) as an ingress port".
+    r"|port '(\d+)' is already in use by service"
 )
 
 
@@ -99,12 +103,19 @@ def _find_plugin() -> bool:
 class Compose:
     """A Compose v2 command line; found as `docker compose`, then `docker-compose`, then `podman compose`."""
 
-    def __init__(self, command: Sequence[str]) -> None:
+    def __init__(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         self.command = list(command)
+        self.env = dict(env) if env is not None else None  # for Compose children; None: ours
 
     @classmethod
-    def find(cls) -> Compose:
-        """The first Compose v2 on this machine, or ComposeNotFoundError (one line saying what to install)."""
+    def find(cls, engine: Engine | None = None) -> Compose:
+        """The first Compose v2 on this machine, pointed at `engine` (default: the one our own
+        environment names), or ComposeNotFoundError (one line saying what to install)."""
+        env = engine.child_env(os.environ) if engine is not None else None
+        return cls._find(env)
+
+    @classmethod
+    def _find(cls, env: Mapping[str, str] | None) -> Compose:
         explicit = os.environ.get(COMPOSE_ENV)
         if explicit:
             import shlex  # only for this variable: every command pays for what it imports
@@ -114,15 +125,15 @@ class Compose:
             except ValueError as e:
                 raise ComposeNotFoundError(f"${COMPOSE_ENV} is not a valid command line ({e}): {explicit!r}") from None
             if command:
-                return cls(command)
+                return cls(command, env)
         # The plugin is looked up on disk: running `docker compose version` would cost every command ~40 ms.
         if shutil.which("docker") and _find_plugin():
-            return cls(["docker", "compose"])
+            return cls(["docker", "compose"], env)
         legacy = shutil.which("docker-compose")
         if legacy and cls._is_v2([legacy]):
-            return cls([legacy])
+            return cls([legacy], env)
         if shutil.which("podman"):
-            return cls(["podman", "compose"])
+            return cls(["podman", "compose"], env)
         raise ComposeNotFoundError(
             "Docker Compose v2 not found: install the docker compose plugin (or docker-compose v2, or podman compose)"
         )
@@ -204,53 +215,72 @@ class Compose:
         tee: bool = True,
         cwd: str | None = None,
         keep_fds: Sequence[int] = (),
-    ) -> _Output:
+    ) -> Output:
         """Run Compose with `args`; its stderr is copied through to ours (tee) and kept for diagnosis."""
-        try:
-            proc = subprocess.Popen(
-                [*self.command, *args],
-                stdout=subprocess.PIPE if capture_stdout else None,
-                stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-                cwd=cwd,
-                pass_fds=tuple(keep_fds),
-            )
-        except FileNotFoundError:
-            raise ComposeNotFoundError(f"cannot run {self.command[0]!r}: not installed") from None
-        except OSError as e:  # not executable, a directory, a bad interpreter line...
-            raise ComposeNotFoundError(f"cannot run {self.command[0]!r}: {e.strerror or e}") from None
-        stdout_chunks: list[bytes] = []
-        reader = None
-        if capture_stdout:
-            reader = threading.Thread(target=lambda: stdout_chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
-            reader.start()
-        err: list[str] = []
-        try:
-            assert proc.stderr is not None
-            sink: IO[str] = sys.stderr
-            for raw in proc.stderr:
-                line = raw.decode(errors="replace")
-                err.append(line)
-                if tee:
-                    sink.write(line)
-                    sink.flush()
-            proc.wait()
-        except BaseException:
-            proc.terminate()  # interrupted (Ctrl-C, SIGTERM): do not leave Compose running behind us
-            proc.wait()
-            raise
-        finally:
-            proc.stderr.close()  # type: ignore[union-attr]
-        if reader is not None:
-            reader.join()
-            proc.stdout.close()  # type: ignore[union-attr]
-        stderr = "".join(err)
-        if proc.returncode != 0 and _UNREACHABLE.search(stderr):
-            line = next((ln for ln in stderr.splitlines() if _UNREACHABLE.search(ln)), stderr.strip())
-            raise EngineUnreachableError(f"no Docker engine answers: {line.strip()}")
-        return _Output(proc.returncode, stderr, b"".join(stdout_chunks).decode(errors="replace"))
+        return run([*self.command, *args], self.env, capture_stdout=capture_stdout, tee=tee, cwd=cwd, keep_fds=keep_fds)
+
+
+def run(
+    argv: list[str],
+    env: Mapping[str, str] | None,
+    *,
+    capture_stdout: bool = False,
+    tee: bool = True,
+    cwd: str | None = None,
+    keep_fds: Sequence[int] = (),
+    quiet_stdout: bool = False,
+) -> Output:
+    """Run a docker or Compose command (argv, never a shell); its stderr is copied through to ours
+    (tee) and kept for diagnosis; an unreachable engine raises EngineUnreachableError.
+    `quiet_stdout`: its stdout goes to our stderr (progress lines that must not mix with our output)."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE if capture_stdout else sys.stderr.fileno() if quiet_stdout else None,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            pass_fds=tuple(keep_fds),
+            env=env,
+        )
+    except FileNotFoundError:
+        raise ComposeNotFoundError(f"cannot run {argv[0]!r}: not installed") from None
+    except OSError as e:  # not executable, a directory, a bad interpreter line...
+        raise ComposeNotFoundError(f"cannot run {argv[0]!r}: {e.strerror or e}") from None
+    stdout_chunks: list[bytes] = []
+    reader = None
+    if capture_stdout:
+        reader = threading.Thread(target=lambda: stdout_chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+    err: list[str] = []
+    try:
+        assert proc.stderr is not None
+        sink: IO[str] = sys.stderr
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            err.append(line)
+            if tee:
+                sink.write(line)
+                sink.flush()
+        proc.wait()
+    except BaseException:
+        proc.terminate()  # interrupted (Ctrl-C, SIGTERM): do not leave Compose running behind us
+        proc.wait()
+        raise
+    finally:
+        proc.stderr.close()  # type: ignore[union-attr]
+    if reader is not None:
+        reader.join()
+        proc.stdout.close()  # type: ignore[union-attr]
+    stderr = "".join(err)
+    if proc.returncode != 0 and _UNREACHABLE.search(stderr):
+        line = next((ln for ln in stderr.splitlines() if _UNREACHABLE.search(ln)), stderr.strip())
+        raise EngineUnreachableError(f"no Docker engine answers: {line.strip()}")
+    return Output(proc.returncode, stderr, b"".join(stdout_chunks).decode(errors="replace"))
 
 
 @dataclass(frozen=True)
-class _Output(Result):
+class Output(Result):
+    """A finished command whose stdout was kept too."""
+
     stdout: str = ""

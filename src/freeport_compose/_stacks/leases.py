@@ -4,22 +4,93 @@ Guarantees: leasing is all or nothing; `up` again on a project keeps the ports i
 that something outside our leases grabbed is replaced by a new lease before the old one is freed;
 releasing can spare the leases a stack had before a failed attempt.
 
-May touch: the lease store it is handed (named leases whose owner is the project).
+Engine-aware: a port is free for a stack when no lease holds it, the target engine has not
+published it (asked once per allocation: its containers' bindings and every Swarm service's
+published ports, which no bind probe sees), and, for an engine on this machine, the bind probe
+finds it free. For an engine elsewhere the bind probe is not the test: a port busy here may be free
+there, and the reverse.
+
+May touch: the lease store it is handed (named leases whose owner is the project); the engine's
+API (read only, once per allocation).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._error import InvalidRangeError, UnknownOwnerError
+from .._error import EngineUnreachableError, InvalidRangeError, UnknownOwnerError
 from .._leasing.allocator import FreePorts
+from .._leasing.probe import check_hosts, port_is_free
 from .._leasing.store import LeaseStore
 from .names import sort_key
+from .target import Engine
 
 if TYPE_CHECKING:  # the template reader imports YAML: a reclaim (from `get`, say) must not pay for it
     from .templateset import TemplateSet
+
+
+@dataclass(frozen=True)
+class PortCheck:
+    """How one allocation for a stack tells a free port: the target engine's published ports, asked
+    once for the whole allocation (not once per candidate), and the bind probe where it means something."""
+
+    published: frozenset[int] = frozenset()
+    local: bool = True  # the engine publishes on this machine: the bind probe counts too
+
+    def probe(self, hosts: Sequence[str]) -> Callable[[int], bool]:
+        checked = check_hosts(hosts)
+
+        def free(port: int) -> bool:
+            return port not in self.published and (not self.local or port_is_free(port, checked))
+
+        return free
+
+    def hosts(self, hosts: Sequence[str]) -> list[str]:
+        """The addresses to probe: none for an engine elsewhere (its addresses are not ours to bind)."""
+        return list(hosts) if self.local else []
+
+
+def port_check(engine: Engine) -> PortCheck:
+    """The engine's published ports, asked now. An engine on this machine that does not answer
+    leaves the bind probe alone to judge (it sees what a running local engine binds); for one
+    elsewhere nothing could judge: EngineUnreachableError."""
+    from .engine import published_ports
+
+    try:
+        return PortCheck(published_ports(engine), engine.on_this_machine)
+    except EngineUnreachableError:
+        if engine.on_this_machine:
+            return PortCheck()
+        raise
+
+
+def _free_ports(
+    leases: LeaseStore,
+    check: PortCheck,
+    project: str,
+    names: Sequence[str],
+    hosts: Sequence[str],
+    timeout: float | None,
+    *,
+    contiguous: bool = False,
+    exclude: Sequence[int] = (),
+) -> FreePorts:
+    """FreePorts for `names` under the project, free by `check` on every one of `hosts`."""
+    addresses = check.hosts(hosts)
+    return FreePorts(
+        len(names),
+        contiguous=contiguous,
+        owner=project,
+        labels=list(names),
+        host=addresses,
+        timeout=timeout,
+        exclude=exclude,
+        state_dir=leases,
+        probe=check.probe(addresses),
+    )
 
 
 def held_ports(leases: LeaseStore, project: str) -> dict[str, int]:
@@ -28,19 +99,26 @@ def held_ports(leases: LeaseStore, project: str) -> dict[str, int]:
 
 
 def lease(
-    leases: LeaseStore, templates: TemplateSet, project: str, *, reuse: bool, timeout: float | None
+    leases: LeaseStore,
+    check: PortCheck,
+    templates: TemplateSet,
+    project: str,
+    *,
+    reuse: bool,
+    timeout: float | None,
 ) -> dict[str, int]:
     """One port per placeholder name, leased under the project's name (kept across `up` when reuse)."""
     held = held_ports(leases, project) if reuse else {}
     ports = {name: held[name] for name in templates.names if name in held}
     missing = [name for name in templates.names if name not in ports]
     if missing:
-        ports.update(_lease_names(leases, templates.hosts, project, missing, timeout))
+        ports.update(_lease_names(leases, check, templates.hosts, project, missing, timeout))
     return dict(sorted(ports.items(), key=lambda kv: sort_key(kv[0])))
 
 
 def _lease_names(
     leases: LeaseStore,
+    check: PortCheck,
     hosts_of: Callable[[str], Sequence[str]],
     project: str,
     names: Sequence[str],
@@ -49,14 +127,13 @@ def _lease_names(
 ) -> dict[str, int]:
     """Lease one port per name under the project, all or nothing, free on every host a name is bound to."""
     hosts = sorted({h for name in names for h in hosts_of(name)})
-    fps = FreePorts(
-        len(names), owner=project, labels=names, host=hosts, timeout=timeout, exclude=exclude, state_dir=leases
-    )
+    fps = _free_ports(leases, check, project, names, hosts, timeout, exclude=exclude)
     return dict(zip(names, fps.ports, strict=True))
 
 
 def lease_groups(
     leases: LeaseStore,
+    check: PortCheck,
     project: str,
     groups: Sequence[Sequence[str]],
     hosts: Mapping[str, Sequence[str]],
@@ -75,21 +152,13 @@ def lease_groups(
     singles = [g[0] for g in groups if len(g) == 1 and g[0] not in ports]
     if singles:
         addresses = sorted({h for n in singles for h in hosts.get(n, ())})
-        fps = FreePorts(len(singles), owner=project, labels=singles, host=addresses, timeout=timeout, state_dir=leases)
+        fps = _free_ports(leases, check, project, singles, addresses, timeout)
         ports.update(zip(singles, fps.ports, strict=True))
     for group in groups:
         if len(group) > 1 and group[0] not in ports:
             addresses = sorted({h for n in group for h in hosts.get(n, ())})
             try:
-                fps = FreePorts(
-                    len(group),
-                    contiguous=True,
-                    owner=project,
-                    labels=list(group),
-                    host=addresses,
-                    timeout=timeout,
-                    state_dir=leases,
-                )
+                fps = _free_ports(leases, check, project, group, addresses, timeout, contiguous=True)
             except InvalidRangeError as e:  # a range of the file longer than any run of the lease range
                 e.args = (f"{e}, for a published range ({', '.join(group)})",)
                 raise
@@ -99,6 +168,7 @@ def lease_groups(
 
 def relocate(
     leases: LeaseStore,
+    check: PortCheck,
     hosts_of: Callable[[str], Sequence[str]],
     project: str,
     ports: dict[str, int],
@@ -107,7 +177,7 @@ def relocate(
 ) -> dict[str, int]:
     """New leases for `names` (avoiding their clashed ports), then the old ones released."""
     ordered = sorted(names, key=sort_key)
-    fresh = _lease_names(leases, hosts_of, project, ordered, timeout, exclude=[ports[n] for n in ordered])
+    fresh = _lease_names(leases, check, hosts_of, project, ordered, timeout, exclude=[ports[n] for n in ordered])
     for record in leases.owner_ports(project) or []:
         if record.label in names and record.port == ports[record.label]:
             leases.release(record)

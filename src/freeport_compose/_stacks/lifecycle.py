@@ -27,13 +27,14 @@ from .._leasing.allocator import DEFAULT_TIMEOUT
 from .check import BackgroundCheck
 from .compose import Compose, ComposeProject
 from .engine import Containers
-from .leases import held_ports, release, relocate
+from .leases import held_ports, port_check, release, relocate
 from .names import sort_key
 from .plan import Plan
-from .reclaim import unchanged, verdict
+from .reclaim import ask_swarm, unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
 from .state import State
+from .target import Engine
 
 PORT_RETRIES = 3  # how often `up` re-leases ports that something outside our leases grabbed
 
@@ -82,10 +83,10 @@ class _Attempt:
     lock_fd: int  # the project lock: Compose children get it, so the project stays locked while they live
     started: bool = False  # Compose ran: containers may exist
 
-    def roll_back(self, state: State, compose: Compose | None) -> None:
+    def roll_back(self, state: State, take_down: TakeDown | None) -> None:
         """Undo what this attempt added; the stack that was there keeps its record and leases."""
-        if self.started and compose is not None:
-            _down_until_gone(compose, self.record.compose_project())
+        if self.started and take_down is not None:
+            take_down(self.record)
         if self.old is not None and not self.started:
             release(state.leases, self.record.project, keep=set(self.old.ports))
             state.stacks.save(self.old)
@@ -94,20 +95,24 @@ class _Attempt:
             state.stacks.forget(self.record.project)
 
 
+TakeDown = Callable[[StackRecord], None]
+"""How a failed attempt takes down what it started (`docker compose down`, `docker stack rm`)."""
+
+
 @contextmanager
-def _attempt(
-    state: State, opts: Options, project: str, status: StackStatus, compose: Compose | None
+def attempt(
+    state: State, opts: Options, project: str, status: StackStatus, take_down: TakeDown | None
 ) -> Iterator[_Attempt]:
     """Lock the project and save a fresh record before anything is leased (a killed attempt leaves
     it for gc to find); on any failure, roll back with signals held, then re-raise."""
     with state.stacks.locked(project) as lock_fd:
-        attempt = _Attempt(state.stacks.load(project), _new_record(opts, project, status), lock_fd)
-        state.stacks.save(attempt.record)
+        current = _Attempt(state.stacks.load(project), _new_record(opts, project, status), lock_fd)
+        state.stacks.save(current.record)
         try:
-            yield attempt
+            yield current
         except BaseException:
             with deferred_signals():
-                attempt.roll_back(state, compose)
+                current.roll_back(state, take_down)
             raise
 
 
@@ -129,15 +134,15 @@ def render(
     compose = None
     if opts.check or plan.zero_edit:
         try:
-            compose = Compose.find()
+            compose = Compose.find(state.engine)
         except FreeportError as e:
             if plan.zero_edit:
                 raise  # zero-edit reads Compose's own model of the files
             notify(f"warning: not checked with `docker compose config`: {e}")
-    with _attempt(state, opts, project, StackStatus.RENDERING, None) as attempt:
-        record, old = attempt.record, attempt.old
+    with attempt(state, opts, project, StackStatus.RENDERING, None) as current:
+        record, old = current.record, current.old
         record.ports = plan.lease(state, record, compose, reuse=old is not None, timeout=opts.timeout)
-        record.hosts = _reach(plan, record.ports)
+        record.hosts = reach(plan, record.ports, state.engine)
         if out is None or compose is not None:
             # With -o, the check runs on copies in the state dir: OUT is written only once Compose
             # accepted the stack, so a failed render never leaves OUT changed or created.
@@ -174,20 +179,24 @@ def up(
     """
     plan = Plan.read(opts.files, lease_all=opts.lease_all, drop_container_names=opts.drop_container_names)
     project = project_name(opts.project, opts.files)
-    compose = compose or Compose.find()
+    compose = compose or Compose.find(state.engine)
     for w in plan.warnings():
         notify(f"warning: {w}")
-    with _attempt(state, opts, project, StackStatus.STARTING, compose) as attempt:
-        record = attempt.record
-        record.ports = plan.lease(state, record, compose, reuse=attempt.old is not None, timeout=opts.timeout)
-        record.hosts = _reach(plan, record.ports)
+
+    def take_down(record: StackRecord) -> None:
+        down_until_gone(state.engine, compose, record.compose_project())
+
+    with attempt(state, opts, project, StackStatus.STARTING, take_down) as current:
+        record = current.record
+        record.ports = plan.lease(state, record, compose, reuse=current.old is not None, timeout=opts.timeout)
+        record.hosts = reach(plan, record.ports, state.engine)
         for retry in range(PORT_RETRIES + 1):
             record.compose_files = plan.write(state, project, record.ports, None, compose)
             state.stacks.save(record)
             verify = partial(plan.verify, compose, record.compose_project(), dict(record.ports))
             check = BackgroundCheck(verify) if opts.check else None
-            attempt.started = True
-            result = compose.up(record.compose_project(), wait=wait, extra=extra, keep_fds=(attempt.lock_fd,))
+            current.started = True
+            result = compose.up(record.compose_project(), wait=wait, extra=extra, keep_fds=(current.lock_fd,))
             if check is not None:
                 check.result()  # a mismatch brings the stack just started down again (roll_back)
             if result.ok:
@@ -195,29 +204,41 @@ def up(
             clashed = {n for n, p in record.ports.items() if p in result.port_clashes()}
             if not clashed or retry == PORT_RETRIES:
                 raise ComposeError(
-                    f"docker compose up failed: {result.last_line()}", result.returncode, details=why_failed(project)
+                    f"docker compose up failed: {result.last_line()}",
+                    result.returncode,
+                    details=why_failed(state.engine, project),
                 )
             notify(
                 f"port(s) {', '.join(str(record.ports[n]) for n in sorted(clashed))} taken outside "
                 f"freeport-compose meanwhile; leasing new ones and retrying"
             )
-            record.ports = relocate(state.leases, plan.hosts_of, project, record.ports, clashed, opts.timeout)
+            fresh = port_check(state.engine)  # asked again: the engine has changed since
+            record.ports = relocate(state.leases, fresh, plan.hosts_of, project, record.ports, clashed, opts.timeout)
         record.status = status
         state.stacks.save(record)
     return record
 
 
-def _reach(plan: Plan, ports: Mapping[str, int]) -> dict[str, str]:
-    return {name: host for name in ports if (host := plan.reach(name)) != "127.0.0.1"}
+def reach(plan: Plan, ports: Mapping[str, int], engine: Engine) -> dict[str, str]:
+    """The address to reach each port on, where not 127.0.0.1: the one it is published on, else (an
+    engine elsewhere) the engine's host; a port published on loopback there is reached on its host."""
+    out = {}
+    for name in ports:
+        host = plan.reach(name)
+        if not engine.on_this_machine and host in ("127.0.0.1", "::1", "localhost"):
+            host = engine.host
+        if host != "127.0.0.1":
+            out[name] = host
+    return out
 
 
-def why_failed(project: str) -> tuple[str, ...]:
+def why_failed(engine: Engine, project: str) -> tuple[str, ...]:
     """What the user needs to see of a failed stack before it is removed: for each container not
     running (or unhealthy), its state, its last failing healthcheck output and its last log lines."""
     from .engine import failures
 
     try:
-        found = failures(project)
+        found = failures(engine, project)
     except FreeportError:
         return ()  # the engine does not answer: Compose's own message has to do
     lines: list[str] = []
@@ -233,7 +254,7 @@ def why_failed(project: str) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _down_until_gone(compose: Compose, project: ComposeProject, rounds: int = 5) -> None:
+def down_until_gone(engine: Engine, compose: Compose, project: ComposeProject, rounds: int = 5) -> None:
     """`down` after a failed `up`, repeated while the engine still lists containers of the project.
 
     When one service fails, Compose gives up on the others while the engine may still be creating
@@ -245,7 +266,7 @@ def _down_until_gone(compose: Compose, project: ComposeProject, rounds: int = 5)
         with suppress(FreeportError):
             compose.down(project)
         try:
-            if not project_containers().get(project.name, Containers()).total:
+            if not project_containers(engine).get(project.name, Containers()).total:
                 return
         except FreeportError:
             return  # the engine does not answer: nothing more to do
@@ -286,8 +307,8 @@ def down(state: State, project: str, *, volumes: bool = False, compose: Compose 
         if record is None:
             if state.leases.owner_ports(project) is None:
                 raise UnknownOwnerError(f"no stack or lease named {project!r} (see `freeport-compose ls`)")
-            if _containers_left(project):  # its record is lost, not its containers: Compose finds them by label
-                result = (compose or Compose.find()).down(project, volumes=volumes)
+            if _containers_left(state.engine, project):  # its record is lost, not its containers (labels)
+                result = (compose or Compose.find(state.engine)).down(project, volumes=volumes)
                 if not result.ok:
                     raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
             release(state.leases, project)
@@ -299,9 +320,14 @@ def down(state: State, project: str, *, volumes: bool = False, compose: Compose 
 def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: Compose | None) -> None:
     """down() of a stack whose project lock the caller holds."""
     project = record.project
+    if record.swarm:
+        from .swarm import remove_locked
+
+        remove_locked(state, record)
+        return
     with deferred_signals():
         try:
-            compose = compose or Compose.find()
+            compose = compose or Compose.find(state.engine)
             target: ComposeProject | str = record.compose_project()
             if not all(os.path.exists(f) for f in record.compose_files):
                 target = project  # a file went missing: Compose finds the stack by its labels
@@ -309,7 +335,7 @@ def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: C
             if not result.ok:
                 raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
         except FreeportError as e:
-            left = _containers_left(project)
+            left = _containers_left(state.engine, project)
             if left == 0:
                 release(state.leases, project)
                 state.stacks.forget(project)
@@ -327,12 +353,12 @@ def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: C
         state.stacks.forget(project)
 
 
-def _containers_left(project: str) -> int | None:
+def _containers_left(engine: Engine, project: str) -> int | None:
     """How many containers of the project the engine still has; None if it cannot be asked."""
     from .engine import Containers, project_containers
 
     try:
-        return project_containers().get(project, Containers()).total
+        return project_containers(engine).get(project, Containers()).total
     except FreeportError:
         return None
 
@@ -382,8 +408,11 @@ def gc(state: State, *, compose: Compose | None = None) -> GcReport:
     from .engine import project_containers
 
     engine_error = ""
+    swarm: dict[str, int] | None = None
     try:
-        live: dict[str, Containers] | None = project_containers()
+        live: dict[str, Containers] | None = project_containers(state.engine)
+        if any(r.swarm for r in records):
+            swarm = ask_swarm(state.engine)
     except FreeportError as e:
         live, engine_error = None, str(e)
     now = time.time()
@@ -392,9 +421,11 @@ def gc(state: State, *, compose: Compose | None = None) -> GcReport:
         if record.status is StackStatus.STOPPING:
             why: str | None = "its `down` did not finish"  # a down finishes it: networks go too
         else:
-            why = verdict(record, live, state.leases, now)
+            why = verdict(record, live, state.leases, now, swarm)
         if why is None:
             continue
+        if record.swarm:  # its tasks are not Compose containers: a killed deploy is removed whole
+            left = None if swarm is None else swarm.get(record.project, 0)
         needs_down = record.status is StackStatus.STOPPING or (record.status.driven and left != 0)
         if needs_down and live is None:
             report.skipped.append((record.project, engine_error))

@@ -1,6 +1,7 @@
-"""What `ls` shows: the leases held now, and each stack with what the engine has of it.
+"""What `ls` shows: for each engine, the leases held now, and each stack with what the engine has of it.
 
-Guarantee: one engine query for all stacks; a stack's state is the engine's word (up, run, partial,
+Guarantee: one engine query for all stacks of an engine (two with Swarm stacks among them); a
+stack's state is the engine's word (up, run, partial,
 stopped, gone) for a stack that was started, else its record's status: never "up" with no container.
 An engine that does not answer is said, not guessed around.
 
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from .._error import FreeportError
 from .._leasing.records import LeaseRecord
 from .engine import Containers
+from .reclaim import ask_swarm
 from .records import StackRecord, StackStatus
 from .state import State
+from .target import Engine
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class StackView:
 
     record: StackRecord
     containers: Containers | None  # None: the engine could not be asked
+    services: int | None = None  # a Swarm stack's services, None: not asked (or not a Swarm stack)
 
     @property
     def state(self) -> str:
@@ -32,6 +36,8 @@ class StackView:
         started (by `up`, `run`, or the user's own `docker compose up` of a rendered one); else the
         record's status. Never "up" with no container running."""
         status, c = self.record.status, self.containers
+        if self.record.swarm and status is StackStatus.DEPLOYED:
+            return status.value if self.services is None or self.services else "gone"
         started = status in (StackStatus.UP, StackStatus.RUN) or (status is StackStatus.RENDERED and c and c.total)
         if c is None or not started:
             return status.value
@@ -44,6 +50,8 @@ class StackView:
     def describe(self) -> str:
         """The state as one phrase: "partial (1 of 2 running)", "rendered (expires in 5 min)"..."""
         state, c = self.state, self.containers
+        if state == "deployed" and self.services:
+            return f"deployed ({self.services} service{'s' if self.services != 1 else ''})"
         if state == "partial" and c is not None:
             return f"partial ({c.running} of {c.total} running)"
         if state == "rendered" and self.record.expires is not None:
@@ -65,23 +73,35 @@ class Overview:
     """Everything `ls` shows, gathered in one place so the CLI only formats it."""
 
     state_dir: str
+    engine: Engine
     leases: list[LeaseRecord]
     stacks: list[StackView]
     engine_error: str | None  # why container counts are unknown
 
 
 def overview(state: State) -> Overview:
-    """The leases held now, and every stack with what the engine has of it (one engine query)."""
+    """The leases held now, and every stack with what the engine has of it (one engine query, two
+    with Swarm stacks)."""
     leases = state.leases.held()
     records = state.stacks.all()
     containers: dict[str, Containers] | None = None
+    swarm: dict[str, int] | None = None
     engine_error = None
     if records:
         try:
             from .engine import project_containers
 
-            containers = project_containers()
+            containers = project_containers(state.engine)
+            if any(r.swarm for r in records):
+                swarm = ask_swarm(state.engine)
         except FreeportError as e:
             engine_error = str(e)
-    views = [StackView(r, None if containers is None else containers.get(r.project, Containers())) for r in records]
-    return Overview(state.path, leases, views, engine_error)
+    views = [
+        StackView(
+            r,
+            None if containers is None else containers.get(r.project, Containers()),
+            None if swarm is None or not r.swarm else swarm.get(r.project, 0),
+        )
+        for r in records
+    ]
+    return Overview(state.path, state.engine, leases, views, engine_error)

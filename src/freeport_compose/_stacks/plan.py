@@ -23,7 +23,7 @@ from .._error import ComposeError, OutputError, TemplateError
 from .._leasing.statedir import state_errors, write_atomic
 from .check import check_published
 from .compose import Compose, ComposeProject
-from .leases import held_ports, lease, lease_groups
+from .leases import held_ports, lease, lease_groups, port_check
 from .names import sort_key
 from .outputs import write_file, write_outputs
 from .published import Binding, bindings, blocks, check, expected, hosts, override_text
@@ -70,11 +70,12 @@ class Plan:
     ) -> dict[str, int]:
         """Lease every port of the plan under the project's name (reusing what it holds when `reuse`)."""
         project = record.project
-        ports = lease(state.leases, self.templates, project, reuse=reuse, timeout=timeout)
+        check = port_check(state.engine)  # the engine's published ports, asked once for all of them
+        ports = lease(state.leases, check, self.templates, project, reuse=reuse, timeout=timeout)
         if not self.zero_edit:
             return ports
         if compose is None:
-            compose = Compose.find()  # zero-edit reads Compose's own model: it cannot do without Compose
+            compose = Compose.find(state.engine)  # zero-edit reads Compose's own model: it cannot do without Compose
         files = write_outputs(self.templates, ports, state.stacks, project, None, None)
         target = ComposeProject(
             project, tuple(files), record.project_directory, tuple(record.profiles), tuple(record.env_files)
@@ -86,7 +87,7 @@ class Plan:
             shown = ", ".join(self.templates.paths)
             raise TemplateError(self.templates.paths[0], 1, 1, f"{shown} publishes no port: nothing to lease")
         held = held_ports(state.leases, project) if reuse else {}
-        ports.update(lease_groups(state.leases, project, blocks(self.found), hosts(self.found), held, timeout))
+        ports.update(lease_groups(state.leases, check, project, blocks(self.found), hosts(self.found), held, timeout))
         return dict(sorted(ports.items(), key=lambda kv: sort_key(kv[0])))
 
     def write(

@@ -9,7 +9,8 @@ Guarantees:
   compose down`, `docker rm -f`, an engine reset, a reboot); a stack whose `render`, `up` or `run`
   was killed, once none of its containers is left; a rendered stack whose leases were released, or
   whose `--ttl` ran out with no container of it left; a `down` that could not finish, once no
-  container is left. A stopped stack (`docker compose stop`: containers exist) keeps its ports, and
+  container is left; a deployed Swarm stack whose services are gone (`docker stack rm`, a Swarm
+  left). A stopped stack (`docker compose stop`: containers exist) keeps its ports, and
   so does a rendered stack within its lifetime.
 
 May touch: the State's leases and stack records; the engine's API (read only).
@@ -21,21 +22,31 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from .._error import EngineUnreachableError, ProjectBusyError
+from .._error import EngineUnreachableError, NotSwarmManagerError, ProjectBusyError
 from .._leasing.process import holder_alive
 from .._leasing.ranges import PortRange
 from .._leasing.store import LeaseStore, Reclaimed
 from .engine import Containers
 from .leases import release
 from .records import StackRecord, StackRecords, StackStatus
+from .target import Engine
 
 
-def verdict(record: StackRecord, live: Mapping[str, Containers] | None, leases: LeaseStore, now: float) -> str | None:
+def verdict(
+    record: StackRecord,
+    live: Mapping[str, Containers] | None,
+    leases: LeaseStore,
+    now: float,
+    swarm: Mapping[str, int] | None = None,
+) -> str | None:
     """Why this stack's leases can be freed now (the reason, as `gc` says it), or None to keep them.
 
-    `live`: the engine's containers per project, None when the engine could not be asked.
+    `live`: the engine's containers per project, None when the engine could not be asked; `swarm`:
+    its services per Swarm stack, None when not asked.
     """
     status = record.status
+    if status is StackStatus.DEPLOYED:
+        return None if swarm is None or swarm.get(record.project) else "its Swarm stack is gone"
     if status.driven:
         if holder_alive(record.driver) is not False:
             return None
@@ -59,7 +70,7 @@ def verdict(record: StackRecord, live: Mapping[str, Containers] | None, leases: 
 
 def may_go(record: StackRecord, now: float) -> bool:
     """Whether the engine's word could free this stack (so it is worth asking about)."""
-    if record.status in (StackStatus.UP, StackStatus.STOPPING) or record.status.driven:
+    if record.status in (StackStatus.UP, StackStatus.STOPPING, StackStatus.DEPLOYED) or record.status.driven:
         return True
     return record.status is StackStatus.RENDERED and (record.expires is None or now >= record.expires)
 
@@ -88,8 +99,20 @@ def forget_if_unchanged(stacks: StackRecords, leases: LeaseStore, record: StackR
         return False
 
 
-def reclaim_gone(stacks: StackRecords, leases: LeaseStore, ports: PortRange) -> Reclaimed:
-    """Free the stacks holding leases in `ports` that are gone, asking the engine once.
+def ask_swarm(engine: Engine) -> dict[str, int]:
+    """The engine's services per Swarm stack; {} on an engine that is no Swarm manager (any more):
+    a Swarm left takes its stacks with it."""
+    from .engine import swarm_stacks
+
+    try:
+        return swarm_stacks(engine)
+    except NotSwarmManagerError:
+        return {}
+
+
+def reclaim_gone(stacks: StackRecords, leases: LeaseStore, engine: Engine, ports: PortRange) -> Reclaimed:
+    """Free the stacks holding leases in `ports` that are gone, asking the engine once (twice with
+    Swarm stacks among them).
 
     Called by an allocation that found its range exhausted, before it waits or fails.
     """
@@ -98,18 +121,21 @@ def reclaim_gone(stacks: StackRecords, leases: LeaseStore, ports: PortRange) -> 
     if not records:
         return Reclaimed()
     live: dict[str, Containers] | None
+    swarm: dict[str, int] | None = None
     note = ""
     try:
         from .engine import project_containers
 
-        live = project_containers()
+        live = project_containers(engine)
+        if any(r.status is StackStatus.DEPLOYED for r in records):
+            swarm = ask_swarm(engine)
     except EngineUnreachableError as e:
         live = None
         names = ", ".join(r.project for r in records)
         note = f"the engine could not be asked whether stack(s) {names} still exist: {e}"
     freed = []
     for record in records:
-        if verdict(record, live, leases, now) is None:
+        if verdict(record, live, leases, now, swarm) is None:
             continue
         if record.status.driven and (live is None or live.get(record.project, Containers()).total):
             continue  # a killed `up` whose containers may still be there: `gc` brings them down first

@@ -62,6 +62,7 @@ class StackStatus(str, Enum):
     UP = "up"  # started by `up`: held until `down`, or until its containers are gone
     RUN = "run"  # started by `run`: must not outlive the process running it
     STOPPING = "stopping"  # a `down` that could not finish, for `down` or gc to complete
+    DEPLOYED = "deployed"  # a Swarm stack (`deploy`): held until `rm`, or until its services are gone
 
     @property
     def driven(self) -> bool:
@@ -85,6 +86,7 @@ class StackRecord:
     created: float = field(default_factory=time.time)
     expires: float | None = None  # `render --ttl`: after this, a rendered stack with no container is freed
     hosts: dict[str, str] = field(default_factory=dict)  # the address to reach a port on, where not 127.0.0.1
+    swarm: bool = False  # a Swarm stack (`deploy`): `docker stack rm` takes it down, not `docker compose down`
 
     def compose_project(self) -> ComposeProject:
         return ComposeProject(
@@ -106,6 +108,7 @@ class StackRecord:
             "created": self.created,
             "expires": self.expires,
             "hosts": self.hosts,
+            "swarm": self.swarm,
         }
         return json.dumps(raw, indent=1).encode()
 
@@ -119,6 +122,7 @@ class StackRecord:
             driver = raw["driver"]
             raw["driver"] = Holder(**driver)
             raw["status"] = StackStatus(raw["status"])
+            raw.setdefault("swarm", False)  # records written before Swarm stacks existed
             record = cls(**raw)
             lists = (record.files, record.compose_files, record.profiles, record.env_files)
             ok = (
@@ -133,6 +137,7 @@ class StackRecord:
                 and type(driver["pid"]) is int
                 and (driver["start_time"] is None or type(driver["start_time"]) is int)
                 and isinstance(driver["host"], str)
+                and type(record.swarm) is bool
                 and isinstance(record.created, (int, float))
                 and (record.expires is None or (isinstance(record.expires, (int, float)) and record.expires >= 0))
             )

@@ -81,7 +81,7 @@ def join(
         fcntl.flock(users, fcntl.LOCK_SH)  # waits while a last user takes the stack down
         with _locked(state, project, "start"):
             record = state.stacks.load(project)
-            if record is None or not _running(project) or record.status not in (StackStatus.UP, StackStatus.RUN):
+            if record is None or not _running(state, project) or record.status not in (StackStatus.UP, StackStatus.RUN):
                 status = StackStatus.UP if keep else StackStatus.RUN
                 record = up(state, opts, wait=wait, extra=up_args, status=status)
                 if not keep:
@@ -94,13 +94,13 @@ def join(
         raise
 
 
-def _running(project: str) -> bool:
+def _running(state: State, project: str) -> bool:
     """Whether every container of the project runs (a stack worth reusing)."""
     from .._error import FreeportError
     from .engine import Containers, project_containers
 
     try:
-        found = project_containers().get(project, Containers())
+        found = project_containers(state.engine).get(project, Containers())
     except FreeportError:
         return False
     return found.total > 0 and found.running == found.total

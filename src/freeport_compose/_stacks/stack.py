@@ -22,6 +22,7 @@ from .._error import FreeportError, StackNotReadyError, UnknownOwnerError
 from .._leasing.allocator import DEFAULT_TIMEOUT
 from .names import PREFIX, placeholder_key
 from .records import StackRecord, StackStatus
+from .target import resolve
 
 Files = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -58,6 +59,7 @@ class Stack:
         lease_all: bool = False,
         drop_container_names: bool = False,
         state_dir: str | None = None,
+        context: str | None = None,
     ) -> None:
         paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
         self.files = [os.fspath(f) for f in paths]
@@ -72,18 +74,22 @@ class Stack:
             "drop_container_names": drop_container_names,
         }
         self._state_dir = state_dir
+        # The engine Compose would use (--context, else $DOCKER_HOST, $DOCKER_CONTEXT, the current
+        # context): resolved now, so a context that does not exist fails before anything starts.
+        self.engine = resolve(context, os.environ)
         self._record: StackRecord | None = None
         self._owned = True  # brought down on exit (not an attached stack)
 
     @classmethod
-    def attach(cls, project: str, *, state_dir: str | None = None) -> Stack:
+    def attach(cls, project: str, *, state_dir: str | None = None, context: str | None = None) -> Stack:
         """A stack started elsewhere (`freeport-compose up -p PROJECT`): its ports, never brought down here."""
         from .state import State
 
-        record = State.open(state_dir).stacks.load(project)
+        stack = cls([], project, state_dir=state_dir, context=context)
+        record = State.open(state_dir, stack.engine).stacks.load(project)
         if record is None or record.status is StackStatus.STOPPING:
             raise UnknownOwnerError(f"no stack named {project!r} (see `freeport-compose ls`)")
-        stack = cls(record.files, project, state_dir=state_dir)
+        stack.files = list(record.files)
         stack._record, stack._owned = record, False
         return stack
 
@@ -110,7 +116,8 @@ class Stack:
         return self.record.ports[_resolve(self.record.ports, name)]
 
     def host(self, name: str) -> str:
-        """The address to reach `name`'s port on: the one it is published on, else 127.0.0.1."""
+        """The address to reach `name`'s port on: the one it is published on, else the engine's host
+        (127.0.0.1 for an engine on this machine)."""
         return self.record.hosts.get(_resolve(self.record.ports, name), "127.0.0.1")
 
     def url(self, name: str, path: str = "/", scheme: str = "http") -> str:
@@ -127,7 +134,7 @@ class Stack:
         from .lifecycle import Options, up
         from .state import State
 
-        state = State.open(self._state_dir)
+        state = State.open(self._state_dir, self.engine)
         opts = Options(files=self.files, timeout=DEFAULT_TIMEOUT, **self._options)
         self._record = up(state, opts, wait=self.wait, extra=self.up_args)
         try:
@@ -164,7 +171,7 @@ class Stack:
         if kind == "log":
             from .compose import Compose
 
-            text = Compose.find().logs(self.record.compose_project(), name, tail=1000)
+            text = Compose.find(self.engine).logs(self.record.compose_project(), name, tail=1000)
             return (re.search(arg, text, re.MULTILINE) is not None, f"no log line matches {arg!r}")
         import socket
         import urllib.error
@@ -192,14 +199,14 @@ class Stack:
         from .compose import Compose
         from .lifecycle import why_failed
 
-        compose = Compose.find()
+        compose = Compose.find(self.engine)
         target = self.record.compose_project()
         lines = ["docker compose ps:", *("  " + ln for ln in compose.ps(target).splitlines())]
         for name in pending:
             service = name.removeprefix(PREFIX)
             lines.append(f"{name}: {last.get(name, 'not checked')}; last log lines of {service}:")
             lines += ["  " + ln for ln in compose.logs(target, service).splitlines()] or ["  (none)"]
-        lines += why_failed(self.project)
+        lines += why_failed(self.engine, self.project)
         what = ", ".join(f"{n} ({c})" for n, c in pending.items())
         return StackNotReadyError(
             f"stack {self.project} not ready after {self.timeout:g} s: {what}\n" + "\n".join(lines)
@@ -213,7 +220,7 @@ class Stack:
         from .state import State
 
         record, self._record = self._record, None
-        down(State.open(self._state_dir), record.project, volumes=volumes)
+        down(State.open(self._state_dir, self.engine), record.project, volumes=volumes)
 
     def __enter__(self) -> Stack:
         return self if self._record is not None else self.up()

@@ -1,45 +1,136 @@
 """The state both halves share, as one object passed down explicitly from the CLI and the API.
 
-Guarantee: every stack operation works on the state dir it is handed (its lease store and its stack
-records), never on one found through a global or an environment variable written on the way.
+One State per engine: the default engine (this machine's socket) keeps its leases and stack records
+in the state dir itself, shared with plain FreePort() (both publish on this machine); any other
+engine in engines/<key>/ below it, a state dir of its own, so a lease for one engine never blocks
+another. `engines/<key>/engine.json` says which engine a directory is for (`ls` shows it).
+
+Guarantee: every stack operation works on the state dir and engine it is handed (its lease store,
+its stack records, its engine), never on one found through a global or an environment variable
+written on the way.
 
 May touch: nothing by itself; opening it verifies (and creates) the state directory.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 
+from .._error import UnknownContextError
 from .._leasing.locks import open_locks
 from .._leasing.ranges import PortRange
+from .._leasing.statedir import default_state_path, read_small, state_errors, write_atomic
 from .._leasing.store import LeaseStore, Reclaimed
 from .reclaim import reclaim_gone
 from .records import StackRecords
+from .target import DEFAULT_ADDRESS, Engine, resolve
+
+ENGINES = "engines"
+_META = "engine.json"
 
 
 @dataclass(frozen=True)
 class State:
-    """A state directory's leases and stack records, opened once and handed to every verb."""
+    """A state directory's leases and stack records for one engine, opened once and handed to every verb."""
 
     leases: LeaseStore
     stacks: StackRecords
+    engine: Engine
+    root: str  # the state dir the user named (the default engine's; others' are below it)
 
     @property
     def path(self) -> str:
+        """This engine's directory: the state dir itself, or engines/<key> below it."""
         return self.leases.path
 
     @classmethod
-    def open(cls, path: str | None = None) -> State:
-        """The state dir at `path` (default: $FREEPORT_STATE_DIR, else the user's private one), verified.
+    def open(cls, path: str | None = None, engine: Engine | None = None) -> State:
+        """The state dir at `path` (default: $FREEPORT_STATE_DIR, else the user's private one),
+        verified, for `engine` (default: the one Compose would use here).
 
         Its lease store reclaims: an allocation that finds its range exhausted first frees the
         leases of stacks that are gone (see reclaim.py).
         """
+        engine = engine if engine is not None else resolve(None, os.environ)
+        root = path if path else default_state_path()
+        if engine.is_default:
+            return cls._at(root, engine, root)
+        where = _engine_dir(root, engine.key)
+        state = cls._at(where, engine, root)
+        state._describe()
+        return state
+
+    @classmethod
+    def _at(cls, path: str, engine: Engine, root: str) -> State:
         locks = open_locks(path)
         stacks = StackRecords(locks.sd)
 
         def reclaim(ports: PortRange) -> Reclaimed:
-            return reclaim_gone(stacks, leases, ports)
+            return reclaim_gone(stacks, leases, engine, ports)
 
         leases = LeaseStore(locks, reclaim)
-        return cls(leases, stacks)
+        return cls(leases, stacks, engine, root)
+
+    def _describe(self) -> None:
+        """engine.json: which engine this directory is for (rewritten when a context renames it)."""
+        sd = self.stacks.sd
+        text = json.dumps({"address": self.engine.address, "context": self.engine.context}).encode()
+        with state_errors(f"cannot write {os.path.join(sd.path, _META)}"):
+            if read_small(sd.fd, _META) != text:
+                write_atomic(sd.fd, _META, text, sd.file_mode)
+
+    @classmethod
+    def every(cls, path: str | None = None, engine: Engine | None = None) -> list[State]:
+        """The State of every engine that has a directory below the state dir, the default engine
+        first (`ls` and `gc` go through all of them). An engine's directory whose engine.json is
+        missing or unreadable is skipped."""
+        root = path if path else default_state_path()
+        engine = engine if engine is not None else resolve(None, os.environ)
+        states = [cls._at(root, engine if engine.is_default else Engine(DEFAULT_ADDRESS), root)]
+        base = states[0].stacks.sd
+        try:
+            names = sorted(os.listdir(os.path.join(base.path, ENGINES)))
+        except (FileNotFoundError, NotADirectoryError):
+            return states
+        for key in names:
+            raw = read_small(base.fd, os.path.join(ENGINES, key, _META)) if _is_key(key) else None
+            found = _decode(raw)
+            if found is None or found.key != key:
+                continue
+            if found.address == engine.address:
+                found = engine  # the one this command targets: its context and TLS files as resolved
+            elif found.context:
+                with suppress(UnknownContextError):
+                    named = resolve(found.context, os.environ)
+                    if named.address == found.address:  # the context still names it: take its TLS files
+                        found = named
+            states.append(cls._at(os.path.join(root, ENGINES, key), found, root))
+        return states
+
+
+def _is_key(name: str) -> bool:
+    return len(name) == 20 and all(c in "0123456789abcdef" for c in name)
+
+
+def _decode(raw: bytes | None) -> Engine | None:
+    try:
+        meta: Mapping[str, object] = json.loads(raw or b"")
+        address, context = meta["address"], meta.get("context")
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if not isinstance(address, str) or not (context is None or isinstance(context, str)):
+        return None
+    return Engine(address, context)
+
+
+def _engine_dir(root: str, key: str) -> str:
+    """engines/<key> below a verified root: engines/ is opened without following a symlink and
+    checked like the root itself (a planted engines/ link must not send our leases elsewhere)."""
+    sd = open_locks(root).sd
+    fd = sd.subdir(sd.fd, ENGINES, os.path.join(root, ENGINES))
+    os.close(fd)
+    return os.path.join(root, ENGINES, key)

@@ -49,8 +49,9 @@ def run(
             **os.environ,
             **{k: str(v) for k, v in record.ports.items()},
             "COMPOSE_PROJECT_NAME": record.project,
-            STATE_ENV: state.path,  # a `freeport-compose ports` in the command finds this stack
+            STATE_ENV: state.root,  # a `freeport-compose ports` in the command finds this stack
         }
+        env = state.engine.child_env(env) or env  # ... on this engine, as a `docker compose` in it does
         child: subprocess.Popen[bytes] | None = None
         early: list[int] = []  # signals that came before the command existed
 
@@ -103,12 +104,14 @@ def exec_compose(state: State, project: str, args: Sequence[str]) -> NoReturn:
         from .._error import UnknownOwnerError
 
         raise UnknownOwnerError(f"no stack named {project!r} (see `freeport-compose ls`)")
-    compose = Compose.find()
+    compose = Compose.find(state.engine)
     files_there = all(os.path.exists(f) for f in record.compose_files)
     head = record.compose_project().args() if files_there else ["--project-name", project]
     argv = [*compose.command, *head, *args]
     try:
-        os.execvp(argv[0], argv)  # noqa: S606 (an argument list, never a shell string)
+        if compose.env is None:
+            os.execvp(argv[0], argv)  # noqa: S606 (an argument list, never a shell string)
+        os.execvpe(argv[0], argv, compose.env)  # noqa: S606
     except OSError as e:
         from .._error import ComposeNotFoundError
 

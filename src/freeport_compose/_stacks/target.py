@@ -1,0 +1,159 @@
+"""Which Docker engine a stack targets: the one Compose would use, found the way the docker CLI finds it.
+
+Order (docker CLI's own): `--context`, else $DOCKER_HOST, else $DOCKER_CONTEXT, else the current
+context of the CLI's config ($DOCKER_CONFIG/config.json), else the default socket. A context is
+read from $DOCKER_CONFIG/contexts/meta/<sha256 of its name>/meta.json, with its TLS files beside it.
+
+Guarantees: resolving reads files only (no engine is asked, nothing is imported beyond the standard
+library); a context that does not exist, or a meta file that cannot be read, is one clear error
+naming it; the Compose and docker children of a stack are pointed at the same engine (`child_env`)
+without writing our own environment.
+
+May touch: reads the docker CLI's config directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .._error import UnknownContextError
+
+DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "")
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A context's client certificates, so the SDK talks TLS to the same engine the docker CLI does."""
+
+    ca: str | None
+    cert: str | None
+    key: str | None
+    verify: bool
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The engine a stack targets, so leases, queries and Compose children all agree on it."""
+
+    address: str  # unix:///..., tcp://host:port, ssh://user@host, npipe://...
+    context: str | None = None  # the context that named it (None: $DOCKER_HOST or the default)
+    tls: TLSFiles | None = None
+    via_flag: bool = False  # chosen by --context/`context=`: children must be told, not left to $DOCKER_HOST
+
+    @property
+    def name(self) -> str:
+        """How `ls` names it: the context, else the address."""
+        return self.context if self.context and self.context != "default" else self.address
+
+    @property
+    def is_default(self) -> bool:
+        """The machine's own engine at the default socket: its leases are the state dir's own, shared
+        with plain FreePort() (both publish on this machine)."""
+        return self.address == DEFAULT_ADDRESS
+
+    @property
+    def on_this_machine(self) -> bool:
+        """Whether its published ports bind here (a unix socket or loopback TCP), so the local bind
+        probe means something for it. For an engine elsewhere a port busy here may be free there,
+        and the reverse: only the engine's own published ports count."""
+        parts = urlsplit(self.address)
+        if parts.scheme in ("unix", "npipe", "fd"):
+            return True
+        return parts.scheme in ("tcp", "http", "https") and (parts.hostname or "") in _LOOPBACK
+
+    @property
+    def host(self) -> str:
+        """The address to reach its published ports on: the engine's host, or 127.0.0.1 here."""
+        if self.on_this_machine:
+            return "127.0.0.1"
+        return urlsplit(self.address).hostname or "127.0.0.1"
+
+    @property
+    def key(self) -> str:
+        """The directory name of its leases below the state dir ("" for the default engine): one
+        lease store per address, so a lease for one engine does not block another."""
+        if self.is_default:
+            return ""
+        return hashlib.sha256(self.address.encode()).hexdigest()[:20]
+
+    def child_env(self, env: Mapping[str, str]) -> dict[str, str] | None:
+        """The environment for a docker or Compose child so it targets this engine; None: the
+        caller's own environment already does."""
+        if not self.via_flag:
+            return None
+        out = {k: v for k, v in env.items() if k != "DOCKER_HOST"}  # $DOCKER_HOST beats $DOCKER_CONTEXT
+        if self.context:
+            out["DOCKER_CONTEXT"] = self.context
+        else:
+            out["DOCKER_HOST"] = self.address
+            out.pop("DOCKER_CONTEXT", None)
+        return out
+
+
+def config_dir(env: Mapping[str, str]) -> str:
+    return env.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+
+
+def resolve(context: str | None, env: Mapping[str, str]) -> Engine:
+    """The engine Compose would use given `--context` (or None) and this environment."""
+    if context:
+        return _context(context, env, via_flag=True)
+    host = env.get("DOCKER_HOST")
+    if host:
+        return Engine(host, tls=_env_tls(env))
+    name = env.get("DOCKER_CONTEXT") or _current_context(env)
+    if name:
+        return _context(name, env, via_flag=False)
+    return Engine(DEFAULT_ADDRESS)
+
+
+def _current_context(env: Mapping[str, str]) -> str | None:
+    path = os.path.join(config_dir(env), "config.json")
+    try:
+        with open(path, "rb") as f:
+            raw = json.load(f)
+    except (OSError, ValueError):
+        return None  # no config (or one the docker CLI could not read either): the default engine
+    current = raw.get("currentContext") if isinstance(raw, dict) else None
+    return current if isinstance(current, str) and current else None
+
+
+def _context(name: str, env: Mapping[str, str], *, via_flag: bool) -> Engine:
+    if name == "default":
+        return Engine(env.get("DOCKER_HOST") or DEFAULT_ADDRESS, "default", _env_tls(env), via_flag)
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    base = os.path.join(config_dir(env), "contexts")
+    meta = os.path.join(base, "meta", digest, "meta.json")
+    try:
+        with open(meta, "rb") as f:
+            raw = json.load(f)
+        endpoint = raw["Endpoints"]["docker"]
+        address = endpoint["Host"]
+        skip_verify = bool(endpoint.get("SkipTLSVerify", False))
+        if not isinstance(address, str) or not address:
+            raise TypeError
+    except FileNotFoundError:
+        raise UnknownContextError(f"docker context {name!r} does not exist (looked for {meta})") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UnknownContextError(f"docker context {name!r} cannot be read: {meta} has no docker endpoint") from None
+    tls_dir = os.path.join(base, "tls", digest, "docker")
+    files = {n: os.path.join(tls_dir, f"{n}.pem") for n in ("ca", "cert", "key")}
+    found = {n: p if os.path.isfile(p) else None for n, p in files.items()}
+    tls = TLSFiles(found["ca"], found["cert"], found["key"], not skip_verify) if any(found.values()) else None
+    return Engine(address, name, tls, via_flag)
+
+
+def _env_tls(env: Mapping[str, str]) -> TLSFiles | None:
+    """$DOCKER_TLS_VERIFY and $DOCKER_CERT_PATH, as the docker CLI reads them with $DOCKER_HOST."""
+    verify = env.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
+    cert_path = env.get("DOCKER_CERT_PATH")
+    if not verify and not cert_path:
+        return None
+    d = cert_path or config_dir(env)
+    return TLSFiles(os.path.join(d, "ca.pem"), os.path.join(d, "cert.pem"), os.path.join(d, "key.pem"), verify)
