@@ -5,7 +5,9 @@ Scenarios, all measured in one run:
      cannot avoid (lock file open + flock + the probe's four binds + close);
   b) contended: 16 processes x 6 ports in a 96-port range, all holding until everyone is done;
      per-port cost measured inside each process, and ports handed to two processes at once;
-  c) flat as leases grow: FreePort(range)+release with 10 vs 10,000 named leases held in the range.
+  c) flat as leases grow: FreePort(range)+release with 10 vs 10,000 named leases held in the range;
+  d) fresh processes: the first FreePort() after import against ephemeral-port-reserve's first
+     reserve(); b) again with processes spawned for every round; whole commands' time and max RSS.
 
 Prints a Markdown section on stdout (progress goes to stderr). Everything freeport writes goes to a
 private FREEPORT_STATE_DIR that is removed at the end. Only loopback and wildcard binds are made.
@@ -13,6 +15,7 @@ private FREEPORT_STATE_DIR that is removed at the end. Only loopback and wildcar
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import fcntl
 import itertools
@@ -21,6 +24,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -149,6 +153,27 @@ def bare_claim(dir_fd: int, port: int) -> None:
         os.close(fd)
 
 
+def bare_claim_c(dir_fd: int, port: int) -> None:
+    """bare_claim with the probe's sockets made through _socket, as freeport's probe makes them: the
+    same syscalls without socket.py's wrapper class (~1 µs a socket)."""
+    fd = os.open(f"{port}.lock", _LOCK_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for kind in (_socket.SOCK_STREAM, _socket.SOCK_DGRAM):
+            for family, address in WILDCARDS:
+                s = _socket.socket(family, kind)
+                try:
+                    if family == _socket.AF_INET6:
+                        s.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
+                    s.bind((address, port))
+                    if kind == _socket.SOCK_STREAM:
+                        s.listen(1)
+                finally:
+                    s.close()
+    finally:
+        os.close(fd)
+
+
 def take_freeport(lo: int, hi: int, lock_dir: str) -> Handle:
     fp = FreePort(lo, hi)
     return fp.port, fp.release
@@ -178,6 +203,7 @@ PORTPICKER = "portpicker `pick_unused_port()`"
 EPHEMERAL = "ephemeral-port-reserve `reserve()`"
 BIND_ZERO = "naive `bind(0)`"
 BARE = "bare syscalls (open + flock + 4 probe binds + close)"
+BARE_C = "bare syscalls, sockets through `_socket` (as freeport's probe)"
 
 TAKERS: dict[str, Callable[[int, int, str], Handle]] = {
     FREEPORT: take_freeport,
@@ -236,6 +262,9 @@ def scenario_uncontended(cfg: Config, lock_root: str) -> Uncontended:
     def bare_cycle() -> None:
         bare_claim(bare_fd, next(ports))
 
+    def bare_c_cycle() -> None:
+        bare_claim_c(bare_fd, next(ports))
+
     def recipe_cycle() -> None:
         recipe.acquire()[1].release()
 
@@ -253,6 +282,7 @@ def scenario_uncontended(cfg: Config, lock_root: str) -> Uncontended:
     cycles: list[tuple[str, Callable[[], None], int]] = [
         (FREEPORT, freeport_cycle, cfg.per_rep),
         (BARE, bare_cycle, cfg.per_rep),
+        (BARE_C, bare_c_cycle, cfg.per_rep),
         (RECIPE, recipe_cycle, cfg.per_rep),
         (PORTPICKER, portpicker_cycle, cfg.per_rep),
         (BIND_ZERO, bind_zero_cycle, cfg.per_rep),
@@ -548,6 +578,91 @@ def scenario_leases(cfg: Config, lock_root: str) -> Leases:
     return result
 
 
+# -- d) fresh processes, and start-up -----------------------------------------------------------------
+
+FPC = os.path.join(os.path.dirname(sys.executable), "freeport-compose")
+FIRST_CODE = {
+    FREEPORT: "from freeport_compose import FreePort as take",
+    EPHEMERAL: "from ephemeral_port_reserve import reserve as take",
+}
+# Times the first and the second call in a process that has just imported the tool.
+FIRST_TIMER = (
+    "import sys, time\n{imp}\n"
+    "t0 = time.perf_counter(); a = take(); t1 = time.perf_counter(); b = take(); t2 = time.perf_counter()\n"
+    "print(t1 - t0, t2 - t1)"
+)
+
+
+@dataclass
+class Fresh:
+    first: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # seconds, first call
+    second: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    contended: Contended | None = None  # 16 fresh processes x 6 ports, first call included
+    whole: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # whole-process seconds
+    rss: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # max RSS, KiB
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, max RSS in KiB, stdout) of a child process.
+
+    The RSS is GNU time's (%M): a child's ru_maxrss counts the memory of the process it was forked
+    from, and ours is this bench, far bigger than the commands measured; time's own is ~2 MiB.
+    """
+    with tempfile.NamedTemporaryFile("r") as rss_file:
+        t0 = time.perf_counter()
+        done = subprocess.run([GNU_TIME, "-f", "%M", "-o", rss_file.name, *cmd], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, check=True)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        rss = int(rss_file.read().split()[-1])
+    return seconds, rss, done.stdout.decode()
+
+
+def scenario_fresh(cfg: Config, lock_root: str, contended_range: tuple[int, int]) -> Fresh:
+    result = Fresh()
+    n = 6 if cfg.quick else 20
+    progress(f"d) fresh processes: first call x {n} per tool; start-up of whole commands x {n}")
+    for _ in range(n):  # interleaved, so drift hits every tool alike
+        for tool, imp in FIRST_CODE.items():
+            _, _, out = run_measured([sys.executable, "-c", FIRST_TIMER.format(imp=imp)])
+            first, second = map(float, out.split())
+            result.first[tool].append(first)
+            result.second[tool].append(second)
+        commands = {
+            "`python -c pass`": [sys.executable, "-c", "pass"],
+            "`python -c 'import freeport_compose'`": [sys.executable, "-c", "import freeport_compose"],
+            "`freeport-compose get --owner X`": [FPC, "get", "--owner", "bench-startup"],
+            "`freeport-compose release --owner X`": [FPC, "release", "--owner", "bench-startup"],
+        }
+        for label, cmd in commands.items():
+            seconds, rss, _ = run_measured(cmd)
+            result.whole[label].append(seconds)
+            result.rss[label].append(rss)
+    lo, hi = contended_range
+    rounds = 2 if cfg.quick else 8
+    contended = Contended(lo, hi, rounds, time_wait_sockets())
+    progress(f"d) {PROCS} fresh processes x {PER_PROC} ports in {lo}-{hi}, {rounds} rounds")
+    for _ in range(rounds):
+        for tool in (FREEPORT, EPHEMERAL):
+            pool = Pool(PROCS)  # spawned now: every process's first allocation is in the round
+            try:
+                reports = pool.run((tool, lo, hi, lock_root, PER_PROC))
+            finally:
+                pool.close()
+            across, within = count_duplicates(reports)
+            contended.duplicates[tool] += across
+            contended.repeats[tool] += within
+            for ports, times, cpu, errors in reports:
+                contended.times[tool].extend(times)
+                contended.cpu[tool].extend(cpu)
+                contended.errors[tool].extend(errors)
+                contended.out_of_range[tool] += sum(not lo <= p <= hi for p in ports) if tool == FREEPORT else 0
+    result.contended = contended
+    return result
+
+
 # -- report -------------------------------------------------------------------------------------------
 
 
@@ -563,7 +678,7 @@ def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def render_targets(a: Uncontended, b: Contended, c: Leases) -> list[str]:
+def render_targets(a: Uncontended, b: Contended, c: Leases, d: Fresh) -> list[str]:
     ratio_a = a.paired_ratio(FREEPORT, BARE)
     wall_fp, wall_eph = mean(b.times[FREEPORT]), mean(b.times[EPHEMERAL])
     cpu_fp, cpu_eph = mean(b.cpu[FREEPORT]), mean(b.cpu[EPHEMERAL])
@@ -593,13 +708,38 @@ def render_targets(a: Uncontended, b: Contended, c: Leases) -> list[str]:
             verdict(ratio_c <= FLAT_LIMIT, f"{ratio_c:.2f}x > {FLAT_LIMIT:g}x"),
         ],
     ]
+    first_fp, first_eph = median(d.first[FREEPORT]), median(d.first[EPHEMERAL])
+    rows.append(
+        [
+            "d) a fresh process's first `FreePort()` <= ephemeral-port-reserve's first `reserve()` (medians)",
+            f"{us(first_fp)} vs {us(first_eph)} µs ({first_fp / first_eph:.2f}x)",
+            verdict(first_fp <= first_eph, f"{first_fp / first_eph:.2f}x"),
+        ]
+    )
+    assert d.contended is not None
+    fresh = d.contended
+    fresh_fp, fresh_eph = mean(fresh.times[FREEPORT]), mean(fresh.times[EPHEMERAL])
+    fresh_dups = fresh.duplicates[FREEPORT] + fresh.repeats[FREEPORT]
+    fresh_fails = len(fresh.errors[FREEPORT]) + fresh.out_of_range[FREEPORT]
+    rows += [
+        [
+            "d) fresh processes: contended per-port cost <= ephemeral-port-reserve's (mean wall time)",
+            f"freeport {us(fresh_fp)} µs vs {us(fresh_eph)} µs ({fresh_fp / fresh_eph:.2f}x)",
+            verdict(fresh_fp <= fresh_eph, f"{fresh_fp / fresh_eph:.2f}x"),
+        ],
+        [
+            "d) fresh processes: zero duplicates for freeport",
+            f"{fresh_dups} duplicates, {fresh_fails} failed allocations in {fresh.rounds} rounds",
+            verdict(fresh_dups == 0 and fresh_fails == 0),
+        ],
+    ]
     return ["### Targets", "", table(["target", "measured", "verdict"], rows), ""]
 
 
 def render_uncontended(cfg: Config, a: Uncontended) -> list[str]:
     bare = median(a.per_port[BARE])
     rows = []
-    for name in (FREEPORT, BARE, RECIPE, PORTPICKER, EPHEMERAL, BIND_ZERO):
+    for name in (FREEPORT, BARE, BARE_C, RECIPE, PORTPICKER, EPHEMERAL, BIND_ZERO):
         runs = a.per_port[name]
         spread = f"{us(min(runs))}-{us(max(runs))}"
         rows.append([name, us(median(runs)), spread, f"{median(runs) / bare:.2f}x"])
@@ -616,7 +756,8 @@ def render_uncontended(cfg: Config, a: Uncontended) -> list[str]:
         table(headers, rows, [False, True, True, True]),
         "",
         f"freeport / bare = **{a.paired_ratio(FREEPORT, BARE):.2f}x** (median of the per-repetition ratios; "
-        f"target <= {UNCONTENDED_LIMIT:g}x).",
+        f"target <= {UNCONTENDED_LIMIT:g}x); against the bare syscalls through `_socket`, "
+        f"{a.paired_ratio(FREEPORT, BARE_C):.2f}x.",
         "",
     ]
 
@@ -715,7 +856,62 @@ def render_leases(cfg: Config, c: Leases) -> list[str]:
     ]
 
 
-def render(cfg: Config, a: Uncontended, b: Contended, c: Leases, seconds: float, load: tuple[float, float]) -> str:
+def render_fresh(d: Fresh) -> list[str]:
+    assert d.contended is not None
+    first_rows = [
+        [name, us(median(d.first[name])), us(min(d.first[name])), us(max(d.first[name])), us(median(d.second[name]))]
+        for name in FIRST_CODE
+    ]
+    whole_rows = [
+        [label, f"{median(times) * 1e3:.1f}", f"{median(times) / median(d.whole['`python -c pass`']):.2f}x",
+         f"{max(d.rss[label]) / 1024:.1f}"]
+        for label, times in d.whole.items()
+    ]  # fmt: skip
+    fresh = d.contended
+    contended_rows = []
+    for name in (FREEPORT, EPHEMERAL):
+        times = fresh.times[name]
+        contended_rows.append(
+            [
+                name,
+                us(mean(times)),
+                us(percentile(times, 0.5)),
+                us(percentile(times, 0.99)),
+                us(mean(fresh.cpu[name])),
+                str(fresh.duplicates[name]),
+                str(len(fresh.errors[name])),
+            ]
+        )
+    runs = len(d.first[FREEPORT])
+    return [
+        "### d) Fresh processes",
+        "",
+        f"First call after import, each in a new interpreter ({runs} each, interleaved); the second call "
+        "for comparison. freeport's uses the default range and the bench's state dir, where most ports "
+        "have no lock file yet (creating one costs ~45 µs on ext4).",
+        "",
+        table(["tool", "first call µs (median)", "min", "max", "second call µs (median)"], first_rows,
+              [False, True, True, True, True]),
+        "",
+        f"Whole processes ({runs} each, interleaved; wall time from spawn to exit, through GNU time, which "
+        "gives the max RSS):",
+        "",
+        table(["command", "ms (median)", "vs python -c pass", "max RSS MiB"], whole_rows,
+              [False, True, True, True]),
+        "",
+        f"{PROCS} processes x {PER_PROC} ports in {fresh.lo}-{fresh.hi}, {fresh.rounds} rounds, the "
+        "processes spawned anew for every round and tool: each one's first allocation is its first call "
+        "after import. Measured as in b).",
+        "",
+        table(["tool", "µs/port mean", "p50", "p99", "CPU µs/port mean", "duplicates", "failed"], contended_rows,
+              [False, True, True, True, True, True, True]),
+        "",
+    ]  # fmt: skip
+
+
+def render(
+    cfg: Config, a: Uncontended, b: Contended, c: Leases, d: Fresh, seconds: float, load: tuple[float, float]
+) -> str:
     mode = "quick run (`--quick`)" if cfg.quick else "full run"
     out = [
         "## Allocator",
@@ -725,10 +921,11 @@ def render(cfg: Config, a: Uncontended, b: Contended, c: Leases, seconds: float,
         "(removed afterwards); portpicker without a portserver; only loopback and wildcard binds.",
         "",
     ]
-    out += render_targets(a, b, c)
+    out += render_targets(a, b, c, d)
     out += render_uncontended(cfg, a)
     out += render_contended(b)
     out += render_leases(cfg, c)
+    out += render_fresh(d)
     return "\n".join(out)
 
 
@@ -762,12 +959,13 @@ def main() -> int:
         a = scenario_uncontended(cfg, locks)
         b = scenario_contended(cfg, locks, avoid=(a.lo, a.hi))
         c = scenario_leases(cfg, locks)
+        d = scenario_fresh(cfg, os.path.join(locks, "recipe-b"), (b.lo, b.hi))
     finally:
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(locks, ignore_errors=True)
     seconds = time.perf_counter() - t0
     progress(f"c) done in {seconds:.0f} s total")
-    print(render(cfg, a, b, c, seconds, (load_start, os.getloadavg()[0])))
+    print(render(cfg, a, b, c, d, seconds, (load_start, os.getloadavg()[0])))
     return 0
 
 

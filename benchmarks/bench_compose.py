@@ -36,10 +36,22 @@ def stack(ports: dict[str, str]) -> str:
     return "services:\n" + body
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+RSS: dict[str, list[int]] = {}  # max RSS in KiB per command label, from GNU time (%M)
+
+
+def timed(cmd: list[str], env: dict[str, str], rss_label: str | None = None) -> float:
+    """Wall seconds of cmd; with rss_label, run through GNU time and keep its max RSS (the largest
+    process of the command's tree, docker compose included; a child's ru_maxrss would count this
+    bench's own memory, which it was forked from)."""
+    measure = rss_label is not None and os.path.exists("/usr/bin/time")
+    with tempfile.NamedTemporaryFile("r") as rss_file:
+        prefix = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] if measure else []
+        start = time.perf_counter()
+        subprocess.run([*prefix, *cmd], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        took = time.perf_counter() - start
+        if measure and rss_label is not None:
+            RSS.setdefault(rss_label, []).append(int(rss_file.read().split()[-1]))
+    return took
 
 
 def quiet(cmd: list[str], env: dict[str, str]) -> None:
@@ -68,11 +80,11 @@ def main() -> int:
             took = {}
             for side in sides:
                 if side == "plain":
-                    took[side] = timed([*docker, "-p", "bench-plain", "-f", str(plain), "up", "-d"], env)
+                    took[side] = timed([*docker, "-p", "bench-plain", "-f", str(plain), "up", "-d"], env, side)
                     quiet([*docker, "-p", "bench-plain", "-f", str(plain), "down"], env)
                 else:
                     extra = ["--no-check"] if side == "fast" else []
-                    took[side] = timed([FPC, "up", "-p", "bench-fpc", "-f", str(template), *extra], env)
+                    took[side] = timed([FPC, "up", "-p", "bench-fpc", "-f", str(template), *extra], env, side)
                     quiet([FPC, "down", "-p", "bench-fpc"], env)
             if i:
                 plain_times.append(took["plain"])
@@ -101,16 +113,19 @@ def main() -> int:
     ratio = med_fpc / med_plain
     print("## Compose\n")
     print(f"{len(SERVICES)}-service stack, {rounds} rounds, medians of wall time; {os.cpu_count()} cores, "
-          f"Python {sys.version.split()[0]}.\n")
-    print("| command | median | min | max |")
-    print("|---|---|---|---|")
-    for label, times in (("`docker compose up -d` (fixed ports)", plain_times),
-                         ("`freeport-compose up` (lease + render + up, with the config check beside it)", fpc_times),
-                         ("`freeport-compose up --no-check`", fast_times)):
-        print(f"| {label} | {statistics.median(times):.3f} s | {min(times):.3f} s | {max(times):.3f} s |")
+          f"Python {sys.version.split()[0]}. Max RSS: the largest process of the command's tree (GNU time's "
+          "%M; docker compose's own included), over the rounds.\n")
+    print("| command | median | min | max | max RSS |")
+    print("|---|---|---|---|---|")
+    for label, side, times in (
+            ("`docker compose up -d` (fixed ports)", "plain", plain_times),
+            ("`freeport-compose up` (lease + render + up, with the config check beside it)", "fpc", fpc_times),
+            ("`freeport-compose up --no-check`", "fast", fast_times)):
+        rss = f"{max(RSS[side]) / 1024:.1f} MiB" if side in RSS else "-"
+        print(f"| {label} | {statistics.median(times):.3f} s | {min(times):.3f} s | {max(times):.3f} s | {rss} |")
     for label, times in render_times.items():
         print(f"| `freeport-compose render` 100 placeholders, {label} | {statistics.median(times):.3f} s "
-              f"| {min(times):.3f} s | {max(times):.3f} s |")
+              f"| {min(times):.3f} s | {max(times):.3f} s | - |")
     render_med = statistics.median(render_times["--no-check"])
     fast = statistics.median(fast_times) / med_plain
     print(f"\n- up / plain: **{ratio:.2f}x** (target <= 1.10x): {'met' if ratio <= 1.10 else 'NOT met'}; "
