@@ -19,12 +19,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from .._error import InvalidNameError, ProjectBusyError
 from .._leasing.flock import try_lock, unlock
 from .._leasing.process import Holder, current_holder
 from .._leasing.statedir import StateDir, open_file, read_small, remove_tree, state_errors, write_atomic
-from .compose import ComposeProject
+
+if TYPE_CHECKING:  # the driver (subprocess, threading) is imported where a command runs Compose
+    from .compose import ComposeProject
 
 BUSY_WAIT = 120.0  # seconds to wait while another freeport-compose works on the same project
 _PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -89,6 +92,8 @@ class StackRecord:
     swarm: bool = False  # a Swarm stack (`deploy`): `docker stack rm` takes it down, not `docker compose down`
 
     def compose_project(self) -> ComposeProject:
+        from .compose import ComposeProject
+
         return ComposeProject(
             self.project, tuple(self.compose_files), self.project_directory, tuple(self.profiles), tuple(self.env_files)
         )

@@ -25,7 +25,6 @@ from .._leasing.locks import open_locks
 from .._leasing.ranges import PortRange
 from .._leasing.statedir import default_state_path, read_small, state_errors, write_atomic
 from .._leasing.store import LeaseStore, Reclaimed
-from .reclaim import reclaim_gone
 from .records import StackRecords
 from .target import DEFAULT_ADDRESS, Engine, resolve
 
@@ -70,6 +69,10 @@ class State:
         stacks = StackRecords(locks.sd)
 
         def reclaim(ports: PortRange) -> Reclaimed:
+            # Imported here: only an exhausted range reclaims, and `get` must not pay for the engine
+            # client at every start.
+            from .reclaim import reclaim_gone
+
             return reclaim_gone(stacks, leases, engine, ports)
 
         leases = LeaseStore(locks, reclaim)

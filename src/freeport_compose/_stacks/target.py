@@ -14,14 +14,16 @@ May touch: reads the docker CLI's config directory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from .._error import UnknownContextError
+
+if TYPE_CHECKING:
+    from urllib.parse import SplitResult
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "")
@@ -62,7 +64,7 @@ class Engine:
         """Whether its published ports bind here (a unix socket or loopback TCP), so the local bind
         probe means something for it. For an engine elsewhere a port busy here may be free there,
         and the reverse: only the engine's own published ports count."""
-        parts = urlsplit(self.address)
+        parts = _split(self.address)
         if parts.scheme in ("unix", "npipe", "fd"):
             return True
         return parts.scheme in ("tcp", "http", "https") and (parts.hostname or "") in _LOOPBACK
@@ -72,7 +74,7 @@ class Engine:
         """The address to reach its published ports on: the engine's host, or 127.0.0.1 here."""
         if self.on_this_machine:
             return "127.0.0.1"
-        return urlsplit(self.address).hostname or "127.0.0.1"
+        return _split(self.address).hostname or "127.0.0.1"
 
     @property
     def key(self) -> str:
@@ -80,7 +82,7 @@ class Engine:
         lease store per address, so a lease for one engine does not block another."""
         if self.is_default:
             return ""
-        return hashlib.sha256(self.address.encode()).hexdigest()[:20]
+        return _sha256(self.address)[:20]
 
     def child_env(self, env: Mapping[str, str]) -> dict[str, str] | None:
         """The environment for a docker or Compose child so it targets this engine; None: the
@@ -94,6 +96,20 @@ class Engine:
             out["DOCKER_HOST"] = self.address
             out.pop("DOCKER_CONTEXT", None)
         return out
+
+
+# hashlib and urllib.parse are imported where used: every command imports this module, few need them
+# (~8 ms of OpenSSL bindings and parsing at each start otherwise).
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _split(address: str) -> SplitResult:
+    from urllib.parse import urlsplit
+
+    return urlsplit(address)
 
 
 def config_dir(env: Mapping[str, str]) -> str:
@@ -127,7 +143,7 @@ def _current_context(env: Mapping[str, str]) -> str | None:
 def _context(name: str, env: Mapping[str, str], *, via_flag: bool) -> Engine:
     if name == "default":
         return Engine(env.get("DOCKER_HOST") or DEFAULT_ADDRESS, "default", _env_tls(env), via_flag)
-    digest = hashlib.sha256(name.encode()).hexdigest()
+    digest = _sha256(name)
     base = os.path.join(config_dir(env), "contexts")
     meta = os.path.join(base, "meta", digest, "meta.json")
     try:
