@@ -135,6 +135,24 @@ def fpc(*args: str, env: Mapping[str, str] | None = None, cwd: str | Path | None
                           env={**os.environ, **(env or {}), **extra}, stdin=subprocess.DEVNULL, **ids)
 
 
+def fpc_without_engine(*args: str, env: Mapping[str, str] | None = None) -> Result[str]:
+    """The CLI with the machine's engine not answering for it alone: run in a mount namespace of
+    its own where the engine's socket is covered by an empty file (connect: refused). The engine,
+    its containers and every other process are untouched."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare(1) and root to hide the engine's socket from one process")
+    cover = tempfile.NamedTemporaryFile(prefix="fpc-no-engine-", delete=False)  # noqa: SIM115
+    cover.close()
+    try:
+        # "$0" and "$@": the paths and the CLI's arguments reach the shell as argv, never as code
+        hide = 'mount --bind "$0" /var/run/docker.sock && exec "$@"'
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, cover.name,
+                               FPC, *args], capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                              env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    finally:
+        os.unlink(cover.name)
+
+
 # --------------------------------------------------------------------------------------------
 # Checking a CLI result
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from pathlib import Path
 from _docker import IMAGE
 
 CONTEXT = "fpc-remote"
+_MADE = itertools.count()
 
 
 def _sh(*argv: str, timeout: float = 60.0, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -126,8 +128,9 @@ def _certs(d: Path, address: str) -> None:
 @contextlib.contextmanager
 def second_engine() -> Iterator[SecondEngine]:
     """Start the second engine (a Swarm manager, the test image loaded), yield it, tear it all down."""
-    n = os.getpid() % 200 + 20
-    netns, host_if, ns_if = f"fpc-{os.getpid()}", f"fpch{n}", f"fpcn{n}"
+    k = next(_MADE)  # a second one in the same process gets names (and a subnet) of its own
+    n = (os.getpid() + 7 * k) % 200 + 20
+    netns, host_if, ns_if = f"fpc-{os.getpid()}-{k}", f"fpch{n}", f"fpcn{n}"
     # Short: dockerd's exec root holds unix sockets, whose paths may not exceed 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="fpce-", dir="/tmp"))
     engine = SecondEngine(root, netns, f"10.231.{n}.2")

@@ -142,6 +142,9 @@ def test_leases_for_one_engine_do_not_block_another(engine: SecondEngine, tmp_pa
     assert [(s["project"], s["engine"]) for s in listing["stacks"]] == [("fpc-eng-a", engine.sock)]
     table = ok(fpc("ls")).stdout
     assert any(line.startswith("fpc-eng-a") and engine.sock in line for line in table.splitlines())
+    # asked on the default engine, the stack is unknown there, and the error says where it is
+    assert_error(fpc("ports", "-p", "fpc-eng-a"), ExitCode.UNKNOWN_OWNER,
+                 f"is on the engine at {engine.sock}: give DOCKER_HOST={engine.sock}")
     ok(fpc("down", "-p", "fpc-eng-a", env=env))
     ok(fpc("release", "--owner", "fpc-local"))
 
@@ -209,6 +212,7 @@ def test_a_context_targets_an_engine_elsewhere(engine: SecondEngine, tmp_path: P
     port = parse_dotenv(up.stdout)["FREEPORT_web"]
     assert port in (first, first + 1)
     assert "fpc-ctx" in engine.docker("ps", "--format", "{{.Names}}").stdout  # on that engine, not here
+    assert_error(run_fpc("down", "-p", "fpc-ctx", env=env), ExitCode.UNKNOWN_OWNER, f"give --context {CONTEXT}")
     shown = run_fpc("ports", "-p", "fpc-ctx", "--context", CONTEXT, env=env)
     assert f"FREEPORT_web_HOST={engine.address}" in shown.stdout.splitlines(), shown.stderr
     try:
@@ -255,9 +259,10 @@ def test_a_port_the_ingress_mesh_publishes_is_avoided(engine: SecondEngine, tmp_
     assert bindable_here(first + 1)
     assert "LISTEN" not in engine.inside("ss", "-ltn", f"sport = :{first}").stdout  # the mesh binds no socket
     env = {**engine.env, "FREEPORT_RANGE": f"{first}-{first + 2}"}
-    got = ok(fpc("get", "--owner", "fpc-swarm-get", "--context", "default", "--range", f"{first}-{first + 2}",
-                 env={**context_env(engine)}))
-    assert int(got.stdout) in (first, first + 1, first + 2)  # the machine's own leases: no engine asked
+    # for the machine's own engine, that Swarm's ports are no obstacle: both are handed out there
+    got = ok(fpc("get", "--owner", "fpc-swarm-get", "-n", "2", "--context", "default", "--range",
+                 f"{first}-{first + 1}", env={**context_env(engine)}))
+    assert sorted(map(int, got.stdout.split())) == [first, first + 1]
     ok(fpc("release", "--owner", "fpc-swarm-get"))
     ok(fpc("render", "-f", template(tmp_path, "web"), "-p", "fpc-swarm-avoid", env=env))
     assert leased(env, "fpc-swarm-avoid") == {"FREEPORT_web": first + 2}
@@ -364,3 +369,95 @@ def test_deploy_on_a_context_that_does_not_exist(engine: SecondEngine, tmp_path:
     env = context_env(engine)
     result = run_fpc("deploy", "--context", "fpc-nosuch", "-f", template(tmp_path, "web"), "-p", "x", env=env)
     assert_error(result, ExitCode.UNKNOWN_CONTEXT, "docker context 'fpc-nosuch' does not exist")
+
+
+def test_the_second_engine_is_torn_down_also_on_failure(remote: SecondEngine) -> None:
+    """The test engine's own promise: a failure inside leaves no daemon, namespace, veth or directory."""
+    made: list[SecondEngine] = []
+
+    def fail_inside() -> None:
+        with second_engine() as other:
+            made.append(other)
+            other.docker("run", "-d", IMAGE, "/bin/busybox", "sleep", "600")
+            raise RuntimeError("failing on purpose")
+
+    with pytest.raises(RuntimeError, match="failing on purpose"):
+        fail_inside()
+    other = made[0]
+    assert not os.path.exists(f"/proc/{other.pid}")
+    assert other.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert other.address != remote.address
+    assert f"fpch{other.address.split('.')[2]}:" not in links
+    assert not other.root.exists()
+
+
+def test_gc_reaches_each_stack_on_its_own_engine(engine: SecondEngine, tmp_path: Path, state_dir: Path,
+                                                 free_block: Callable[[int], int]) -> None:
+    """gc run from a shell aimed at the second engine still finishes a local stack on the local one."""
+    first = free_block(2)
+    local, remote_env = "fpc-gc-local", {**engine.env, "FREEPORT_RANGE": f"{first}-{first + 1}"}
+    try:
+        ok(fpc("up", "-f", template(tmp_path, "web"), "-p", local, env={"FREEPORT_RANGE": f"{first}-{first + 1}"}))
+        ok(fpc("up", "-f", template(tmp_path, "web"), "-p", "fpc-gc-remote", env=remote_env))
+        record = state_dir / "stacks" / f"{local}.json"
+        raw = json.loads(record.read_text())
+        record.write_text(json.dumps({**raw, "status": "stopping"}))  # a down that could not finish
+        gc = ok(fpc("gc", env=remote_env))
+        assert f"freed stack {local}: its `down` did not finish" in gc.stderr
+        assert docker_ids(local) == []  # brought down on the machine's engine, where it runs
+        assert leased({}, local) == {}
+        assert [s["status"] for s in ls_json()["stacks"] if s["project"] == "fpc-gc-remote"] == ["up"]
+        ok(fpc("down", "-p", "fpc-gc-remote", env=remote_env))
+    finally:
+        fpc("down", "-p", local)
+
+
+def docker_ids(project: str) -> list[str]:
+    from _docker import containers
+
+    return containers(project)
+
+
+def test_deploy_publishes_ingress_ports_on_the_leased_port(engine: SecondEngine, tmp_path: Path,
+                                                           free_block: Callable[[int], int]) -> None:
+    """The Swarm allocates the leased port to the service's ingress endpoint. (Traffic through the
+    routing mesh is not checked: this machine's kernel has no IPVS, so the mesh answers nothing
+    here; `mode: host` ports are checked to answer in test_deploy_then_rm.)"""
+    first = free_block(2)
+    env = {**engine.env, "FREEPORT_RANGE": f"{first}-{first + 1}"}
+    out = ok(fpc("deploy", "-f", template(tmp_path, "web"), "-p", "fpc-ingress", env=env))
+    port = parse_dotenv(out.stdout)["FREEPORT_web"]
+    spec = json.loads(engine.docker("service", "inspect", "fpc-ingress_web").stdout)[0]
+    assert [(p["PublishedPort"], p["PublishMode"]) for p in spec["Endpoint"]["Spec"]["Ports"]] == [(port, "ingress")]
+    assert port in engine.published()
+    assert "LISTEN" not in engine.inside("ss", "-ltn", f"sport = :{port}").stdout  # the mesh binds no socket
+    ok(fpc("rm", "-p", "fpc-ingress", env=env))
+    assert port not in engine.published()
+
+
+def test_one_project_name_is_one_kind_of_stack(engine: SecondEngine, tmp_path: Path,
+                                               free_block: Callable[[int], int]) -> None:
+    first = free_block(2)
+    env = {**engine.env, "FREEPORT_RANGE": f"{first}-{first + 1}"}
+    file = template(tmp_path, "web")
+    ok(fpc("deploy", "-f", file, "-p", "fpc-kind", env=env))
+    assert_error(fpc("up", "-f", file, "-p", "fpc-kind", env=env), ExitCode.INVALID_NAME,
+                 "'fpc-kind' is a Swarm stack on this engine")
+    assert engine.docker("stack", "services", "-q", "fpc-kind").stdout.split()  # untouched
+    assert_error(fpc("rm", "-p", "fpc-kind", "web", env=env), ExitCode.USAGE, "removes it whole")
+    ok(fpc("rm", "--project-name=fpc-kind", env=env))
+    assert leased(env, "fpc-kind") == {}
+
+
+def test_rm_of_a_compose_stack_is_composes_own(tmp_path: Path, free_block: Callable[[int], int]) -> None:
+    first = free_block(1)
+    env = {"FREEPORT_RANGE": f"{first}-{first}"}
+    ok(fpc("up", "-f", template(tmp_path, "web"), "-p", "fpc-rm-compose", env=env))
+    try:
+        assert docker_ids("fpc-rm-compose")
+        ok(fpc("rm", "-p", "fpc-rm-compose", "--stop", "--force", env=env))  # `docker compose rm -s -f`
+        assert docker_ids("fpc-rm-compose") == []
+        assert leased(env, "fpc-rm-compose") == {"FREEPORT_web": first}  # Compose's rm frees nothing of ours
+    finally:
+        ok(fpc("down", "-p", "fpc-rm-compose", env=env))

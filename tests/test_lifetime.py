@@ -26,6 +26,7 @@ from _docker import (
     containers,
     docker,
     fpc,
+    fpc_without_engine,
     http_get,
     kill_group,
     leases_of,
@@ -217,9 +218,9 @@ def test_engine_unreachable_reclaims_nothing_and_says_where_it_asked(box: Footpr
     template, a = web(box), box.project()
     ok(fpc("up", "-f", template, "-p", a))
     compose(a, "down")
-    nowhere = f"unix://{box.tmp}/no-engine.sock"
-    error = assert_error(fpc("get", "--owner", "other", "--timeout", "0", env={"DOCKER_HOST": nowhere}),
-                         ExitCode.NO_FREE_PORT, f"owner {a!r}", "the engine could not be asked", nowhere)
+    error = assert_error(fpc_without_engine("get", "--owner", "other", "--timeout", "0"),
+                         ExitCode.NO_FREE_PORT, f"owner {a!r}", "the engine could not be asked",
+                         "unix:///var/run/docker.sock")
     assert f"stack(s) {a} still exist" in error
     assert leases_of(a) == {"FREEPORT_web": one_port}  # never a guess
     assert ok(fpc("get", "--owner", "other", "--timeout", "0")).stdout.split() == [str(one_port)]
@@ -346,8 +347,7 @@ def test_cli_killed_alone_during_compose_up_keeps_the_project_locked(box: Footpr
 def test_down_without_an_engine_keeps_the_ports(box: Footprint) -> None:
     template, a = web(box), box.project()
     port = parse_dotenv(ok(fpc("up", "-f", template, "-p", a)).stdout)["FREEPORT_web"]
-    nowhere = {"DOCKER_HOST": f"unix://{box.tmp}/no-engine.sock"}
-    assert_error(fpc("down", "-p", a, env=nowhere), ExitCode.ENGINE_UNREACHABLE, "its ports stay leased")
+    assert_error(fpc_without_engine("down", "-p", a), ExitCode.ENGINE_UNREACHABLE, "its ports stay leased")
     assert leases_of(a) == {"FREEPORT_web": port}  # a restart policy could bring the container back
     assert stack(a)["status"] == "stopping"
     assert http_get(port)[0] == 200

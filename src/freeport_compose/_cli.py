@@ -64,8 +64,22 @@ def _timeout(text: str) -> float | None:
 
 
 class _Parser(argparse.ArgumentParser):
+    width: int | None = 100  # None while help is printed: the terminal's width
+
     def error(self, message: str) -> NoReturn:
         self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see --help)\n")
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse makes a formatter at every add_argument (to check metavars); without a width it
+        # imports shutil to ask the terminal's: ~2 ms on every start, for help rarely printed.
+        return argparse.HelpFormatter(prog=self.prog, width=self.width)  # the default formatter_class
+
+    def format_help(self) -> str:
+        self.width = None
+        try:
+            return super().format_help()
+        finally:
+            self.width = _Parser.width
 
 
 def _stack_options(p: argparse.ArgumentParser) -> None:
@@ -618,6 +632,21 @@ def _passthrough(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
     return None
 
 
+def _rm_globals(given: dict[str, str], args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """-p/--project-name/--context (also as --name=value) taken out of what follows `rm`."""
+    given, rest, words = dict(given), ["rm"], args[1:]
+    while words:
+        word = words.pop(0)
+        name, eq, value = word.partition("=")
+        if word in _GLOBALS and word != "--state-dir" and words:
+            given[_GLOBALS[word]] = words.pop(0)
+        elif eq and name in _GLOBALS and name not in ("-p", "--state-dir"):
+            given[_GLOBALS[name]] = value
+        else:
+            rest.append(word)
+    return given, rest
+
+
 def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
     """Pass a Compose command through for a stack: `freeport-compose logs -f web` is `docker compose
     <the stack's options> logs -f web`. `rm` of a Swarm stack of ours is `docker stack rm` and frees
@@ -628,13 +657,7 @@ def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
     from ._stacks.target import resolve
 
     if args[:1] == ["rm"]:  # `rm -p NAME`: the project may follow the verb, as `docker stack rm NAME` users type it
-        words, args = args[1:], ["rm"]
-        while words:
-            word = words.pop(0)
-            if word in _GLOBALS and word != "--state-dir" and words:
-                given[_GLOBALS[word]] = words.pop(0)
-            else:
-                args.append(word)
+        given, args = _rm_globals(given, args)
     state_dir = given.get("state_dir")
     engine = resolve(given.get("context"), os.environ)
     state = State.open(os.path.abspath(state_dir) if state_dir else None, engine)
@@ -643,6 +666,11 @@ def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
         from ._stacks.swarm import is_swarm_stack, remove
 
         if is_swarm_stack(state, project):
+            if [a for a in args[1:] if a not in ("-f", "--force")]:
+                raise _UsageError(
+                    f"{project} is a Swarm stack: `rm -p {project}` removes it whole (docker stack rm), "
+                    f"and takes no {' '.join(args[1:])}"
+                )
             remove(state, project)
             _say(f"Swarm stack {project} is removed; its ports are free")
             return 0
@@ -655,24 +683,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `freeport-compose` command."""
     words = list(sys.argv[1:] if argv is None else argv)
     through = _passthrough(words)
-    if through is not None:
-        try:
-            return _cmd_compose(*through)
-        except FreeportError as e:
-            _say(str(e))
-            return int(e.exit_code)
-    own, after = _split_dashdash(words)
-    args = build_parser().parse_args(own)
-    if args.state_dir:
-        args.state_dir = os.path.abspath(args.state_dir)
-    if after and args.command not in ("up", "run", "deploy"):
-        _say(
-            f"`--` is only for `up` and `deploy` (extra Compose or docker stack arguments) and `run` (the "
-            f"command), not `{args.command}`"
-        )
-        return ExitCode.USAGE
+    if through is None:
+        own, after = _split_dashdash(words)
+        args = build_parser().parse_args(own)
+        if args.state_dir:
+            args.state_dir = os.path.abspath(args.state_dir)
+        if after and args.command not in ("up", "run", "deploy"):
+            _say(
+                f"`--` is only for `up` and `deploy` (extra Compose or docker stack arguments) and `run` (the "
+                f"command), not `{args.command}`"
+            )
+            return ExitCode.USAGE
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if through is not None:
+            return _cmd_compose(*through)  # execs Compose, or removes a Swarm stack of ours
         return COMMANDS[args.command](args, after)
     except FreeportError as e:
         for line in getattr(e, "details", ()):

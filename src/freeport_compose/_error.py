@@ -110,9 +110,11 @@ class ComposeNotFoundError(FreeportError):
 
 
 class EngineUnreachableError(FreeportError):
-    """Compose is installed but no container engine answers on its socket."""
+    """Compose is installed but no container engine answers on its socket (or it answered with an
+    error: `answered`, so a caller can tell a refusal from silence)."""
 
     exit_code = ExitCode.ENGINE_UNREACHABLE
+    answered: bool = False
 
 
 class UnknownContextError(FreeportError, LookupError):
@@ -122,9 +124,11 @@ class UnknownContextError(FreeportError, LookupError):
 
 
 class NotSwarmManagerError(FreeportError):
-    """Swarm stacks are deployed, listed and removed through a manager; this engine is not one."""
+    """Swarm stacks are deployed, listed and removed through a manager; this engine is not one
+    (`inactive`: it is in no Swarm at all, so it has no Swarm stack either)."""
 
     exit_code = ExitCode.NOT_SWARM_MANAGER
+    inactive: bool = False
 
 
 class ProjectBusyError(FreeportError):

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from .._error import EngineUnreachableError, NotSwarmManagerError
 from .target import Engine
@@ -40,107 +40,158 @@ class Containers:
     running: int = 0
 
 
-class _NotManager(Exception):
-    """The engine answered 503 to a Swarm query: it is not a Swarm manager."""
+class _Answered(Exception):
+    """The engine answered a GET with an error status (503 on a Swarm query: no manager here)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 def _unreachable(engine: Engine, why: str) -> EngineUnreachableError:
     return EngineUnreachableError(f"no Docker engine answers at {engine.address}: {why}")
 
 
-def _get_unix(engine: Engine, path: str, params: Mapping[str, str]) -> Any:
-    """GET `path` on the engine's unix socket; the decoded JSON body."""
-    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
-    request = f"GET {path}{'?' + query if query else ''} HTTP/1.0\r\nHost: docker\r\n\r\n".encode()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # A timeout on every call: a wedged engine must fail the command, not hang it.
-    sock.settimeout(_TIMEOUT)
-    chunks = []
+def _failed(engine: Engine, path: str, e: _Answered) -> EngineUnreachableError:
+    """An engine that answered, with an error: told apart from one that does not answer (`answered`)."""
+    error = EngineUnreachableError(f"the Docker engine at {engine.address} answered GET {path} with {e.status}: {e}")
+    error.answered = True
+    return error
+
+
+def _message(body: bytes) -> str:
     try:
-        sock.connect(urlsplit(engine.address).path)
-        sock.sendall(request)
-        # HTTP/1.0: the engine answers without chunked encoding and closes the connection after
-        # the body, so reading to EOF is the whole answer (no parser needed).
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except OSError as e:
-        raise _unreachable(engine, e.strerror or str(e)) from None
-    finally:
-        sock.close()
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    try:
-        status = int(head.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        raise _unreachable(engine, "not an HTTP answer") from None
-    if status == 503 and path.startswith(("/services", "/swarm")):
-        raise _NotManager
-    if status != 200:
-        raise _unreachable(engine, f"{path}: HTTP {status} {body[:200].decode(errors='replace').strip()}")
-    try:
-        return json.loads(body)
+        raw = json.loads(body)
     except ValueError:
-        raise _unreachable(engine, f"{path}: not JSON") from None
+        raw = None
+    text = raw.get("message") if isinstance(raw, dict) else None
+    return str(text) if text else body[:200].decode(errors="replace").strip()
+
+
+Get = Callable[[str, Mapping[str, str]], Any]
+"""GET a path of the engine's API with query parameters; its decoded JSON, or _Answered."""
+
+
+def _get_unix(engine: Engine) -> Get:
+    """GETs on the engine's unix socket, one short connection each (~0.3 ms)."""
+    path = engine.address.removeprefix("unix://")
+
+    def get(api_path: str, params: Mapping[str, str]) -> Any:
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+        request = f"GET {api_path}{'?' + query if query else ''} HTTP/1.0\r\nHost: docker\r\n\r\n".encode()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A timeout on every call: a wedged engine must fail the command, not hang it.
+        sock.settimeout(_TIMEOUT)
+        chunks = []
+        try:
+            sock.connect(path)
+            sock.sendall(request)
+            # HTTP/1.0: the engine answers without chunked encoding and closes the connection after
+            # the body, so reading to EOF is the whole answer (no parser needed).
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except OSError as e:
+            raise _unreachable(engine, e.strerror or str(e)) from None
+        finally:
+            sock.close()
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        try:
+            status = int(head.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            raise _unreachable(engine, "not an HTTP answer") from None
+        if status != 200:
+            raise _Answered(status, _message(body))
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise _unreachable(engine, f"{api_path}: not JSON") from None
+
+    return get
 
 
 @contextmanager
 def sdk_client(engine: Engine) -> Iterator[Any]:
-    """A Docker SDK client for the engine (TLS files and ssh as the context says); closed after use."""
+    """A Docker SDK client for the engine (TLS files and ssh as the context says); closed after use.
+    Any failure to reach it (the SDK's own errors, and the requests errors it lets through after
+    connecting) is EngineUnreachableError naming the address."""
     import docker
     import docker.errors
+    import docker.tls
+    import requests
 
-    try:
+    def make(version: str) -> Any:
         tls: Any = False
         if engine.tls is not None:
-            import docker.tls
-
             t = engine.tls
             cert = (t.cert, t.key) if t.cert and t.key else None
-            tls = docker.tls.TLSConfig(client_cert=cert, ca_cert=t.ca, verify=t.ca if t.verify and t.ca else t.verify)
-        # No request yet (an explicit version): the session must be set up before the first one.
+            tls = docker.tls.TLSConfig(client_cert=cert, ca_cert=t.ca, verify=t.verify)
         client = docker.DockerClient(
             base_url=engine.address,
             tls=tls,
             timeout=int(_TIMEOUT),
             use_ssh_client=engine.address.startswith("ssh://"),
-            version=_MIN_API,
+            version=version,  # explicit: no request before the session is set up below
         )
         if engine.tls is not None and engine.tls.ca:
             # requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE replace the session's CA on every
             # request: the context's own CA would be ignored and verification fail. The docker CLI
             # trusts the context's CA alone; so do we.
             client.api.trust_env = False
-        api: Any = client.api  # the SDK's own step of version="auto", taken after the session is set
-        api._version = api._retrieve_server_version()
-    except docker.errors.DockerException as e:
-        raise _unreachable(engine, str(e).splitlines()[0]) from None
+        return client
+
+    client = None
     try:
+        # What version="auto" does, by public calls only: ask /version (unversioned), then speak it.
+        probe = make(_MIN_API)
+        try:
+            version = str(probe.api.get(f"{probe.api.base_url}/version", timeout=_TIMEOUT).json()["ApiVersion"])
+        finally:
+            probe.close()
+        client = make(version)
         yield client
     except docker.errors.APIError as e:
-        if e.status_code == 503:
-            raise _NotManager from None
-        raise _unreachable(engine, str(e).splitlines()[0]) from None
-    except docker.errors.DockerException as e:
-        raise _unreachable(engine, str(e).splitlines()[0]) from None
+        raise _Answered(e.status_code or 0, str(e.explanation or e)) from None
+    except (docker.errors.DockerException, requests.RequestException, OSError, ValueError, KeyError) as e:
+        raise _unreachable(engine, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
-def _get(engine: Engine, path: str, params: Mapping[str, str] | None = None) -> Any:
-    params = params or {}
-    if urlsplit(engine.address).scheme == "unix":
-        return _get_unix(engine, path, params)
+@contextmanager
+def _api(engine: Engine) -> Iterator[Get]:
+    """GETs on one engine for one public function: over its unix socket without the SDK, else
+    through one SDK client (one connection, one ssh process) for all of them."""
+    if engine.address.startswith("unix://"):
+        yield _get_unix(engine)
+        return
     with sdk_client(engine) as client:
         api = client.api
-        return api._result(api._get(api._url(path), params=dict(params)), json=True)
+
+        def get(path: str, params: Mapping[str, str]) -> Any:
+            response = api.get(f"{api.base_url}/v{api.api_version}{path}", params=dict(params), timeout=_TIMEOUT)
+            if response.status_code != 200:
+                raise _Answered(response.status_code, _message(response.content))
+            return response.json()
+
+        yield get
 
 
 def _filters(**filters: str) -> dict[str, str]:
     return {"filters": json.dumps({k: [v] for k, v in filters.items()})}
 
 
+def _ask(get: Get, engine: Engine, path: str, params: Mapping[str, str]) -> Any:
+    try:
+        return get(path, params)
+    except _Answered as e:
+        raise _failed(engine, path, e) from None
+
+
 def project_containers(engine: Engine) -> dict[str, Containers]:
     """Containers (running or not) per Compose project name, from the engine itself."""
-    found = _get(engine, "/containers/json", {"all": "1", **_filters(label=_PROJECT_LABEL)})
+    with _api(engine) as get:
+        found = _ask(get, engine, "/containers/json", {"all": "1", **_filters(label=_PROJECT_LABEL)})
     counts: dict[str, list[int]] = {}
     for c in found:
         project = (c.get("Labels") or {}).get(_PROJECT_LABEL, "")
@@ -154,16 +205,15 @@ def published_ports(engine: Engine) -> frozenset[int]:
     """Every host port the engine has published: its running containers' port bindings and, on a
     Swarm manager, every service's published ports (ingress and host mode). A Swarm's ingress mesh
     binds no socket, so a bind probe is blind to it; an engine elsewhere binds on another host."""
-    ports = {
-        int(p["PublicPort"])
-        for c in _get(engine, "/containers/json")
-        for p in c.get("Ports") or []
-        if p.get("PublicPort")
-    }
-    try:
-        services = _get(engine, "/services")
-    except _NotManager:
-        services = []  # no Swarm here (or a worker): containers are all there is
+    with _api(engine) as get:
+        containers = _ask(get, engine, "/containers/json", {})
+        try:
+            services = get("/services", {})
+        except _Answered as e:
+            if e.status != 503:
+                raise _failed(engine, "/services", e) from None
+            services = []  # no Swarm, a worker, a locked manager: its containers are all it can tell
+    ports = {int(p["PublicPort"]) for c in containers for p in c.get("Ports") or [] if p.get("PublicPort")}
     for s in services:
         for p in (s.get("Endpoint") or {}).get("Ports") or []:
             if p.get("PublishedPort"):
@@ -173,14 +223,17 @@ def published_ports(engine: Engine) -> frozenset[int]:
 
 def swarm_stacks(engine: Engine) -> dict[str, int]:
     """Services per Swarm stack (as `docker stack deploy` labels them); NotSwarmManagerError on an
-    engine that is not a Swarm manager."""
+    engine that is not a Swarm manager, its `inactive` True only when the engine is in no Swarm at
+    all (a worker or a locked manager cannot tell, but its stacks may well exist)."""
     try:
-        services = _get(engine, "/services", _filters(label=STACK_LABEL))
-    except _NotManager:
-        raise NotSwarmManagerError(
-            f"the engine at {engine.address} is not a Swarm manager "
-            "(`docker swarm init` makes one; a worker cannot deploy or list stacks)"
-        ) from None
+        with _api(engine) as get:
+            services = get("/services", _filters(label=STACK_LABEL))
+    except _Answered as e:
+        if e.status != 503:
+            raise _failed(engine, "/services", e) from None
+        error = NotSwarmManagerError(f"the engine at {engine.address} is not a Swarm manager: {e.message}")
+        error.inactive = "swarm init" in e.message  # "... Use \"docker swarm init\" or \"docker swarm join\" ..."
+        raise error from None
     counts: dict[str, int] = {}
     for s in services:
         name = ((s.get("Spec") or {}).get("Labels") or {}).get(STACK_LABEL, "")
@@ -203,25 +256,34 @@ def failures(engine: Engine, project: str, tail: int = 20) -> list[Failure]:
     """The containers of `project` that are not running, or running but unhealthy, with their last
     log lines and last failing healthcheck output; [] if all are well."""
     out = []
-    with sdk_client(engine) as client:
-        found = client.api.containers(all=True, filters={"label": f"{_PROJECT_LABEL}={project}"})
-        for c in sorted(found, key=lambda c: str((c.get("Labels") or {}).get(_SERVICE_LABEL, ""))):
-            info = client.api.inspect_container(c["Id"])
-            state = info.get("State") or {}
-            health = state.get("Health") or {}
-            status = str(state.get("Status", "?"))
-            unhealthy = health.get("Status") == "unhealthy"
-            if status == "running" and not unhealthy:
-                continue
-            if status == "exited":
-                status = f"exited ({state.get('ExitCode', '?')})"
-            elif unhealthy:
-                status = f"{status} (unhealthy)"
-            probes = [p for p in health.get("Log") or [] if p.get("ExitCode") != 0]
-            last_probe = str(probes[-1].get("Output", "")).strip() if probes else ""
-            raw = client.api.logs(c["Id"], stdout=True, stderr=True, tail=tail)
-            logs = raw.decode(errors="replace").splitlines() if isinstance(raw, bytes) else []
-            service = str((c.get("Labels") or {}).get(_SERVICE_LABEL, "?"))
-            name = str((c.get("Names") or ["?"])[0]).lstrip("/")
-            out.append(Failure(service, name, status, last_probe, logs))
+    try:
+        with sdk_client(engine) as client:
+            out = _failures(client, project, tail)
+    except _Answered as e:
+        raise _failed(engine, "/containers", e) from None
+    return out
+
+
+def _failures(client: Any, project: str, tail: int) -> list[Failure]:
+    out = []
+    found = client.api.containers(all=True, filters={"label": f"{_PROJECT_LABEL}={project}"})
+    for c in sorted(found, key=lambda c: str((c.get("Labels") or {}).get(_SERVICE_LABEL, ""))):
+        info = client.api.inspect_container(c["Id"])
+        state = info.get("State") or {}
+        health = state.get("Health") or {}
+        status = str(state.get("Status", "?"))
+        unhealthy = health.get("Status") == "unhealthy"
+        if status == "running" and not unhealthy:
+            continue
+        if status == "exited":
+            status = f"exited ({state.get('ExitCode', '?')})"
+        elif unhealthy:
+            status = f"{status} (unhealthy)"
+        probes = [p for p in health.get("Log") or [] if p.get("ExitCode") != 0]
+        last_probe = str(probes[-1].get("Output", "")).strip() if probes else ""
+        raw = client.api.logs(c["Id"], stdout=True, stderr=True, tail=tail)
+        logs = raw.decode(errors="replace").splitlines() if isinstance(raw, bytes) else []
+        service = str((c.get("Labels") or {}).get(_SERVICE_LABEL, "?"))
+        name = str((c.get("Names") or ["?"])[0]).lstrip("/")
+        out.append(Failure(service, name, status, last_probe, logs))
     return out

@@ -61,10 +61,10 @@ def port_check(engine: Engine) -> PortCheck:
 
     try:
         return PortCheck(published_ports(engine), engine.on_this_machine)
-    except EngineUnreachableError:
-        if engine.on_this_machine:
+    except EngineUnreachableError as e:
+        if engine.on_this_machine and not e.answered:
             return PortCheck()
-        raise
+        raise  # elsewhere nothing else could judge; an engine that answered with an error is said
 
 
 def _free_ports(

@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 
-from .._error import ComposeError, FreeportError, UnknownOwnerError
+from .._error import ComposeError, FreeportError, InvalidNameError, UnknownOwnerError
 from .._leasing.allocator import DEFAULT_TIMEOUT
 from .check import BackgroundCheck
 from .compose import Compose, ComposeProject
@@ -30,10 +30,10 @@ from .engine import Containers
 from .leases import held_ports, port_check, release, relocate
 from .names import sort_key
 from .plan import Plan
-from .reclaim import ask_swarm, unchanged, verdict
+from .reclaim import ask_swarm, left_of, unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
-from .state import State
+from .state import State, elsewhere
 from .target import Engine
 
 PORT_RETRIES = 3  # how often `up` re-leases ports that something outside our leases grabbed
@@ -61,7 +61,7 @@ class Options:
     drop_container_names: bool = False  # `container_name: !reset null`, so copies can run side by side
 
 
-def _new_record(opts: Options, project: str, status: StackStatus) -> StackRecord:
+def _new_record(opts: Options, project: str, status: StackStatus, swarm: bool) -> StackRecord:
     files = [os.path.abspath(f) for f in opts.files]
     return StackRecord(
         project=project,
@@ -71,6 +71,7 @@ def _new_record(opts: Options, project: str, status: StackStatus) -> StackRecord
         profiles=list(opts.profiles),
         env_files=[os.path.abspath(e) for e in opts.env_files],
         status=status,
+        swarm=swarm,
     )
 
 
@@ -101,12 +102,30 @@ TakeDown = Callable[[StackRecord], None]
 
 @contextmanager
 def attempt(
-    state: State, opts: Options, project: str, status: StackStatus, take_down: TakeDown | None
+    state: State,
+    opts: Options,
+    project: str,
+    status: StackStatus,
+    take_down: TakeDown | None,
+    *,
+    swarm: bool | None = False,
 ) -> Iterator[_Attempt]:
     """Lock the project and save a fresh record before anything is leased (a killed attempt leaves
-    it for gc to find); on any failure, roll back with signals held, then re-raise."""
+    it for gc to find); on any failure, roll back with signals held, then re-raise.
+
+    `swarm`: the kind of stack this attempt starts (a Swarm stack, a Compose one; None: render,
+    either). A started stack of the other kind under the same name is refused (InvalidNameError):
+    taking it over would orphan its containers or services."""
     with state.stacks.locked(project) as lock_fd:
-        current = _Attempt(state.stacks.load(project), _new_record(opts, project, status), lock_fd)
+        old = state.stacks.load(project)
+        if swarm is not None and old is not None and old.swarm != swarm and old.status is not StackStatus.RENDERED:
+            kind, verb = ("a Swarm stack", "rm") if old.swarm else ("a Compose stack", "down")
+            raise InvalidNameError(
+                f"project {project!r} is {kind} on this engine: `freeport-compose {verb} -p {project}` it first, "
+                "or give another -p"
+            )
+        new = _new_record(opts, project, status, bool(swarm) or (old is not None and old.swarm and swarm is None))
+        current = _Attempt(old, new, lock_fd)
         state.stacks.save(current.record)
         try:
             yield current
@@ -139,7 +158,7 @@ def render(
             if plan.zero_edit:
                 raise  # zero-edit reads Compose's own model of the files
             notify(f"warning: not checked with `docker compose config`: {e}")
-    with attempt(state, opts, project, StackStatus.RENDERING, None) as current:
+    with attempt(state, opts, project, StackStatus.RENDERING, None, swarm=None) as current:
         record, old = current.record, current.old
         record.ports = plan.lease(state, record, compose, reuse=old is not None, timeout=opts.timeout)
         record.hosts = reach(plan, record.ports, state.engine)
@@ -306,7 +325,9 @@ def down(state: State, project: str, *, volumes: bool = False, compose: Compose 
         record = state.stacks.load(project)
         if record is None:
             if state.leases.owner_ports(project) is None:
-                raise UnknownOwnerError(f"no stack or lease named {project!r} (see `freeport-compose ls`)")
+                raise UnknownOwnerError(
+                    f"no stack or lease named {project!r} (see `freeport-compose ls`){elsewhere(state, project)}"
+                )
             if _containers_left(state.engine, project):  # its record is lost, not its containers (labels)
                 result = (compose or Compose.find(state.engine)).down(project, volumes=volumes)
                 if not result.ok:
@@ -335,22 +356,29 @@ def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: C
             if not result.ok:
                 raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
         except FreeportError as e:
-            left = _containers_left(state.engine, project)
-            if left == 0:
-                release(state.leases, project)
-                state.stacks.forget(project)
-                e.args = (f"{e} (no container of it is left: its ports are freed)",)
-            else:
-                record.status = StackStatus.STOPPING
-                state.stacks.save(record)
-                what = "its containers may still exist" if left is None else f"{left} of its containers are left"
-                e.args = (
-                    f"{e} ({what}: its ports stay leased until `freeport-compose down -p {project}` "
-                    "or `freeport-compose gc` can finish)",
-                )
+            settle_failed(state, record, e, _containers_left(state.engine, project), "down", "container")
             raise
         release(state.leases, project)
         state.stacks.forget(project)
+
+
+def settle_failed(state: State, record: StackRecord, e: FreeportError, left: int | None, verb: str, thing: str) -> None:
+    """After a take-down (`down`, `rm`) that failed: the ports go if the engine says nothing of the
+    stack is left (`left` == 0), else they stay and the stack is kept `stopping` for `verb` or gc to
+    finish; the error `e` says which."""
+    project = record.project
+    if left == 0:
+        release(state.leases, project)
+        state.stacks.forget(project)
+        e.args = (f"{e} (no {thing} of it is left: its ports are freed)",)
+        return
+    record.status = StackStatus.STOPPING
+    state.stacks.save(record)
+    what = f"its {thing}s may still exist" if left is None else f"{left} of its {thing}s are left"
+    e.args = (
+        f"{e} ({what}: its ports stay leased until `freeport-compose {verb} -p {project}` "
+        "or `freeport-compose gc` can finish)",
+    )
 
 
 def _containers_left(engine: Engine, project: str) -> int | None:
@@ -368,7 +396,9 @@ def ports_of(state: State, project: str) -> dict[str, int]:
     record = state.stacks.load(check_project(project))
     held = held_ports(state.leases, project)
     if record is None or not held:
-        raise UnknownOwnerError(f"no stack named {project!r} holds ports (see `freeport-compose ls`)")
+        raise UnknownOwnerError(
+            f"no stack named {project!r} holds ports (see `freeport-compose ls`){elsewhere(state, project)}"
+        )
     return {
         name: port
         for name, port in sorted(record.ports.items(), key=lambda kv: sort_key(kv[0]))
@@ -407,28 +437,30 @@ def gc(state: State, *, compose: Compose | None = None) -> GcReport:
         return report
     from .engine import project_containers
 
-    engine_error = ""
+    engine_error = swarm_error = ""
     swarm: dict[str, int] | None = None
     try:
         live: dict[str, Containers] | None = project_containers(state.engine)
-        if any(r.swarm for r in records):
-            swarm = ask_swarm(state.engine)
     except FreeportError as e:
         live, engine_error = None, str(e)
+    if live is not None and any(r.swarm for r in records):
+        try:
+            swarm = ask_swarm(state.engine)
+        except FreeportError as e:
+            swarm_error = str(e)
     now = time.time()
     for record in records:
-        left = None if live is None else live.get(record.project, Containers()).total
         if record.status is StackStatus.STOPPING:
-            why: str | None = "its `down` did not finish"  # a down finishes it: networks go too
+            # a down (or a Swarm stack's rm) finishes it: networks go too
+            why: str | None = f"its `{'rm' if record.swarm else 'down'}` did not finish"
         else:
             why = verdict(record, live, state.leases, now, swarm)
         if why is None:
             continue
-        if record.swarm:  # its tasks are not Compose containers: a killed deploy is removed whole
-            left = None if swarm is None else swarm.get(record.project, 0)
+        left = left_of(record, live, swarm)
         needs_down = record.status is StackStatus.STOPPING or (record.status.driven and left != 0)
-        if needs_down and live is None:
-            report.skipped.append((record.project, engine_error))
+        if needs_down and left is None:
+            report.skipped.append((record.project, engine_error or swarm_error))
             continue
         try:
             with unchanged(state.stacks, record) as current:

@@ -92,10 +92,13 @@ def overview(state: State) -> Overview:
             from .engine import project_containers
 
             containers = project_containers(state.engine)
-            if any(r.swarm for r in records):
-                swarm = ask_swarm(state.engine)
         except FreeportError as e:
             engine_error = str(e)
+        if containers is not None and any(r.swarm for r in records):
+            try:
+                swarm = ask_swarm(state.engine)
+            except FreeportError as e:
+                engine_error = f"Swarm stacks: {e}"
     views = [
         StackView(
             r,

@@ -32,6 +32,14 @@ from .records import StackRecord, StackRecords, StackStatus
 from .target import Engine
 
 
+def left_of(record: StackRecord, live: Mapping[str, Containers] | None, swarm: Mapping[str, int] | None) -> int | None:
+    """What is left of a stack on its engine: its containers (Compose), or its services (a Swarm
+    stack: its tasks' containers carry no Compose label); None when the engine could not tell."""
+    if record.swarm:
+        return None if swarm is None else swarm.get(record.project, 0)
+    return None if live is None else live.get(record.project, Containers()).total
+
+
 def verdict(
     record: StackRecord,
     live: Mapping[str, Containers] | None,
@@ -42,27 +50,29 @@ def verdict(
     """Why this stack's leases can be freed now (the reason, as `gc` says it), or None to keep them.
 
     `live`: the engine's containers per project, None when the engine could not be asked; `swarm`:
-    its services per Swarm stack, None when not asked.
+    its services per Swarm stack, None when not asked or not told.
     """
     status = record.status
-    if status is StackStatus.DEPLOYED:
-        return None if swarm is None or swarm.get(record.project) else "its Swarm stack is gone"
     if status.driven:
         if holder_alive(record.driver) is not False:
             return None
-        verb = {StackStatus.STARTING: "up", StackStatus.RENDERING: "render"}.get(status, "run")
-        return f"its `{verb}` was killed"
+        verb = {StackStatus.STARTING: "deploy" if record.swarm else "up", StackStatus.RENDERING: "render"}
+        return f"its `{verb.get(status, 'run')}` was killed"
     if status is StackStatus.RENDERED and leases.owner_ports(record.project) is None:
         return "its leases were released"
-    if live is None:
-        return None
-    left = live.get(record.project, Containers()).total
-    if left:
+    left = left_of(record, live, swarm)
+    if left is None or left:
         return None
     if status is StackStatus.UP:
         return "no container left"
+    if status is StackStatus.DEPLOYED:
+        return "its Swarm stack is gone"
     if status is StackStatus.STOPPING:
-        return "its `down` did not finish, and no container is left"
+        return (
+            "its `rm` did not finish, and no service is left"
+            if record.swarm
+            else ("its `down` did not finish, and no container is left")
+        )
     if status is StackStatus.RENDERED and record.expires is not None and now >= record.expires:
         return "its --ttl ran out, and no container of it is left"
     return None
@@ -100,14 +110,16 @@ def forget_if_unchanged(stacks: StackRecords, leases: LeaseStore, record: StackR
 
 
 def ask_swarm(engine: Engine) -> dict[str, int]:
-    """The engine's services per Swarm stack; {} on an engine that is no Swarm manager (any more):
-    a Swarm left takes its stacks with it."""
+    """The engine's services per Swarm stack; {} on an engine in no Swarm (any more): a Swarm left
+    takes its stacks with it."""
     from .engine import swarm_stacks
 
     try:
         return swarm_stacks(engine)
-    except NotSwarmManagerError:
-        return {}
+    except NotSwarmManagerError as e:
+        if e.inactive:
+            return {}
+        raise  # a worker or a locked manager: its stacks may exist, it cannot say
 
 
 def reclaim_gone(stacks: StackRecords, leases: LeaseStore, engine: Engine, ports: PortRange) -> Reclaimed:
@@ -123,22 +135,25 @@ def reclaim_gone(stacks: StackRecords, leases: LeaseStore, engine: Engine, ports
     live: dict[str, Containers] | None
     swarm: dict[str, int] | None = None
     note = ""
+    names = ", ".join(r.project for r in records)
     try:
         from .engine import project_containers
 
         live = project_containers(engine)
-        if any(r.status is StackStatus.DEPLOYED for r in records):
-            swarm = ask_swarm(engine)
     except EngineUnreachableError as e:
         live = None
-        names = ", ".join(r.project for r in records)
         note = f"the engine could not be asked whether stack(s) {names} still exist: {e}"
+    if live is not None and any(r.swarm for r in records):
+        try:
+            swarm = ask_swarm(engine)
+        except (EngineUnreachableError, NotSwarmManagerError) as e:
+            note = f"the Swarm could not be asked whether stack(s) {names} still exist: {e}"
     freed = []
     for record in records:
         if verdict(record, live, leases, now, swarm) is None:
             continue
-        if record.status.driven and (live is None or live.get(record.project, Containers()).total):
-            continue  # a killed `up` whose containers may still be there: `gc` brings them down first
+        if record.status.driven and left_of(record, live, swarm) != 0:
+            continue  # a killed `up` or `deploy` whose stack may still be there: `gc` takes it down first
         if forget_if_unchanged(stacks, leases, record):
             freed.append(record.project)
     return Reclaimed(tuple(freed), note)

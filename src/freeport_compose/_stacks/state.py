@@ -90,29 +90,51 @@ class State:
     def every(cls, path: str | None = None, engine: Engine | None = None) -> list[State]:
         """The State of every engine that has a directory below the state dir, the default engine
         first (`ls` and `gc` go through all of them). An engine's directory whose engine.json is
-        missing or unreadable is skipped."""
+        missing or unreadable is skipped; one that is not a verified directory of ours is refused."""
         root = path if path else default_state_path()
         engine = engine if engine is not None else resolve(None, os.environ)
         states = [cls._at(root, engine if engine.is_default else Engine(DEFAULT_ADDRESS), root)]
-        base = states[0].stacks.sd
+        sd = states[0].stacks.sd
+        efd = sd.subdir(sd.fd, ENGINES, os.path.join(root, ENGINES))
         try:
-            names = sorted(os.listdir(os.path.join(base.path, ENGINES)))
-        except (FileNotFoundError, NotADirectoryError):
-            return states
-        for key in names:
-            raw = read_small(base.fd, os.path.join(ENGINES, key, _META)) if _is_key(key) else None
-            found = _decode(raw)
-            if found is None or found.key != key:
-                continue
-            if found.address == engine.address:
-                found = engine  # the one this command targets: its context and TLS files as resolved
-            elif found.context:
-                with suppress(UnknownContextError):
-                    named = resolve(found.context, os.environ)
-                    if named.address == found.address:  # the context still names it: take its TLS files
-                        found = named
-            states.append(cls._at(os.path.join(root, ENGINES, key), found, root))
+            keys = sorted(k for k in os.listdir(efd) if _is_key(k))
+            for key in keys:
+                kfd = sd.subdir(efd, key, os.path.join(root, ENGINES, key))
+                try:
+                    found = _decode(read_small(kfd, _META))
+                finally:
+                    os.close(kfd)
+                if found is None or found.key != key:
+                    continue
+                states.append(cls._at(os.path.join(root, ENGINES, key), _as_targeted(found, engine), root))
+        finally:
+            os.close(efd)
         return states
+
+
+def _as_targeted(found: Engine, engine: Engine) -> Engine:
+    """The engine of a directory, as this command can reach it: the one it targets (its context and
+    TLS files as resolved), else the context engine.json names if that still names the same engine,
+    else the bare address (a context since removed or pointed elsewhere)."""
+    if found.canonical == engine.canonical:
+        return engine
+    if found.context:
+        with suppress(UnknownContextError):
+            named = resolve(found.context, os.environ)
+            if named.canonical == found.canonical:
+                return named
+        return Engine(found.address)
+    return found
+
+
+def elsewhere(state: State, project: str) -> str:
+    """ "" or, for a project this State's engine has no stack of but another engine has, how to
+    target that one (for the error that says the project is unknown)."""
+    for other in State.every(state.root, state.engine):
+        if other.engine.canonical != state.engine.canonical and other.stacks.load(project) is not None:
+            how = f"--context {other.engine.context}" if other.engine.context else f"DOCKER_HOST={other.engine.address}"
+            return f"; a stack {project!r} is on the engine at {other.engine.address}: give {how}"
+    return ""
 
 
 def _is_key(name: str) -> bool:
@@ -131,9 +153,14 @@ def _decode(raw: bytes | None) -> Engine | None:
 
 
 def _engine_dir(root: str, key: str) -> str:
-    """engines/<key> below a verified root: engines/ is opened without following a symlink and
-    checked like the root itself (a planted engines/ link must not send our leases elsewhere)."""
+    """engines/<key> below a verified root, each level created or opened without following a
+    symlink and checked like the root itself (ours, not writable by others): a planted engines/ or
+    engines/<key> link must not send our leases elsewhere. Opened by path afterwards, it cannot have
+    been swapped: only we (or, in a shared sticky dir, the owner of the entry) may rename it."""
     sd = open_locks(root).sd
-    fd = sd.subdir(sd.fd, ENGINES, os.path.join(root, ENGINES))
-    os.close(fd)
+    efd = sd.subdir(sd.fd, ENGINES, os.path.join(root, ENGINES))
+    try:
+        os.close(sd.subdir(efd, key, os.path.join(root, ENGINES, key)))
+    finally:
+        os.close(efd)
     return os.path.join(root, ENGINES, key)

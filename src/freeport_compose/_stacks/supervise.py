@@ -51,7 +51,7 @@ def run(
             "COMPOSE_PROJECT_NAME": record.project,
             STATE_ENV: state.root,  # a `freeport-compose ports` in the command finds this stack
         }
-        env = state.engine.child_env(env) or env  # ... on this engine, as a `docker compose` in it does
+        env = state.engine.child_env(env)  # ... on this engine, as a `docker compose` in it does
         child: subprocess.Popen[bytes] | None = None
         early: list[int] = []  # signals that came before the command existed
 
@@ -102,16 +102,15 @@ def exec_compose(state: State, project: str, args: Sequence[str]) -> NoReturn:
     record = state.stacks.load(check_project(project))
     if record is None:
         from .._error import UnknownOwnerError
+        from .state import elsewhere
 
-        raise UnknownOwnerError(f"no stack named {project!r} (see `freeport-compose ls`)")
+        raise UnknownOwnerError(f"no stack named {project!r} (see `freeport-compose ls`){elsewhere(state, project)}")
     compose = Compose.find(state.engine)
     files_there = all(os.path.exists(f) for f in record.compose_files)
     head = record.compose_project().args() if files_there else ["--project-name", project]
     argv = [*compose.command, *head, *args]
     try:
-        if compose.env is None:
-            os.execvp(argv[0], argv)  # noqa: S606 (an argument list, never a shell string)
-        os.execvpe(argv[0], argv, compose.env)  # noqa: S606
+        os.execvpe(argv[0], argv, compose.env or os.environ)  # noqa: S606 (an argument list, never a shell string)
     except OSError as e:
         from .._error import ComposeNotFoundError
 

@@ -26,7 +26,7 @@ from .._error import ComposeError, FreeportError, UnknownOwnerError
 from .._leasing.statedir import state_errors, write_atomic
 from .compose import Compose, Result, run
 from .leases import port_check, release, relocate
-from .lifecycle import PORT_RETRIES, Notify, Options, attempt, reach, silent
+from .lifecycle import PORT_RETRIES, Notify, Options, attempt, reach, settle_failed, silent
 from .plan import Plan
 from .reclaim import ask_swarm
 from .records import StackRecord, StackStatus, check_project, project_name
@@ -42,7 +42,7 @@ class Swarm:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.env = engine.child_env(os.environ)
+        self.env = engine.child_env(os.environ)  # pinned: `docker stack` on this engine, whatever the shell names
 
     def deploy(self, name: str, file: str, extra: Sequence[str] = ()) -> Result:
         """`docker stack deploy --compose-file FILE NAME`: create or update the stack's services."""
@@ -131,8 +131,14 @@ def stack_file(model: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 del service[key]
                 dropped.append(f"{name}.{key}")
         for port in service.get("ports") or []:
-            if isinstance(port, dict) and str(port.get("published", "")).isdigit():
-                port["published"] = int(port["published"])
+            published = str(port.get("published", "")) if isinstance(port, dict) else ""
+            first, _, last = published.partition("-")
+            if first.isdigit() and last in ("", first):
+                port["published"] = int(first)
+            elif published:
+                raise ComposeError(
+                    f"service {name} publishes the range {published}: docker stack deploy publishes single ports"
+                )
         if isinstance(service.get("depends_on"), dict):
             service["depends_on"] = sorted(service["depends_on"])
         for volume in service.get("volumes") or []:
@@ -183,9 +189,8 @@ def deploy(state: State, opts: Options, *, extra: Sequence[str] = (), notify: No
     def take_down(record: StackRecord) -> None:
         swarm.rm(record.project)
 
-    with attempt(state, opts, project, StackStatus.STARTING, take_down) as current:
+    with attempt(state, opts, project, StackStatus.STARTING, take_down, swarm=True) as current:
         record = current.record
-        record.swarm = True
         record.ports = plan.lease(state, record, compose, reuse=current.old is not None, timeout=opts.timeout)
         record.hosts = reach(plan, record.ports, state.engine)
         for retry in range(PORT_RETRIES + 1):
@@ -244,13 +249,7 @@ def remove_locked(state: State, record: StackRecord) -> None:
                 left: int | None = ask_swarm(state.engine).get(project, 0)
             except FreeportError:
                 left = None
-            if left != 0:
-                record.status = StackStatus.STOPPING
-                state.stacks.save(record)
-                e.args = (
-                    f"{e} (its ports stay leased until `freeport-compose rm -p {project}` "
-                    "or `freeport-compose gc` can finish)",
-                )
-                raise
+            settle_failed(state, record, e, left, "rm", "service")
+            raise
         release(state.leases, project)
         state.stacks.forget(project)

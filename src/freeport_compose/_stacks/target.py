@@ -46,7 +46,6 @@ class Engine:
     address: str  # unix:///..., tcp://host:port, ssh://user@host, npipe://...
     context: str | None = None  # the context that named it (None: $DOCKER_HOST or the default)
     tls: TLSFiles | None = None
-    via_flag: bool = False  # chosen by --context/`context=`: children must be told, not left to $DOCKER_HOST
 
     @property
     def name(self) -> str:
@@ -54,10 +53,21 @@ class Engine:
         return self.context if self.context and self.context != "default" else self.address
 
     @property
+    def canonical(self) -> str:
+        """The address as one engine has one: a unix socket by its real path (/var/run is /run),
+        a loopback TCP host as 127.0.0.1, the host in lower case. Leases are kept by it."""
+        parts = _split(self.address)
+        if parts.scheme == "unix":
+            return "unix://" + os.path.realpath(parts.path)
+        host = (parts.hostname or "").lower()
+        host = "127.0.0.1" if host in _LOOPBACK else host
+        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+
+    @property
     def is_default(self) -> bool:
         """The machine's own engine at the default socket: its leases are the state dir's own, shared
         with plain FreePort() (both publish on this machine)."""
-        return self.address == DEFAULT_ADDRESS
+        return self.address == DEFAULT_ADDRESS or self.canonical == Engine(DEFAULT_ADDRESS).canonical
 
     @property
     def on_this_machine(self) -> bool:
@@ -82,19 +92,20 @@ class Engine:
         lease store per address, so a lease for one engine does not block another."""
         if self.is_default:
             return ""
-        return _sha256(self.address)[:20]
+        return _sha256(self.canonical)[:20]
 
-    def child_env(self, env: Mapping[str, str]) -> dict[str, str] | None:
-        """The environment for a docker or Compose child so it targets this engine; None: the
-        caller's own environment already does."""
-        if not self.via_flag:
-            return None
-        out = {k: v for k, v in env.items() if k != "DOCKER_HOST"}  # $DOCKER_HOST beats $DOCKER_CONTEXT
-        if self.context:
+    def child_env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """`env` for a docker or Compose child, pinned to this engine whatever `env` itself names
+        (a gc run from a shell aimed at another engine must still reach this one): its context
+        ($DOCKER_HOST removed: it beats $DOCKER_CONTEXT), else its address ($DOCKER_CONTEXT removed).
+        The default context is its address (the docker CLI's default context is $DOCKER_HOST)."""
+        out = dict(env)
+        if self.context and self.context != "default":
+            out.pop("DOCKER_HOST", None)
             out["DOCKER_CONTEXT"] = self.context
         else:
-            out["DOCKER_HOST"] = self.address
             out.pop("DOCKER_CONTEXT", None)
+            out["DOCKER_HOST"] = self.address
         return out
 
 
@@ -119,13 +130,13 @@ def config_dir(env: Mapping[str, str]) -> str:
 def resolve(context: str | None, env: Mapping[str, str]) -> Engine:
     """The engine Compose would use given `--context` (or None) and this environment."""
     if context:
-        return _context(context, env, via_flag=True)
+        return _context(context, env)
     host = env.get("DOCKER_HOST")
     if host:
         return Engine(host, tls=_env_tls(env))
     name = env.get("DOCKER_CONTEXT") or _current_context(env)
     if name:
-        return _context(name, env, via_flag=False)
+        return _context(name, env)
     return Engine(DEFAULT_ADDRESS)
 
 
@@ -140,9 +151,9 @@ def _current_context(env: Mapping[str, str]) -> str | None:
     return current if isinstance(current, str) and current else None
 
 
-def _context(name: str, env: Mapping[str, str], *, via_flag: bool) -> Engine:
+def _context(name: str, env: Mapping[str, str]) -> Engine:
     if name == "default":
-        return Engine(env.get("DOCKER_HOST") or DEFAULT_ADDRESS, "default", _env_tls(env), via_flag)
+        return Engine(env.get("DOCKER_HOST") or DEFAULT_ADDRESS, "default", _env_tls(env))
     digest = _sha256(name)
     base = os.path.join(config_dir(env), "contexts")
     meta = os.path.join(base, "meta", digest, "meta.json")
@@ -162,14 +173,16 @@ def _context(name: str, env: Mapping[str, str], *, via_flag: bool) -> Engine:
     files = {n: os.path.join(tls_dir, f"{n}.pem") for n in ("ca", "cert", "key")}
     found = {n: p if os.path.isfile(p) else None for n, p in files.items()}
     tls = TLSFiles(found["ca"], found["cert"], found["key"], not skip_verify) if any(found.values()) else None
-    return Engine(address, name, tls, via_flag)
+    return Engine(address, name, tls)
 
 
 def _env_tls(env: Mapping[str, str]) -> TLSFiles | None:
-    """$DOCKER_TLS_VERIFY and $DOCKER_CERT_PATH, as the docker CLI reads them with $DOCKER_HOST."""
-    verify = env.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
-    cert_path = env.get("DOCKER_CERT_PATH")
-    if not verify and not cert_path:
+    """$DOCKER_TLS, $DOCKER_TLS_VERIFY and $DOCKER_CERT_PATH, as the docker CLI reads them: TLS when
+    either of the first two is set at all (any value, "0" too), verified when $DOCKER_TLS_VERIFY is;
+    $DOCKER_CERT_PATH alone changes nothing."""
+    verify = bool(env.get("DOCKER_TLS_VERIFY"))
+    if not verify and not env.get("DOCKER_TLS"):
         return None
-    d = cert_path or config_dir(env)
-    return TLSFiles(os.path.join(d, "ca.pem"), os.path.join(d, "cert.pem"), os.path.join(d, "key.pem"), verify)
+    d = env.get("DOCKER_CERT_PATH") or config_dir(env)
+    ca, cert, key = (p if os.path.isfile(p := os.path.join(d, f"{n}.pem")) else None for n in ("ca", "cert", "key"))
+    return TLSFiles(ca, cert, key, verify)
