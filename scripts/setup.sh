@@ -25,6 +25,12 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 # busybox-static, not just any /bin/busybox: the test image is that one file, so it must be static.
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need_pkgs+=(busybox-static)
+# The second engine of tests/test_engines.py: a network namespace and a veth pair (ip, ss), dockerd
+# entered into it (nsenter), TLS certificates for its docker context (openssl); `unshare` hides the
+# machine's engine from one process (tests/_docker.py).
+command -v ip >/dev/null 2>&1 && command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+command -v nsenter >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     say "installing ${need_pkgs[*]}"
     $SUDO apt-get update -qq
