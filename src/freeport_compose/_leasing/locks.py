@@ -23,30 +23,45 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .._error import StateDirError, UnknownOwnerError
 from . import process
 from .adoption import adopt_orphans
 from .flock import try_lock, unlock
 from .owners import OwnerIndex
-from .process import PerProcess, current_holder
+from .process import PerProcess
 from .records import RECORD_LIMIT, LeaseRecord, check_owner, is_process_record, read_record, write_record
 from .slots import FREE, NAMED, PROCESS, Slots
 from .statedir import StateDir, default_state_path, open_file, shared_opt_in, state_errors
 
 
-@dataclass(eq=False)
 class Claim:
     """A lease taken by this process: for a process lease, the open lock file whose flock *is* the lease."""
 
-    record: LeaseRecord
-    fd: int | None  # the locked lock file (process lease); None for a named lease
-    pid: int = field(default_factory=process.pid)  # a forked child must never release its parent's lock
+    __slots__ = ("_record", "created", "fd", "label", "owner", "pid", "port", "token")
+
+    def __init__(
+        self, port: int, fd: int | None, owner: str | None, created: float, label: str, token: str = ""
+    ) -> None:
+        self.port, self.owner, self.created, self.label, self.token = port, owner, created, label, token
+        self.fd = fd  # the locked lock file (process lease); None for a named lease
+        self.pid = process.pid()  # a forked child must never release its parent's lock
+        self._record: LeaseRecord | None = None
 
     @property
-    def port(self) -> int:
-        return self.record.port
+    def record(self) -> LeaseRecord:
+        """The lease's record, built when first asked for.
+
+        Not at claim time: its holder names this process by its start time, and reading that
+        (/proc/self/stat) costs a fresh process's first FreePort() ~45 µs, while a process lease
+        described by its slot never needs it. (Taken later it is the same: the holder is this
+        very process, which is alive while it asks.)
+        """
+        if self._record is None:
+            self._record = LeaseRecord(self.port, self.owner, process.holder_of(self.pid), self.created, self.token,
+                                       self.label)  # fmt: skip
+        return self._record
 
 
 @dataclass(frozen=True)
@@ -179,20 +194,18 @@ class PortLocks:
         if owner is None and self.slots is not None and self.slots.mark(port, PROCESS, process.pid(), now, label):
             if data:
                 os.ftruncate(fd, 0)  # a stale (or hostile) record must not speak for us
-            record = LeaseRecord(port, None, current_holder(), now, "", label)
+            claim = Claim(port, fd, None, now, label)  # its record is built if someone asks for it
         else:
-            record = LeaseRecord(port, owner, current_holder(), now, f"{random.getrandbits(64):016x}", label)
+            claim = Claim(port, fd if owner is None else None, owner, now, label, f"{random.getrandbits(64):016x}")
             try:
                 if owner is not None:
                     self.owners.add(owner, port)
-                write_record(fd, record, len(data))
+                write_record(fd, claim.record, len(data))
             except OSError as e:
                 raise StateDirError(f"cannot record the lease of port {port} in {self.sd.path}: {e.strerror}") from None
             self._mark(port, PROCESS if owner is None else NAMED, process.pid(), now, label)
-        if owner is not None:
-            return Claim(record, None)
-        claim = Claim(record, fd)
-        process.track(claim)
+        if claim.fd is not None:
+            process.track(claim)
         return claim
 
     def _held_record(self, fd: int, port: int) -> LeaseRecord | None:
@@ -226,8 +239,8 @@ class PortLocks:
                     return  # another thread released it meanwhile
                 process.untrack(claim)
                 os.close(fd)
-        elif claim.record.owner is not None and claim.pid == process.pid():
-            self.release_named(claim.port, claim.record.owner, claim.record.token)
+        elif claim.owner is not None and claim.pid == process.pid():
+            self.release_named(claim.port, claim.owner, claim.token)
 
     def release_named(self, port: int, owner: str, token: str | None) -> bool | None:
         """Clear `port`'s record if it is `owner`'s (and this lease's, given `token`).

@@ -89,6 +89,16 @@ def current_holder() -> Holder:
     return _SELF
 
 
+def holder_of(pid: int) -> Holder:
+    """The Holder of a lease taken by process `pid`: this process, or (for a lease a forked child
+    inherited) its parent as the parent knew itself, if it had asked before the fork."""
+    if pid == _PID:
+        return current_holder()
+    if _SELF is not None and _SELF.pid == pid:
+        return _SELF
+    return Holder(pid, process_start_time(pid), hostname())
+
+
 def holder_alive(holder: Holder) -> bool | None:
     """Whether the holder process still runs; None when it ran on another host and we cannot tell."""
     if holder.host != current_holder().host:
