@@ -17,6 +17,7 @@ May touch: ports/ (lock files), the slots file (wherever slots.py keeps it), own
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import stat
@@ -76,6 +77,7 @@ class Taken:
 
 LEASED = Taken("leased")  # when no one asked who
 FOREIGN = Taken("in use by another program")
+MISSING = Taken("no lock file yet")  # not taken at all: try_claim(create=False) did not try it
 
 
 class PortLocks:
@@ -101,9 +103,10 @@ class PortLocks:
 
     # -- one port --------------------------------------------------------------------------------
 
-    def _open_lock(self, port: int, check: bool = True) -> int:
+    def _open_lock(self, port: int, check: bool = True, create: bool = True) -> int:
         # O_NONBLOCK: a FIFO planted under the name would otherwise block the open forever.
-        fd = open_file(self.sd.ports_fd, f"{port}.lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, self.sd.file_mode)
+        flags = os.O_RDWR | os.O_NONBLOCK | (os.O_CREAT if create else 0)
+        fd = open_file(self.sd.ports_fd, f"{port}.lock", flags, self.sd.file_mode)
         if check:
             try:
                 self._check_lock(fd, port)
@@ -133,17 +136,21 @@ class PortLocks:
         label: str,
         is_free: Callable[[int], bool],
         explain: bool = False,
+        create: bool = True,
     ) -> Claim | Taken:
         """Lease `port` if no one holds it and `is_free(port)`; else say who has it (when `explain`).
 
+        With `create` False, a port without a lock file is not tried: MISSING says so.
         This is the allocation hot path: every syscall and allocation here is on purpose.
         """
         in_flight = process.in_flight()
         try:
             with process.fd_lock():
-                fd = self._open_lock(port, check=False)
+                fd = self._open_lock(port, check=False, create=create)
                 in_flight.add(fd)
         except OSError as e:
+            if not create and e.errno == errno.ENOENT:
+                return MISSING
             if self.sd.shared:  # another user's lock file (private, or a symlink): that port is theirs
                 return Taken(f"lock file not usable ({e.strerror})") if explain else LEASED
             raise StateDirError(f"cannot open the lock file of port {port} in {self.sd.path}: {e.strerror}") from None
