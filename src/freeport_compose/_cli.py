@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, NoReturn
 from ._error import ExitCode, FreeportError, InvalidRangeError, UnknownOwnerError
 
 if TYPE_CHECKING:  # imported where used: every command pays only for what it needs
+    from ._leasing.ranges import PortRange
+    from ._leasing.store import LeaseStore, Reclaimed
     from ._stacks.lifecycle import Options
     from ._stacks.state import State
     from ._stacks.target import Engine
@@ -290,13 +292,28 @@ def _state(args: argparse.Namespace) -> State:
     return State.open(args.state_dir, _engine(args))
 
 
-def _leases_state(args: argparse.Namespace) -> State:
-    """`get` and `release`: the machine's own leases (plain ports for this machine), unless --context
-    names an engine: then that engine's leases, and its published ports are avoided."""
+def _engine_state(args: argparse.Namespace) -> State:
+    """`get --context`, `release --context`: the named engine's leases."""
     from ._stacks.state import State
-    from ._stacks.target import DEFAULT_ADDRESS, Engine
 
-    return State.open(args.state_dir, _engine(args) if args.context else Engine(DEFAULT_ADDRESS))
+    return State.open(args.state_dir, _engine(args))
+
+
+def _machine_leases(state_dir: str | None) -> LeaseStore:
+    """`get` and `release` without --context: the machine's own leases (plain ports for this
+    machine, shared with its engine's stacks), which reclaim the ports of that engine's stacks that
+    are gone. The stacks half is imported only if a range is exhausted: every `get` would otherwise
+    pay ~5 ms for records and engines it does not touch."""
+    from ._leasing.locks import open_locks
+    from ._leasing.store import LeaseStore
+
+    def reclaim(ports: PortRange) -> Reclaimed:
+        from ._stacks.state import State
+        from ._stacks.target import DEFAULT_ADDRESS, Engine
+
+        return State.open(state_dir, Engine(DEFAULT_ADDRESS)).leases.reclaim(ports)
+
+    return LeaseStore(open_locks(state_dir), reclaim)
 
 
 def format_ports(ports: Mapping[str, int], fmt: str, hosts: Mapping[str, str] | None = None) -> str:
@@ -338,15 +355,18 @@ def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
 
     start, stop = _range(args.range) if args.range else (None, None)
     exclude = [p for text in args.exclude for p in _ports_list(text)]
-    state = _leases_state(args)
     probe = None
     hosts = args.host
-    if args.context:  # an engine named: its published ports are avoided (asked once), as for a stack
+    if args.context:  # an engine named: its leases, and its published ports avoided (asked once), as for a stack
         from ._stacks.leases import port_check
 
+        state = _engine_state(args)
+        leases = state.leases
         check = port_check(state.engine)
         hosts = check.hosts(args.host)
         probe = check.probe(hosts)
+    else:
+        leases = _machine_leases(args.state_dir)
     fps = FreePorts(
         args.n,
         start,
@@ -356,7 +376,7 @@ def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
         host=hosts,
         exclude=exclude,
         owner=args.owner,
-        state_dir=state.leases,  # its store frees the ports of stacks that are gone, when it must
+        state_dir=leases,  # its store frees the ports of stacks that are gone, when it must
         probe=probe,
     )
     print(json.dumps(fps.ports) if args.format == "json" else "\n".join(map(str, fps.ports)))
@@ -365,7 +385,7 @@ def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
 
 def _cmd_release(args: argparse.Namespace, after: list[str]) -> int:
     if args.context:
-        ports = _leases_state(args).leases.release_owner(args.owner)
+        ports = _engine_state(args).leases.release_owner(args.owner)
     else:
         from ._leasing.store import store
 
@@ -493,7 +513,8 @@ def _cmd_up(args: argparse.Namespace, after: list[str]) -> int:
 
 
 def _cmd_down(args: argparse.Namespace, after: list[str]) -> int:
-    from ._stacks.lifecycle import down, find_project
+    from ._stacks.lifecycle import down
+    from ._stacks.lookup import find_project
 
     state = _state(args)
     project = find_project(state, args.project)
@@ -503,7 +524,7 @@ def _cmd_down(args: argparse.Namespace, after: list[str]) -> int:
 
 
 def _cmd_ports(args: argparse.Namespace, after: list[str]) -> int:
-    from ._stacks.lifecycle import find_project, hosts_of, ports_of
+    from ._stacks.lookup import find_project, hosts_of, ports_of
 
     state = _state(args)
     project = find_project(state, args.project)
@@ -516,7 +537,7 @@ def _cmd_ports(args: argparse.Namespace, after: list[str]) -> int:
 
 
 def _cmd_port(args: argparse.Namespace, after: list[str]) -> int:
-    from ._stacks.lifecycle import find_project, ports_of
+    from ._stacks.lookup import find_project, ports_of
     from ._stacks.names import placeholder_key
 
     state = _state(args)
@@ -651,7 +672,7 @@ def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
     """Pass a Compose command through for a stack: `freeport-compose logs -f web` is `docker compose
     <the stack's options> logs -f web`. `rm` of a Swarm stack of ours is `docker stack rm` and frees
     its ports."""
-    from ._stacks.lifecycle import find_project
+    from ._stacks.lookup import find_project
     from ._stacks.state import State
     from ._stacks.supervise import exec_compose
     from ._stacks.target import resolve

@@ -229,7 +229,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     """Say how to reach and remove the stacks `--freeport-keep` left up."""
     if not config.getoption("freeport_keep") or getattr(config, "workerinput", None):
         return
-    from ._stacks.lifecycle import ports_of
+    from ._stacks.lookup import ports_of
     from ._stacks.state import State
 
     state = State.open()

@@ -27,8 +27,7 @@ from .._leasing.allocator import DEFAULT_TIMEOUT
 from .check import BackgroundCheck
 from .compose import Compose, ComposeProject
 from .engine import Containers
-from .leases import held_ports, port_check, release, relocate
-from .names import sort_key
+from .leases import port_check, release, relocate
 from .plan import Plan
 from .reclaim import ask_swarm, left_of, unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
@@ -292,25 +291,6 @@ def down_until_gone(engine: Engine, compose: Compose, project: ComposeProject, r
         time.sleep(0.2 * (retry + 1))
 
 
-def find_project(state: State, project: str | None, files: Sequence[str] = ()) -> str:
-    """The project a command means: -p, $COMPOSE_PROJECT_NAME, or the one stack from these files/this dir."""
-    name = project or os.environ.get("COMPOSE_PROJECT_NAME")
-    if name:
-        return check_project(name)
-    records = state.stacks.all()
-    if files:
-        wanted = [os.path.abspath(f) for f in files]
-        records = [r for r in records if r.files == wanted]
-    else:
-        cwd = os.getcwd()
-        records = [r for r in records if r.project_directory == cwd]
-    if len(records) == 1:
-        return records[0].project
-    if not records:
-        raise UnknownOwnerError("no stack of freeport-compose here: give -p PROJECT (see `freeport-compose ls`)")
-    raise UnknownOwnerError(f"{len(records)} stacks match ({', '.join(r.project for r in records)}): give -p PROJECT")
-
-
 def down(state: State, project: str, *, volumes: bool = False, compose: Compose | None = None) -> StackRecord | None:
     """`docker compose down` with the files, profiles and env files recorded at `up`, then the
     project's leases freed. UnknownOwnerError if the project has neither record nor leases.
@@ -389,28 +369,6 @@ def _containers_left(engine: Engine, project: str) -> int | None:
         return project_containers(engine).get(project, Containers()).total
     except FreeportError:
         return None
-
-
-def ports_of(state: State, project: str) -> dict[str, int]:
-    """The leased port of each placeholder of a stack; UnknownOwnerError for an unknown project."""
-    record = state.stacks.load(check_project(project))
-    held = held_ports(state.leases, project)
-    if record is None or not held:
-        raise UnknownOwnerError(
-            f"no stack named {project!r} holds ports (see `freeport-compose ls`){elsewhere(state, project)}"
-        )
-    return {
-        name: port
-        for name, port in sorted(record.ports.items(), key=lambda kv: sort_key(kv[0]))
-        if held.get(name) == port
-    }
-
-
-def hosts_of(state: State, project: str) -> dict[str, str]:
-    """The address to reach each port of a stack on: the one it is published on, else 127.0.0.1."""
-    record = state.stacks.load(check_project(project))
-    known = {} if record is None else record.hosts
-    return {name: known.get(name, "127.0.0.1") for name in ports_of(state, project)}
 
 
 @dataclass
