@@ -8,6 +8,7 @@ to every script. Exits non-zero if any script fails; the sections that did succe
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import subprocess
 import sys
@@ -33,6 +34,10 @@ def main() -> int:
     args = parser.parse_args()
 
     scripts = sorted(HERE.glob("bench_*.py"))
+    # Compiled first, as an installed package is: with $PYTHONDONTWRITEBYTECODE set (as on this
+    # project's CI machine) every command of the benches would otherwise recompile whatever changed
+    # since its .pyc was written, and the start-up rows would time the compiler (~10 ms a command).
+    compileall.compile_dir(str(HERE.parent / "src"), quiet=1)
     if not scripts:
         print(f"[run_all] no bench_*.py in {HERE}", file=sys.stderr)
         return 1
