@@ -65,6 +65,14 @@ def test_dangling_symlinked_state_dir_is_refused(state_dir: Path, tmp_path: Path
     assert not target.exists()
 
 
+# How each subdirectory is first used: owners/ and stacks/ are opened (and verified) only then.
+FIRST_USE: dict[str, Callable[[int], object]] = {
+    "ports": lambda port: FreePort(port, port, timeout=0),
+    "owners": lambda port: FreePort(port, port, timeout=0, owner="job"),
+    "stacks": lambda port: store()._locks.sd.stacks_fd,
+}
+
+
 @pytest.mark.parametrize("sub", ["ports", "owners", "stacks"])
 def test_symlinked_subdir_is_refused(sub: str, state_dir: Path, tmp_path: Path, free_block: FreeBlock) -> None:
     state_dir.mkdir(mode=0o700)
@@ -73,7 +81,24 @@ def test_symlinked_subdir_is_refused(sub: str, state_dir: Path, tmp_path: Path, 
     (state_dir / sub).symlink_to(target)
     first = free_block(1)
     with pytest.raises(StateDirError):
-        FreePort(first, first, timeout=0)
+        FIRST_USE[sub](first)
+    assert tree(target) == []
+
+
+def test_process_lease_opens_neither_owners_nor_stacks(state_dir: Path, tmp_path: Path, free_block: FreeBlock) -> None:
+    # Only named leases need owners/, only stacks stacks/: a process lease does not open them
+    # (that costs a fresh process's first FreePort() two opens and fstats), so never through a link.
+    state_dir.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    for sub in ("owners", "stacks"):
+        (state_dir / sub).symlink_to(target)
+    first = free_block(1)
+    with FreePort(first, first, timeout=0) as fp:
+        assert fp.port == first
+    assert tree(target) == []
+    with pytest.raises(StateDirError, match="is a symlink"):
+        FreePort(first, first, timeout=0, owner="job")
     assert tree(target) == []
 
 
@@ -129,6 +154,7 @@ def test_state_dir_is_created_private(tmp_path: Path, monkeypatch: pytest.Monkey
         with FreePort(first, first, timeout=5, owner="job-mode") as fp:
             assert fp.port == first
             owner_index_mode = stat.S_IMODE((path / "owners" / "job-mode").stat().st_mode)
+        store()._locks.sd.stacks_fd  # made when first used  # noqa: B018
     finally:
         os.umask(old_umask)
     for d in (path, path / "ports", path / "owners", path / "stacks"):
@@ -153,8 +179,9 @@ def test_shared_mode_accepts_sticky_world_writable_dir_of_another_user(
     with pytest.raises(StateDirError):  # not without opting in
         FreePort(first, first, timeout=0)
     monkeypatch.setenv("FREEPORT_SHARED", "1")
-    with FreePort(first, first, timeout=5) as fp:
+    with FreePort(first, first, timeout=5, owner="job") as fp:
         assert fp.port == first
+    store()._locks.sd.stacks_fd  # made when first used  # noqa: B018
     for sub in ("ports", "owners", "stacks"):
         assert stat.S_IMODE((state_dir / sub).stat().st_mode) == 0o1777  # others can add, not swap
 
@@ -292,6 +319,7 @@ def test_symlink_planted_as_owner_index_is_never_followed(
 ) -> None:
     first = free_block(1)
     store()
+    (state_dir / "owners").mkdir(mode=0o700)  # owners/ is made by the first named lease
     target = tmp_path / "elsewhere"
     target.write_bytes(b"keep me")
     (state_dir / "owners" / "job-x").symlink_to(target)

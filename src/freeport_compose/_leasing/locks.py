@@ -85,10 +85,10 @@ class PortLocks:
 
     def __init__(self, sd: StateDir) -> None:
         self.sd = sd
-        self.owners = OwnerIndex(sd, sd.owners_fd)
+        self.owners = OwnerIndex(sd)
         # Not in a directory shared with other users: any of them could write false descriptions
         # of our leases into it.
-        self.slots = None if sd.shared else Slots.open(sd.ports_fd, os.path.join(sd.path, "ports"), sd.file_mode)
+        self.slots = None if sd.shared else Slots.open(sd.ports_fd, f"{sd.path}/ports", sd.file_mode)
 
     def likely_leased(self, port: int) -> bool:
         """A hint, free of syscalls: True if the port was leased when last seen."""
@@ -208,6 +208,8 @@ class PortLocks:
                 if owner is not None:
                     self.owners.add(owner, port)
                 write_record(fd, claim.record, len(data))
+            except StateDirError:
+                raise  # says what is wrong (owners/ a symlink, say) better than its strerror would
             except OSError as e:
                 raise StateDirError(f"cannot record the lease of port {port} in {self.sd.path}: {e.strerror}") from None
             self._mark(port, PROCESS if owner is None else NAMED, process.pid(), now, label)

@@ -31,8 +31,13 @@ def parse(data: bytes) -> list[int]:
 class OwnerIndex:
     """The owners/ directory of one state dir."""
 
-    def __init__(self, sd: StateDir, fd: int) -> None:
-        self.sd, self.fd = sd, fd
+    def __init__(self, sd: StateDir) -> None:
+        self.sd = sd
+
+    @property
+    def fd(self) -> int:
+        """owners/, opened when first used (a process lease never needs it)."""
+        return self.sd.owners_fd
 
     def _open(self, owner: str, flags: int) -> int:
         try:

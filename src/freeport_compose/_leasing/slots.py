@@ -56,7 +56,7 @@ def shm_dir() -> int | None:
     our name first. O_NOFOLLOW and the owner and mode check after opening keep us from writing our
     descriptions where they could read or forge them; we then do without, in ports/.
     """
-    path = os.path.join(SHM_DIR, f"freeport-compose-{os.geteuid()}")
+    path = f"{SHM_DIR}/freeport-compose-{os.geteuid()}"
     try:
         try:
             fd = os.open(path, _DIR_FLAGS)

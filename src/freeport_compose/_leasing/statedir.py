@@ -122,18 +122,37 @@ class StateDir:
         self.shared = shared
         self.file_mode = 0o666 if shared else 0o600
         self.fd = _open_dir(path, path, shared)
-        opened = [self.fd]
         try:
             self.ports_fd = self._open_ports()
-            opened.append(self.ports_fd)
-            self.owners_fd = _open_dir("owners", os.path.join(path, "owners"), shared, self.fd)
-            opened.append(self.owners_fd)
-            self.stacks_fd = _open_dir("stacks", os.path.join(path, "stacks"), shared, self.fd)
         except BaseException:
-            for fd in opened:
-                os.close(fd)
+            os.close(self.fd)
             raise
+        # owners/ and stacks/, opened (verified, created if missing) when first used: only named
+        # leases and stacks need them, and each costs a process's first FreePort() an open, an
+        # fstat and a mkdir if missing. Never closed, like fd and ports_fd (threads may use them).
+        self._subdirs: dict[str, int] = {}
         self._checked = time.monotonic()
+
+    @property
+    def owners_fd(self) -> int:
+        """owners/ (see OwnerIndex), verified as the state dir is."""
+        return self._subdir("owners")
+
+    @property
+    def stacks_fd(self) -> int:
+        """stacks/ (the stacks half's records), verified as the state dir is."""
+        return self._subdir("stacks")
+
+    def _subdir(self, name: str) -> int:
+        fd = self._subdirs.get(name)
+        if fd is None:
+            opened = _open_dir(name, f"{self.path}/{name}", self.shared, self.fd)
+            # setdefault is atomic: of two threads opening it at once, both use the first one
+            # stored, and the other closes its own (no one else has seen that number).
+            fd = self._subdirs.setdefault(name, opened)
+            if fd != opened:
+                os.close(opened)
+        return fd
 
     def _open_ports(self) -> int:
         """ports/, made complete before anyone can see it.
@@ -143,7 +162,7 @@ class StateDir:
         still hold on lock files of a deleted ports/ at this path), and only then renamed into
         place, under an flock on the state dir so two creators do not race.
         """
-        shown = os.path.join(self.path, "ports")
+        shown = f"{self.path}/ports"
         try:
             return _open_dir("ports", shown, self.shared, self.fd, create=False)
         except FileNotFoundError:
@@ -176,7 +195,8 @@ class StateDir:
         if now - self._checked < 0.1:
             return False
         self._checked = now
-        return any(os.fstat(fd).st_nlink == 0 for fd in (self.fd, self.ports_fd, self.owners_fd, self.stacks_fd))
+        # list(): another thread may open a subdirectory meanwhile (a dict must not grow while iterated).
+        return any(os.fstat(fd).st_nlink == 0 for fd in (self.fd, self.ports_fd, *list(self._subdirs.values())))
 
     def sweep_temporaries(self) -> list[str]:
         """Remove the temporary files (and private ports/ directories) that writers killed at the
