@@ -1069,19 +1069,19 @@ def test_named_lease_with_a_long_label_keeps_its_port() -> None:
 
 
 def stack(**changes: Any) -> StackRecord:
-    base = StackRecord(
-        project="demo-1a2b3c",
-        files=["/src/app/compose.yml", "/src/app/compose.dev.yml"],
-        compose_files=["/state/stacks/demo-1a2b3c/compose.yml", "/src/app/compose.dev.yml"],
-        project_directory="/src/app",
-        profiles=["dev"],
-        env_files=["/src/app/.env"],
-        ports={"FREEPORT_1": 20001, "FREEPORT_db": 20002},
-        status=StackStatus.UP,
-        driver=Holder(4242, 987654321, "build-host"),
-        created=1712345678.5,
-    )
-    return replace(base, **changes)
+    base: dict[str, Any] = {
+        "project": "demo-1a2b3c",
+        "files": ["/src/app/compose.yml", "/src/app/compose.dev.yml"],
+        "compose_files": ["/state/stacks/demo-1a2b3c/compose.yml", "/src/app/compose.dev.yml"],
+        "project_directory": "/src/app",
+        "profiles": ["dev"],
+        "env_files": ["/src/app/.env"],
+        "ports": {"FREEPORT_1": 20001, "FREEPORT_db": 20002},
+        "status": StackStatus.UP,
+        "driver": Holder(4242, 987654321, "build-host"),
+        "created": 1712345678.5,
+    }
+    return StackRecord(**{**base, **changes})
 
 
 STACKS = {

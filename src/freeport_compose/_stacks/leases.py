@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._error import EngineUnreachableError, InvalidRangeError, UnknownOwnerError
 from .._leasing.allocator import FreePorts
@@ -32,8 +31,7 @@ if TYPE_CHECKING:  # the template reader imports YAML: a reclaim (from `get`, sa
     from .templateset import TemplateSet
 
 
-@dataclass(frozen=True)
-class PortCheck:
+class PortCheck(NamedTuple):  # not a dataclass: see target.TLSFiles
     """How one allocation for a stack tells a free port: the target engine's published ports, asked
     once for the whole allocation (not once per candidate), and the bind probe where it means something."""
 

@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._error import UnknownContextError
 from .._leasing.locks import open_locks
@@ -32,8 +32,7 @@ ENGINES = "engines"
 _META = "engine.json"
 
 
-@dataclass(frozen=True)
-class State:
+class State(NamedTuple):  # not a dataclass: see target.TLSFiles
     """A state directory's leases and stack records for one engine, opened once and handed to every verb."""
 
     leases: LeaseStore
