@@ -600,6 +600,9 @@ class Fresh:
     contended: Contended | None = None  # 16 fresh processes x 6 ports, first call included
     whole: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # whole-process seconds
     rss: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # max RSS, KiB
+    # Ports of the default range with a lock file in the bench's state dir (most made by c)), and all of them.
+    with_lock_file: int = 0
+    default_range: int = 0
 
 
 GNU_TIME = "/usr/bin/time"
@@ -624,6 +627,10 @@ def scenario_fresh(cfg: Config, lock_root: str, contended_range: tuple[int, int]
     result = Fresh()
     n = 6 if cfg.quick else 20
     progress(f"d) fresh processes: first call x {n} per tool; start-up of whole commands x {n}")
+    default = freeport_compose.PortRange.default()
+    names = set(os.listdir(os.path.join(os.environ["FREEPORT_STATE_DIR"], "ports")))
+    result.default_range = len(default)
+    result.with_lock_file = sum(f"{lo + k}.lock" in names for lo, hi in default.intervals for k in range(hi - lo + 1))
     for _ in range(n):  # interleaved, so drift hits every tool alike
         for tool, imp in FIRST_CODE.items():
             _, _, out = run_measured([sys.executable, "-c", FIRST_TIMER.format(imp=imp)])
@@ -887,8 +894,9 @@ def render_fresh(d: Fresh) -> list[str]:
         "### d) Fresh processes",
         "",
         f"First call after import, each in a new interpreter ({runs} each, interleaved); the second call "
-        "for comparison. freeport's uses the default range and the bench's state dir, where most ports "
-        "have no lock file yet (creating one costs ~45 µs on ext4).",
+        "for comparison. freeport's uses the default range and the bench's state dir, where "
+        f"{d.with_lock_file:,} of the range's {d.default_range:,} ports have a lock file (most made by c)); "
+        "a sweep passes over up to 3 candidates without one before it creates one (~25-50 µs on ext4).",
         "",
         table(["tool", "first call µs (median)", "min", "max", "second call µs (median)"], first_rows,
               [False, True, True, True, True]),
