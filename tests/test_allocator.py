@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import math
 import os
@@ -35,6 +34,7 @@ from freeport_compose import (
     release_port,
     store,
 )
+from freeport_compose._leasing.process import Holder
 
 PY = sys.executable
 FreeBlock = Callable[[int], int]
@@ -686,7 +686,8 @@ def test_forked_child_allocates_while_parent_thread_encodes_records(free_block: 
 
     def encode_fresh_records() -> None:  # e.g. a status reporter serialising what it saw
         while not stop.is_set():
-            dataclasses.replace(template, holder=dataclasses.replace(template.holder)).encode()
+            h = template.holder
+            template._replace(holder=Holder(h.pid, h.start_time, h.host)).encode()
 
     def child() -> bytes:
         with FreePort(first, first, timeout=5) as taken:

@@ -355,8 +355,7 @@ def test_project_busy(work: Path, state_dir: Path, monkeypatch: pytest.MonkeyPat
     from freeport_compose._stacks.state import State
 
     (work / "t.yml").write_text(VALID)
-    State.open()  # creates the state dir
-    fd = os.open(state_dir / "stacks" / "busy-one.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = State.open().stacks.lock_file("busy-one", "lock")  # the project's lock, as another freeport-compose holds it
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         monkeypatch.setattr(records, "BUSY_WAIT", 0.3)

@@ -17,7 +17,7 @@ import sys
 import types
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -858,7 +858,7 @@ LEASE_ID = f"{0xC0FFEE:016x}"  # what a named lease's token looks like
 
 def lease(**changes: Any) -> LeaseRecord:
     base = LeaseRecord(port=20417, owner=None, holder=HOLDER, created=1712345678.123456, token="", label="FREEPORT_db")
-    return replace(base, **changes)
+    return base._replace(**changes)
 
 
 ROUND_TRIP = {

@@ -24,7 +24,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._error import StateDirError, UnknownOwnerError
 from . import process
@@ -65,8 +65,7 @@ class Claim:
         return self._record
 
 
-@dataclass(frozen=True)
-class Taken:
+class Taken(NamedTuple):  # not a dataclass: see records.LeaseRecord
     """Why a port could not be claimed, so an exhausted range can say who holds it (counted by kind)."""
 
     by: str  # "leased by owner 'x'", "leased by pid 12", "in use by another program", ...

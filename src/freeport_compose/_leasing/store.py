@@ -9,15 +9,14 @@ May touch: what PortLocks touches.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .locks import PortLocks, open_locks
 from .ranges import PortRange
 from .records import LeaseRecord
 
 
-@dataclass(frozen=True)
-class Reclaimed:
+class Reclaimed(NamedTuple):  # not a dataclass: see records.LeaseRecord
     """What a reclaimer freed for an exhausted allocation, and why it could not do more."""
 
     owners: tuple[str, ...] = ()  # the owners whose leases it freed
