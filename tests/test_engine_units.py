@@ -281,8 +281,10 @@ def test_a_planted_engines_symlink_is_refused(tmp_path: Path) -> None:
     assert list(elsewhere.iterdir()) == []
 
 
-def test_a_project_name_is_one_kind_of_stack(tmp_path: Path) -> None:
-    state = State.open(str(tmp_path / "state"), Engine(DEFAULT_ADDRESS))
+def test_a_project_name_is_one_kind_of_stack(tmp_path: Path, fake: tuple[FakeEngine, Engine]) -> None:
+    server, engine = fake
+    server.routes["/containers/json"] = (200, [])
+    state = State.open(str(tmp_path / "state"), engine)
     state.stacks.save(StackRecord("shop", [], [], "/", status=StackStatus.DEPLOYED, swarm=True))
     opts = Options(files=[str(tmp_path / "c.yml")])
     with pytest.raises(InvalidNameError, match="'shop' is a Swarm stack on this engine"), \
@@ -293,8 +295,14 @@ def test_a_project_name_is_one_kind_of_stack(tmp_path: Path) -> None:
             attempt(state, opts, "shop", StackStatus.STARTING, None, swarm=True):
         pass
     state.stacks.save(StackRecord("shop", [], [], "/", status=StackStatus.RENDERED))
-    with attempt(state, opts, "shop", StackStatus.STARTING, None, swarm=True) as current:  # a render: either kind
+    with attempt(state, opts, "shop", StackStatus.STARTING, None, swarm=True) as current:  # nothing of it runs
         assert current.record.swarm
+    # rendered, then started by hand with `docker compose up`: its containers are not to be orphaned
+    server.routes["/containers/json"] = (200, [{"Labels": {"com.docker.compose.project": "shop"}, "State": "running"}])
+    state.stacks.save(StackRecord("shop", [], [], "/", status=StackStatus.RENDERED))
+    with pytest.raises(InvalidNameError, match="'shop' is a Compose stack"), \
+            attempt(state, opts, "shop", StackStatus.STARTING, None, swarm=True):
+        pass
 
 
 # -- the command line ---------------------------------------------------------------------------

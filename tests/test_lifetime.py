@@ -376,6 +376,7 @@ NO_SUCH_PID = 4194305  # above PID_MAX_LIMIT: never a live process
 
 def test_gc_sweeps_temporaries_of_dead_writers_only(state_dir: Path) -> None:
     ok(fpc("ls"))  # creates the state dir
+    (state_dir / "owners").mkdir(mode=0o700, exist_ok=True)  # made at the first named lease: it is lazy
     dead = [
         state_dir / f".web.json.{NO_SUCH_PID}.0a1b2c3d.tmp",
         state_dir / "stacks" / f".p.json.{NO_SUCH_PID}.0a1b2c3d.tmp",

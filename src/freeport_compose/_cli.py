@@ -189,7 +189,8 @@ def command_word(argv: Sequence[str]) -> str | None:
     """The command of argv (`get` in `--state-dir D get ...`), None before any."""
     words = iter(argv)
     for word in words:
-        if word in ("--state-dir", "--context"):
+        # argparse takes any unique prefix of an option (`--state` for `--state-dir`): so do we
+        if len(word) > 2 and "=" not in word and any(o.startswith(word) for o in ("--state-dir", "--context")):
             next(words, None)
         elif not word.startswith("-"):
             return word

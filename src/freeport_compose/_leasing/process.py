@@ -59,13 +59,18 @@ class Holder:
         return (self.pid, self.start_time, self.host)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Holder and self._key() == other._key()
+        if type(other) is not Holder:
+            return NotImplemented
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
         return hash(self._key())
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Holder is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Holder is immutable: cannot delete {name!r}")
 
     def __reduce__(self) -> tuple[type[Holder], tuple[int, int | None, str]]:
         return (Holder, (self.pid, self.start_time, self.host))  # pickle and copy: through __init__

@@ -110,10 +110,12 @@ def _get_unix(engine: Engine) -> Get:
 
 
 @contextmanager
-def sdk_client(engine: Engine) -> Iterator[Any]:
-    """A Docker SDK client for the engine (TLS files and ssh as the context says); closed after use.
-    Any failure to reach it (the SDK's own errors, and the requests errors it lets through after
-    connecting) is EngineUnreachableError naming the address."""
+def sdk_client(engine: Engine, *, versioned: bool = True) -> Iterator[tuple[Any, str]]:
+    """A Docker SDK client for the engine (TLS files and ssh as the context says) and the API
+    version it speaks; closed after use. `versioned=False`: the one client that asked the version,
+    for raw GETs that name the version in the URL (one connection, one ssh process), not a second
+    one set to it for the SDK's own methods. Any failure to reach it (the SDK's own errors, and the
+    requests errors it lets through after connecting) is EngineUnreachableError naming the address."""
     import docker
     import docker.errors
     import docker.tls
@@ -139,22 +141,21 @@ def sdk_client(engine: Engine) -> Iterator[Any]:
             client.api.trust_env = False
         return client
 
-    client = None
+    clients: list[Any] = []
     try:
         # What version="auto" does, by public calls only: ask /version (unversioned), then speak it.
-        probe = make(_MIN_API)
-        try:
-            version = str(probe.api.get(f"{probe.api.base_url}/version", timeout=_TIMEOUT).json()["ApiVersion"])
-        finally:
-            probe.close()
-        client = make(version)
-        yield client
+        clients.append(make(_MIN_API))
+        api = clients[0].api
+        version = str(api.get(f"{api.base_url}/version", timeout=_TIMEOUT).json()["ApiVersion"])
+        if versioned:
+            clients.append(make(version))
+        yield clients[-1], version
     except docker.errors.APIError as e:
         raise _Answered(e.status_code or 0, str(e.explanation or e)) from None
     except (docker.errors.DockerException, requests.RequestException, OSError, ValueError, KeyError) as e:
         raise _unreachable(engine, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     finally:
-        if client is not None:
+        for client in clients:
             client.close()
 
 
@@ -165,11 +166,11 @@ def _api(engine: Engine) -> Iterator[Get]:
     if engine.address.startswith("unix://"):
         yield _get_unix(engine)
         return
-    with sdk_client(engine) as client:
+    with sdk_client(engine, versioned=False) as (client, version):
         api = client.api
 
         def get(path: str, params: Mapping[str, str]) -> Any:
-            response = api.get(f"{api.base_url}/v{api.api_version}{path}", params=dict(params), timeout=_TIMEOUT)
+            response = api.get(f"{api.base_url}/v{version}{path}", params=dict(params), timeout=_TIMEOUT)
             if response.status_code != 200:
                 raise _Answered(response.status_code, _message(response.content))
             return response.json()
@@ -257,7 +258,7 @@ def failures(engine: Engine, project: str, tail: int = 20) -> list[Failure]:
     log lines and last failing healthcheck output; [] if all are well."""
     out = []
     try:
-        with sdk_client(engine) as client:
+        with sdk_client(engine) as (client, _):
             out = _failures(client, project, tail)
     except _Answered as e:
         raise _failed(engine, "/containers", e) from None

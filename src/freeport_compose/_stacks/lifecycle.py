@@ -95,6 +95,21 @@ class _Attempt:
             state.stacks.forget(self.record.project)
 
 
+def _started(state: State, record: StackRecord) -> bool:
+    """Whether a stack may have containers or services: one that was started, or a rendered one the
+    user started by hand (the engine has something of it; when it cannot say, assume it does)."""
+    if record.status is not StackStatus.RENDERED:
+        return True
+    from .engine import project_containers
+
+    try:
+        live = project_containers(state.engine)
+        swarm = ask_swarm(state.engine) if record.swarm else None
+    except FreeportError:
+        return True
+    return left_of(record, live, swarm) != 0
+
+
 TakeDown = Callable[[StackRecord], None]
 """How a failed attempt takes down what it started (`docker compose down`, `docker stack rm`)."""
 
@@ -117,7 +132,7 @@ def attempt(
     taking it over would orphan its containers or services."""
     with state.stacks.locked(project) as lock_fd:
         old = state.stacks.load(project)
-        if swarm is not None and old is not None and old.swarm != swarm and old.status is not StackStatus.RENDERED:
+        if swarm is not None and old is not None and old.swarm != swarm and _started(state, old):
             kind, verb = ("a Swarm stack", "rm") if old.swarm else ("a Compose stack", "down")
             raise InvalidNameError(
                 f"project {project!r} is {kind} on this engine: `freeport-compose {verb} -p {project}` it first, "

@@ -20,13 +20,13 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import NamedTuple
 
-from .._error import UnknownContextError
+from .._error import FreeportError, StateDirError, UnknownContextError
 from .._leasing.locks import open_locks
 from .._leasing.ranges import PortRange
 from .._leasing.statedir import default_state_path, read_small, state_errors, write_atomic
 from .._leasing.store import LeaseStore, Reclaimed
 from .records import StackRecords
-from .target import DEFAULT_ADDRESS, Engine, resolve
+from .target import DEFAULT_ADDRESS, Engine, TLSFiles, resolve
 
 ENGINES = "engines"
 _META = "engine.json"
@@ -78,9 +78,12 @@ class State(NamedTuple):  # not a dataclass: see target.TLSFiles
         return cls(leases, stacks, engine, root)
 
     def _describe(self) -> None:
-        """engine.json: which engine this directory is for (rewritten when a context renames it)."""
+        """engine.json: which engine this directory is for, and its TLS files (rewritten when they
+        change), so `ls` and `gc` reach it as this command did."""
         sd = self.stacks.sd
-        text = json.dumps({"address": self.engine.address, "context": self.engine.context}).encode()
+        tls = self.engine.tls
+        meta = {"address": self.engine.address, "context": self.engine.context, "tls": tls and tls._asdict()}
+        text = json.dumps(meta).encode()
         with state_errors(f"cannot write {os.path.join(sd.path, _META)}"):
             if read_small(sd.fd, _META) != text:
                 write_atomic(sd.fd, _META, text, sd.file_mode)
@@ -94,11 +97,18 @@ class State(NamedTuple):  # not a dataclass: see target.TLSFiles
         engine = engine if engine is not None else resolve(None, os.environ)
         states = [cls._at(root, engine if engine.is_default else Engine(DEFAULT_ADDRESS), root)]
         sd = states[0].stacks.sd
-        efd = sd.subdir(sd.fd, ENGINES, os.path.join(root, ENGINES))
+        try:
+            os.stat(ENGINES, dir_fd=sd.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return states  # no other engine was ever targeted (and nothing is created for asking)
+        efd = sd.subdir(sd.fd, ENGINES, os.path.join(root, ENGINES))  # refused if not a verified dir of ours
         try:
             keys = sorted(k for k in os.listdir(efd) if _is_key(k))
             for key in keys:
-                kfd = sd.subdir(efd, key, os.path.join(root, ENGINES, key))
+                try:
+                    kfd = sd.subdir(efd, key, os.path.join(root, ENGINES, key))
+                except StateDirError:
+                    continue  # not a directory of ours (planted, or a stray file): never followed, skipped
                 try:
                     found = _decode(read_small(kfd, _META))
                 finally:
@@ -122,17 +132,21 @@ def _as_targeted(found: Engine, engine: Engine) -> Engine:
             named = resolve(found.context, os.environ)
             if named.canonical == found.canonical:
                 return named
-        return Engine(found.address)
+        return Engine(found.address, None, found.tls)
     return found
 
 
 def elsewhere(state: State, project: str) -> str:
     """ "" or, for a project this State's engine has no stack of but another engine has, how to
     target that one (for the error that says the project is unknown)."""
-    for other in State.every(state.root, state.engine):
-        if other.engine.canonical != state.engine.canonical and other.stacks.load(project) is not None:
-            how = f"--context {other.engine.context}" if other.engine.context else f"DOCKER_HOST={other.engine.address}"
-            return f"; a stack {project!r} is on the engine at {other.engine.address}: give {how}"
+    try:
+        for other in State.every(state.root, state.engine):
+            if other.engine.canonical != state.engine.canonical and other.stacks.load(project) is not None:
+                e = other.engine
+                how = f"--context {e.context}" if e.context else f"DOCKER_HOST={e.address}"
+                return f"; a stack {project!r} is on the engine at {e.address}: give {how}"
+    except FreeportError:
+        pass  # a hint only: the error it adds to is the one to say
     return ""
 
 
@@ -143,12 +157,17 @@ def _is_key(name: str) -> bool:
 def _decode(raw: bytes | None) -> Engine | None:
     try:
         meta: Mapping[str, object] = json.loads(raw or b"")
-        address, context = meta["address"], meta.get("context")
-    except (ValueError, TypeError, KeyError, RecursionError):
+        address, context, tls = meta["address"], meta.get("context"), meta.get("tls")
+        files = None
+        if isinstance(tls, dict):
+            ca, cert, key, verify = (tls[k] for k in ("ca", "cert", "key", "verify"))
+            if all(f is None or isinstance(f, str) for f in (ca, cert, key)) and type(verify) is bool:
+                files = TLSFiles(ca, cert, key, verify)
+    except (ValueError, TypeError, KeyError, RecursionError, AttributeError):
         return None
     if not isinstance(address, str) or not (context is None or isinstance(context, str)):
         return None
-    return Engine(address, context)
+    return Engine(address, context, files)
 
 
 def _engine_dir(root: str, key: str) -> str:

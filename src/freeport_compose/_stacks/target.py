@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
-from .._error import UnknownContextError
+from .._error import EngineUnreachableError, FreeportError, UnknownContextError
 
 if TYPE_CHECKING:
     from urllib.parse import SplitResult
@@ -55,12 +55,17 @@ class Engine(NamedTuple):
     def canonical(self) -> str:
         """The address as one engine has one: a unix socket by its real path (/var/run is /run),
         a loopback TCP host as 127.0.0.1, the host in lower case. Leases are kept by it."""
+        if self.address.startswith("unix://"):
+            # What follows unix:// is the path the client connects to (a relative one from the cwd).
+            return "unix://" + os.path.realpath(self.address.removeprefix("unix://"))
         parts = _split(self.address)
-        if parts.scheme == "unix":
-            return "unix://" + os.path.realpath(parts.path)
+        try:
+            port = parts.port
+        except ValueError:  # not a port number: not one we could canonicalise (it reaches no engine)
+            return self.address
         host = (parts.hostname or "").lower()
         host = "127.0.0.1" if host in _LOOPBACK else host
-        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+        return f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path.rstrip('/')}"
 
     @property
     def is_default(self) -> bool:
@@ -95,16 +100,31 @@ class Engine(NamedTuple):
 
     def child_env(self, env: Mapping[str, str]) -> dict[str, str]:
         """`env` for a docker or Compose child, pinned to this engine whatever `env` itself names
-        (a gc run from a shell aimed at another engine must still reach this one): its context
-        ($DOCKER_HOST removed: it beats $DOCKER_CONTEXT), else its address ($DOCKER_CONTEXT removed).
-        The default context is its address (the docker CLI's default context is $DOCKER_HOST)."""
+        (a gc run from a shell aimed at another engine must still reach this one): `env` as it is
+        when it names this engine already (podman compose, say, reads $DOCKER_HOST: it is left
+        unset where it was); else its context ($DOCKER_HOST removed: it beats $DOCKER_CONTEXT), or
+        its address with its own TLS settings ($DOCKER_CONTEXT removed, the shell's TLS variables
+        replaced: they belong to the engine the shell names). The default context is its address
+        (the docker CLI's default context is $DOCKER_HOST)."""
+        try:
+            if resolve(None, env) == self:
+                return dict(env)
+        except FreeportError:
+            pass  # the shell names no engine that exists: pin this one
         out = dict(env)
         if self.context and self.context != "default":
             out.pop("DOCKER_HOST", None)
             out["DOCKER_CONTEXT"] = self.context
-        else:
-            out.pop("DOCKER_CONTEXT", None)
-            out["DOCKER_HOST"] = self.address
+            return out
+        for name in ("DOCKER_CONTEXT", "DOCKER_TLS", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+            out.pop(name, None)
+        out["DOCKER_HOST"] = self.address
+        t = self.tls
+        if t is not None:
+            out["DOCKER_TLS_VERIFY" if t.verify else "DOCKER_TLS"] = "1"
+            found = next((f for f in (t.ca, t.cert, t.key) if f), None)
+            if found:
+                out["DOCKER_CERT_PATH"] = os.path.dirname(found)
         return out
 
 
@@ -132,7 +152,7 @@ def resolve(context: str | None, env: Mapping[str, str]) -> Engine:
         return _context(context, env)
     host = env.get("DOCKER_HOST")
     if host:
-        return Engine(host, tls=_env_tls(env))
+        return Engine(_valid(host, "$DOCKER_HOST"), tls=_env_tls(env))
     name = env.get("DOCKER_CONTEXT") or _current_context(env)
     if name:
         return _context(name, env)
@@ -164,6 +184,7 @@ def _context(name: str, env: Mapping[str, str]) -> Engine:
         skip_verify = bool(endpoint.get("SkipTLSVerify", False))
         if not isinstance(address, str) or not address:
             raise TypeError
+        _valid(address, f"docker context {name!r}")
     except FileNotFoundError:
         raise UnknownContextError(f"docker context {name!r} does not exist (looked for {meta})") from None
     except (OSError, ValueError, KeyError, TypeError):
@@ -173,6 +194,16 @@ def _context(name: str, env: Mapping[str, str]) -> Engine:
     found = {n: p if os.path.isfile(p) else None for n, p in files.items()}
     tls = TLSFiles(found["ca"], found["cert"], found["key"], not skip_verify) if any(found.values()) else None
     return Engine(address, name, tls)
+
+
+def _valid(address: str, where: str) -> str:
+    """The address, if a client could connect to it; one clear error naming it and `where` it came
+    from otherwise (a port that is no number fails every later step with a traceback)."""
+    try:
+        _ = _split(address).port  # a ValueError for a port that is no number
+    except ValueError:
+        raise EngineUnreachableError(f"no Docker engine answers at {address}: not a valid address ({where})") from None
+    return address
 
 
 def _env_tls(env: Mapping[str, str]) -> TLSFiles | None:
