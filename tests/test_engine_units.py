@@ -32,7 +32,7 @@ from freeport_compose._stacks.reclaim import ask_swarm, left_of, verdict
 from freeport_compose._stacks.records import StackRecord, StackStatus
 from freeport_compose._stacks.state import State
 from freeport_compose._stacks.swarm import stack_file
-from freeport_compose._stacks.target import DEFAULT_ADDRESS, Engine, resolve
+from freeport_compose._stacks.target import DEFAULT_ADDRESS, Engine, TLSFiles, resolve
 
 # -- which engine ---------------------------------------------------------------------------
 
@@ -316,3 +316,49 @@ def test_rm_takes_the_project_and_context_after_the_verb() -> None:
         {"context": "far", "project": "shop"}, ["logs", "-f"])
     assert _passthrough(["--context=far", "rm", "-p", "shop"]) == ({"context": "far"}, ["rm", "-p", "shop"])
     assert _passthrough(["up", "-f", "x"]) is None
+
+
+def test_a_malformed_engine_address_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EngineUnreachableError, match=r"tcp://h:abc: not a valid address \(\$DOCKER_HOST\)"):
+        resolve(None, {"DOCKER_HOST": "tcp://h:abc"})
+    assert Engine("tcp://h:abc").canonical == "tcp://h:abc"  # never a ValueError on the way to that error
+    root = tmp_path / "state"
+    State.open(str(root), Engine("tcp://far.example:2376"))
+    bad = root / "engines" / ("0" * 20)
+    bad.mkdir(mode=0o700)
+    (bad / "engine.json").write_text('{"address": "tcp://h:99999"}')
+    (root / "engines" / ("1" * 20)).write_text("a stray file, not a directory")
+    assert [s.engine.address for s in State.every(str(root), Engine(DEFAULT_ADDRESS))] == [
+        DEFAULT_ADDRESS, "tcp://far.example:2376"]
+
+
+def test_children_get_the_engines_own_tls_and_an_unchanged_env_when_it_is_the_shells(tmp_path: Path) -> None:
+    shell = {"DOCKER_HOST": "tcp://a:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": "/certs/a"}
+    plain = Engine("tcp://b:2375").child_env(shell)
+    assert plain == {"DOCKER_HOST": "tcp://b:2375"}  # not a's certificates
+    tls = Engine("tcp://c:2376", tls=TLSFiles("/certs/c/ca.pem", "/certs/c/cert.pem", "/certs/c/key.pem", True))
+    assert tls.child_env(shell) == {"DOCKER_HOST": "tcp://c:2376", "DOCKER_TLS_VERIFY": "1",
+                                    "DOCKER_CERT_PATH": "/certs/c"}
+    config = {"DOCKER_CONFIG": str(tmp_path / "no-config")}
+    assert Engine(DEFAULT_ADDRESS).child_env(config) == config  # podman compose reads $DOCKER_HOST: left unset
+
+
+def test_a_holder_is_immutable() -> None:
+    from freeport_compose._leasing.process import Holder
+
+    h = Holder(1, 2, "h")
+    with pytest.raises(AttributeError):
+        h.pid = 3  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del h.pid
+    assert h == Holder(1, 2, "h")
+    assert h != (1, 2, "h")
+    assert hash(h) == hash(Holder(1, 2, "h"))
+
+
+def test_the_command_is_found_behind_abbreviated_options() -> None:
+    from freeport_compose._cli import command_word
+
+    assert command_word(["--state", "ls", "get", "--owner", "x"]) == "get"
+    assert command_word(["--context=far", "ports"]) == "ports"
+    assert command_word(["-h"]) is None
