@@ -714,7 +714,8 @@ def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
     state = State.open(os.path.abspath(state_dir) if state_dir else None, engine)
     project = find_project(state, given.get("project"))
     if args[:1] == ["rm"]:
-        from ._stacks.swarm import is_swarm_stack, remove
+        from ._stacks.dockerstack import is_swarm_stack
+        from ._stacks.swarm import remove
 
         if is_swarm_stack(state, project):
             if [a for a in args[1:] if a not in ("-f", "--force")]:

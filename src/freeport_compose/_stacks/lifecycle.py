@@ -26,10 +26,11 @@ from .._error import ComposeError, FreeportError, InvalidNameError, UnknownOwner
 from .._leasing.allocator import DEFAULT_TIMEOUT
 from .check import BackgroundCheck
 from .compose import Compose, ComposeProject
+from .dockerstack import remove_locked
 from .engine import Containers
 from .leases import port_check, release, relocate
 from .plan import Plan
-from .reclaim import ask_swarm, left_of, unchanged, verdict
+from .reclaim import ask_swarm, left_of, settle_failed, unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
 from .state import State, elsewhere
@@ -337,8 +338,6 @@ def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: C
     """down() of a stack whose project lock the caller holds."""
     project = record.project
     if record.swarm:
-        from .swarm import remove_locked
-
         remove_locked(state, record)
         return
     with deferred_signals():
@@ -351,29 +350,12 @@ def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: C
             if not result.ok:
                 raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
         except FreeportError as e:
-            settle_failed(state, record, e, _containers_left(state.engine, project), "down", "container")
+            settle_failed(
+                state.leases, state.stacks, record, e, _containers_left(state.engine, project), "down", "container"
+            )
             raise
         release(state.leases, project)
         state.stacks.forget(project)
-
-
-def settle_failed(state: State, record: StackRecord, e: FreeportError, left: int | None, verb: str, thing: str) -> None:
-    """After a take-down (`down`, `rm`) that failed: the ports go if the engine says nothing of the
-    stack is left (`left` == 0), else they stay and the stack is kept `stopping` for `verb` or gc to
-    finish; the error `e` says which."""
-    project = record.project
-    if left == 0:
-        release(state.leases, project)
-        state.stacks.forget(project)
-        e.args = (f"{e} (no {thing} of it is left: its ports are freed)",)
-        return
-    record.status = StackStatus.STOPPING
-    state.stacks.save(record)
-    what = f"its {thing}s may still exist" if left is None else f"{left} of its {thing}s are left"
-    e.args = (
-        f"{e} ({what}: its ports stay leased until `freeport-compose {verb} -p {project}` "
-        "or `freeport-compose gc` can finish)",
-    )
 
 
 def _containers_left(engine: Engine, project: str) -> int | None:

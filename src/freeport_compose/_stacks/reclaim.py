@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from .._error import EngineUnreachableError, NotSwarmManagerError, ProjectBusyError
+from .._error import EngineUnreachableError, FreeportError, NotSwarmManagerError, ProjectBusyError
 from .._leasing.process import holder_alive
 from .._leasing.ranges import PortRange
 from .._leasing.store import LeaseStore, Reclaimed
@@ -157,3 +157,30 @@ def reclaim_gone(stacks: StackRecords, leases: LeaseStore, engine: Engine, ports
         if forget_if_unchanged(stacks, leases, record):
             freed.append(record.project)
     return Reclaimed(tuple(freed), note)
+
+
+def settle_failed(
+    leases: LeaseStore,
+    stacks: StackRecords,
+    record: StackRecord,
+    e: FreeportError,
+    left: int | None,
+    verb: str,
+    thing: str,
+) -> None:
+    """After a take-down (`down`, `rm`) that failed: the ports go if the engine says nothing of the
+    stack is left (`left` == 0), else they stay and the stack is kept `stopping` for `verb` or gc to
+    finish; the error `e` says which."""
+    project = record.project
+    if left == 0:
+        release(leases, project)
+        stacks.forget(project)
+        e.args = (f"{e} (no {thing} of it is left: its ports are freed)",)
+        return
+    record.status = StackStatus.STOPPING
+    stacks.save(record)
+    what = f"its {thing}s may still exist" if left is None else f"{left} of its {thing}s are left"
+    e.args = (
+        f"{e} ({what}: its ports stay leased until `freeport-compose {verb} -p {project}` "
+        "or `freeport-compose gc` can finish)",
+    )

@@ -22,35 +22,17 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .._error import ComposeError, FreeportError, UnknownOwnerError
+from .._error import ComposeError, UnknownOwnerError
 from .._leasing.statedir import state_errors, write_atomic
-from .compose import Compose, Result, run
-from .leases import port_check, release, relocate
-from .lifecycle import PORT_RETRIES, Notify, Options, attempt, reach, settle_failed, silent
+from .compose import Compose
+from .dockerstack import Swarm, remove_locked
+from .leases import port_check, relocate
+from .lifecycle import PORT_RETRIES, Notify, Options, attempt, reach, silent
 from .plan import Plan
-from .reclaim import ask_swarm
 from .records import StackRecord, StackStatus, check_project, project_name
-from .signals import deferred_signals
 from .state import State
-from .target import Engine
 
 STACK_FILE = "freeport-stack.json"  # what `docker stack deploy` is given (JSON is YAML too)
-
-
-class Swarm:
-    """`docker stack` for one engine: one method per verb, every argument built as a list."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.env = engine.child_env(os.environ)  # pinned: `docker stack` on this engine, whatever the shell names
-
-    def deploy(self, name: str, file: str, extra: Sequence[str] = ()) -> Result:
-        """`docker stack deploy --compose-file FILE NAME`: create or update the stack's services."""
-        return run(["docker", "stack", "deploy", "--compose-file", file, *extra, name], self.env, quiet_stdout=True)
-
-    def rm(self, name: str) -> Result:
-        """`docker stack rm NAME`: remove the stack's services and networks."""
-        return run(["docker", "stack", "rm", name], self.env, quiet_stdout=True)
 
 
 # The service keys of the stack loader's schema (docker CLI, compose file 3.x): any other key of
@@ -227,29 +209,3 @@ def remove(state: State, project: str) -> StackRecord:
             raise UnknownOwnerError(f"no Swarm stack named {project!r} (see `freeport-compose ls`)")
         remove_locked(state, record)
     return record
-
-
-def is_swarm_stack(state: State, project: str) -> bool:
-    """Whether `project` is a Swarm stack of ours on the State's engine."""
-    record = state.stacks.load(check_project(project))
-    return record is not None and record.swarm
-
-
-def remove_locked(state: State, record: StackRecord) -> None:
-    """remove() of a stack whose project lock the caller holds. If `docker stack rm` fails, the
-    ports are freed only when the Swarm lists no service of the stack; else it is kept `stopping`."""
-    project = record.project
-    with deferred_signals():
-        try:
-            result = Swarm(state.engine).rm(project)
-            if not result.ok:
-                raise ComposeError(f"docker stack rm failed: {result.last_line()}", result.returncode)
-        except FreeportError as e:
-            try:
-                left: int | None = ask_swarm(state.engine).get(project, 0)
-            except FreeportError:
-                left = None
-            settle_failed(state, record, e, left, "rm", "service")
-            raise
-        release(state.leases, project)
-        state.stacks.forget(project)

@@ -1,0 +1,64 @@
+"""Swarm stacks on their engine: the `docker stack` driver, and taking a stack of ours down.
+
+Guarantees: argv built as lists, children pointed at the stack's engine; a stack is taken down with
+signals held, and its ports go only once `docker stack rm` ran, or once the Swarm lists no service of
+it (else it is kept `stopping` for `rm` or gc to finish).
+
+May touch: runs `docker stack`; the State's leases and stack records; the engine (read).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from .._error import ComposeError, FreeportError
+from .compose import Result, run
+from .leases import release
+from .reclaim import ask_swarm, settle_failed
+from .records import StackRecord, check_project
+from .signals import deferred_signals
+from .state import State
+from .target import Engine
+
+
+class Swarm:
+    """`docker stack` for one engine: one method per verb, every argument built as a list."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.env = engine.child_env(os.environ)  # pinned: `docker stack` on this engine, whatever the shell names
+
+    def deploy(self, name: str, file: str, extra: Sequence[str] = ()) -> Result:
+        """`docker stack deploy --compose-file FILE NAME`: create or update the stack's services."""
+        return run(["docker", "stack", "deploy", "--compose-file", file, *extra, name], self.env, quiet_stdout=True)
+
+    def rm(self, name: str) -> Result:
+        """`docker stack rm NAME`: remove the stack's services and networks."""
+        return run(["docker", "stack", "rm", name], self.env, quiet_stdout=True)
+
+
+def is_swarm_stack(state: State, project: str) -> bool:
+    """Whether `project` is a Swarm stack of ours on the State's engine."""
+    record = state.stacks.load(check_project(project))
+    return record is not None and record.swarm
+
+
+def remove_locked(state: State, record: StackRecord) -> None:
+    """remove() of a stack whose project lock the caller holds. If `docker stack rm` fails, the
+    ports are freed only when the Swarm lists no service of the stack; else it is kept `stopping`."""
+    project = record.project
+    with deferred_signals():
+        try:
+            result = Swarm(state.engine).rm(project)
+            if not result.ok:
+                raise ComposeError(f"docker stack rm failed: {result.last_line()}", result.returncode)
+        except FreeportError as e:
+            try:
+                left: int | None = ask_swarm(state.engine).get(project, 0)
+            except FreeportError:
+                left = None
+            settle_failed(state.leases, state.stacks, record, e, left, "rm", "service")
+            raise
+        release(state.leases, project)
+        state.stacks.forget(project)
