@@ -25,7 +25,7 @@ from functools import partial
 from .._error import ComposeError, FreeportError, InvalidNameError, UnknownOwnerError
 from .._leasing.allocator import DEFAULT_TIMEOUT
 from .check import BackgroundCheck
-from .compose import Compose, ComposeProject
+from .compose import Compose, ComposeProject, Result
 from .dockerstack import remove_locked
 from .engine import Containers
 from .leases import port_check, release, relocate
@@ -76,7 +76,7 @@ def _new_record(opts: Options, project: str, status: StackStatus, swarm: bool) -
 
 
 @dataclass
-class _Attempt:
+class Attempt:
     """One render or up of a project, under its lock: what was there before, and what is being made."""
 
     old: StackRecord | None
@@ -124,7 +124,7 @@ def attempt(
     take_down: TakeDown | None,
     *,
     swarm: bool | None = False,
-) -> Iterator[_Attempt]:
+) -> Iterator[Attempt]:
     """Lock the project and save a fresh record before anything is leased (a killed attempt leaves
     it for gc to find); on any failure, roll back with signals held, then re-raise.
 
@@ -140,7 +140,7 @@ def attempt(
                 "or give another -p"
             )
         new = _new_record(opts, project, status, bool(swarm) or (old is not None and old.swarm and swarm is None))
-        current = _Attempt(old, new, lock_fd)
+        current = Attempt(old, new, lock_fd)
         state.stacks.save(current.record)
         try:
             yield current
@@ -220,37 +220,60 @@ def up(
     def take_down(record: StackRecord) -> None:
         down_until_gone(state.engine, compose, record.compose_project())
 
-    with attempt(state, opts, project, StackStatus.STARTING, take_down) as current:
+    def start(current: Attempt) -> Result:
         record = current.record
-        record.ports = plan.lease(state, record, compose, reuse=current.old is not None, timeout=opts.timeout)
-        record.hosts = reach(plan, record.ports, state.engine)
-        for retry in range(PORT_RETRIES + 1):
-            record.compose_files = plan.write(state, project, record.ports, None, compose)
-            state.stacks.save(record)
-            verify = partial(plan.verify, compose, record.compose_project(), dict(record.ports))
-            check = BackgroundCheck(verify) if opts.check else None
-            current.started = True
-            result = compose.up(record.compose_project(), wait=wait, extra=extra, keep_fds=(current.lock_fd,))
-            if check is not None:
-                check.result()  # a mismatch brings the stack just started down again (roll_back)
-            if result.ok:
-                break
-            clashed = {n for n, p in record.ports.items() if p in result.port_clashes()}
-            if not clashed or retry == PORT_RETRIES:
-                raise ComposeError(
-                    f"docker compose up failed: {result.last_line()}",
-                    result.returncode,
-                    details=why_failed(state.engine, project),
-                )
-            notify(
-                f"port(s) {', '.join(str(record.ports[n]) for n in sorted(clashed))} taken outside "
-                f"freeport-compose meanwhile; leasing new ones and retrying"
-            )
-            fresh = port_check(state.engine)  # asked again: the engine has changed since
-            record.ports = relocate(state.leases, fresh, plan.hosts_of, project, record.ports, clashed, opts.timeout)
-        record.status = status
+        verify = partial(plan.verify, compose, record.compose_project(), dict(record.ports))
+        check = BackgroundCheck(verify) if opts.check else None
+        current.started = True
+        result = compose.up(record.compose_project(), wait=wait, extra=extra, keep_fds=(current.lock_fd,))
+        if check is not None:
+            check.result()  # a mismatch brings the stack just started down again (roll_back)
+        return result
+
+    def failed(result: Result) -> ComposeError:
+        details = why_failed(state.engine, project)
+        return ComposeError(f"docker compose up failed: {result.last_line()}", result.returncode, details=details)
+
+    with attempt(state, opts, project, StackStatus.STARTING, take_down) as current:
+        start_leased(state, opts, plan, compose, current, (start, failed), "outside freeport-compose", notify)
+        current.record.status = status
+        state.stacks.save(current.record)
+    return current.record
+
+
+def start_leased(
+    state: State,
+    opts: Options,
+    plan: Plan,
+    compose: Compose,
+    current: Attempt,
+    starter: tuple[Callable[[Attempt], Result], Callable[[Result], ComposeError]],
+    where: str,
+    notify: Notify,
+) -> None:
+    """Lease the attempt's ports, write what Compose is given, and start the stack (`starter`: how,
+    and the error of a start that failed); a start the engine refuses because something `where`
+    took one of the ports meanwhile (a clash) gets new ports for those names and is retried,
+    PORT_RETRIES times. Shared by `up` and `deploy`."""
+    start, failed = starter
+    record, project = current.record, current.record.project
+    record.ports = plan.lease(state, record, compose, reuse=current.old is not None, timeout=opts.timeout)
+    record.hosts = reach(plan, record.ports, state.engine)
+    for retry in range(PORT_RETRIES + 1):
+        record.compose_files = plan.write(state, project, record.ports, None, compose)
         state.stacks.save(record)
-    return record
+        result = start(current)
+        if result.ok:
+            return
+        clashed = {n for n, p in record.ports.items() if p in result.port_clashes()}
+        if not clashed or retry == PORT_RETRIES:
+            raise failed(result)
+        notify(
+            f"port(s) {', '.join(str(record.ports[n]) for n in sorted(clashed))} taken {where} "
+            "meanwhile; leasing new ones and retrying"
+        )
+        fresh = port_check(state.engine)  # asked again: the engine has changed since
+        record.ports = relocate(state.leases, fresh, plan.hosts_of, project, record.ports, clashed, opts.timeout)
 
 
 def reach(plan: Plan, ports: Mapping[str, int], engine: Engine) -> dict[str, str]:

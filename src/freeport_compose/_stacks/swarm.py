@@ -24,10 +24,9 @@ from typing import Any
 
 from .._error import ComposeError, UnknownOwnerError
 from .._leasing.statedir import state_errors, write_atomic
-from .compose import Compose
+from .compose import Compose, Result
 from .dockerstack import Swarm, remove_locked
-from .leases import port_check, relocate
-from .lifecycle import PORT_RETRIES, Notify, Options, attempt, reach, silent
+from .lifecycle import Attempt, Notify, Options, attempt, silent, start_leased
 from .plan import Plan
 from .records import StackRecord, StackStatus, check_project, project_name
 from .state import State
@@ -171,32 +170,22 @@ def deploy(state: State, opts: Options, *, extra: Sequence[str] = (), notify: No
     def take_down(record: StackRecord) -> None:
         swarm.rm(record.project)
 
-    with attempt(state, opts, project, StackStatus.STARTING, take_down, swarm=True) as current:
+    def start(current: Attempt) -> Result:
         record = current.record
-        record.ports = plan.lease(state, record, compose, reuse=current.old is not None, timeout=opts.timeout)
-        record.hosts = reach(plan, record.ports, state.engine)
-        for retry in range(PORT_RETRIES + 1):
-            record.compose_files = plan.write(state, project, record.ports, None, compose)
-            state.stacks.save(record)
-            if opts.check:
-                plan.verify(compose, record.compose_project(), record.ports)
-            path = _write_stack_file(state, project, compose.config(record.compose_project()), notify)
-            current.started = True
-            result = swarm.deploy(project, path, extra)
-            if result.ok:
-                break
-            clashed = {n for n, p in record.ports.items() if p in result.port_clashes()}
-            if not clashed or retry == PORT_RETRIES:
-                raise ComposeError(f"docker stack deploy failed: {result.last_line()}", result.returncode)
-            notify(
-                f"port(s) {', '.join(str(record.ports[n]) for n in sorted(clashed))} taken in the Swarm "
-                "meanwhile; leasing new ones and retrying"
-            )
-            fresh = port_check(state.engine)
-            record.ports = relocate(state.leases, fresh, plan.hosts_of, project, record.ports, clashed, opts.timeout)
-        record.status = StackStatus.DEPLOYED
-        state.stacks.save(record)
-    return record
+        if opts.check:
+            plan.verify(compose, record.compose_project(), record.ports)
+        path = _write_stack_file(state, project, compose.config(record.compose_project()), notify)
+        current.started = True
+        return swarm.deploy(project, path, extra)
+
+    def failed(result: Result) -> ComposeError:
+        return ComposeError(f"docker stack deploy failed: {result.last_line()}", result.returncode)
+
+    with attempt(state, opts, project, StackStatus.STARTING, take_down, swarm=True) as current:
+        start_leased(state, opts, plan, compose, current, (start, failed), "in the Swarm", notify)
+        current.record.status = StackStatus.DEPLOYED
+        state.stacks.save(current.record)
+    return current.record
 
 
 def remove(state: State, project: str) -> StackRecord:
