@@ -30,7 +30,7 @@ from .dockerstack import remove_locked
 from .engine import Containers
 from .leases import port_check, release, relocate
 from .plan import Plan
-from .reclaim import ask_swarm, left_of, settle_failed, unchanged, verdict
+from .reclaim import ask, left_of, settle_failed, unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
 from .state import State, elsewhere
@@ -101,14 +101,8 @@ def _started(state: State, record: StackRecord) -> bool:
     user started by hand (the engine has something of it; when it cannot say, assume it does)."""
     if record.status is not StackStatus.RENDERED:
         return True
-    from .engine import project_containers
-
-    try:
-        live = project_containers(state.engine)
-        swarm = ask_swarm(state.engine) if record.swarm else None
-    except FreeportError:
-        return True
-    return left_of(record, live, swarm) != 0
+    live, swarm, _ = ask(state.engine, swarm=record.swarm)
+    return left_of(record, live, swarm) != 0  # None (not told) is no 0: assumed started
 
 
 TakeDown = Callable[[StackRecord], None]
@@ -139,7 +133,8 @@ def attempt(
                 f"project {project!r} is {kind} on this engine: `freeport-compose {verb} -p {project}` it first, "
                 "or give another -p"
             )
-        new = _new_record(opts, project, status, bool(swarm) or (old is not None and old.swarm and swarm is None))
+        is_swarm = old.swarm if swarm is None and old is not None else bool(swarm)  # a render keeps the kind
+        new = _new_record(opts, project, status, is_swarm)
         current = Attempt(old, new, lock_fd)
         state.stacks.save(current.record)
         try:
@@ -317,16 +312,12 @@ def down_until_gone(engine: Engine, compose: Compose, project: ComposeProject, r
     When one service fails, Compose gives up on the others while the engine may still be creating
     their containers: such a container can outlive the first `down` (seen as "Error while Stopping").
     """
-    from .engine import Containers, project_containers
 
     for retry in range(rounds):
         with suppress(FreeportError):
             compose.down(project)
-        try:
-            if not project_containers(engine).get(project.name, Containers()).total:
-                return
-        except FreeportError:
-            return  # the engine does not answer: nothing more to do
+        if not _containers_left(engine, project.name):
+            return  # none left, or the engine does not answer (None): nothing more to do
         time.sleep(0.2 * (retry + 1))
 
 
@@ -383,7 +374,7 @@ def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: C
 
 def _containers_left(engine: Engine, project: str) -> int | None:
     """How many containers of the project the engine still has; None if it cannot be asked."""
-    from .engine import Containers, project_containers
+    from .engine import project_containers
 
     try:
         return project_containers(engine).get(project, Containers()).total
@@ -413,19 +404,7 @@ def gc(state: State, *, compose: Compose | None = None) -> GcReport:
     records = state.stacks.all()
     if not records:
         return report
-    from .engine import project_containers
-
-    engine_error = swarm_error = ""
-    swarm: dict[str, int] | None = None
-    try:
-        live: dict[str, Containers] | None = project_containers(state.engine)
-    except FreeportError as e:
-        live, engine_error = None, str(e)
-    if live is not None and any(r.swarm for r in records):
-        try:
-            swarm = ask_swarm(state.engine)
-        except FreeportError as e:
-            swarm_error = str(e)
+    live, swarm, error = ask(state.engine, swarm=any(r.swarm for r in records))
     now = time.time()
     for record in records:
         if record.status is StackStatus.STOPPING:
@@ -438,7 +417,7 @@ def gc(state: State, *, compose: Compose | None = None) -> GcReport:
         left = left_of(record, live, swarm)
         needs_down = record.status is StackStatus.STOPPING or (record.status.driven and left != 0)
         if needs_down and left is None:
-            report.skipped.append((record.project, engine_error or swarm_error))
+            report.skipped.append((record.project, error))
             continue
         try:
             with unchanged(state.stacks, record) as current:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .._error import FreeportError
 from .._leasing.records import LeaseRecord
 from .engine import Containers
-from .reclaim import ask_swarm
+from .reclaim import Asked, ask
 from .records import StackRecord, StackStatus
 from .state import State
 from .target import Engine
@@ -84,21 +83,10 @@ def overview(state: State) -> Overview:
     with Swarm stacks)."""
     leases = state.leases.held()
     records = state.stacks.all()
-    containers: dict[str, Containers] | None = None
-    swarm: dict[str, int] | None = None
+    containers, swarm, error = ask(state.engine, swarm=any(r.swarm for r in records)) if records else Asked(None, None)
     engine_error = None
-    if records:
-        try:
-            from .engine import project_containers
-
-            containers = project_containers(state.engine)
-        except FreeportError as e:
-            engine_error = str(e)
-        if containers is not None and any(r.swarm for r in records):
-            try:
-                swarm = ask_swarm(state.engine)
-            except FreeportError as e:
-                engine_error = f"Swarm stacks: {e}"
+    if error:
+        engine_error = error if containers is None else f"Swarm stacks: {error}"
     views = [
         StackView(
             r,

@@ -21,8 +21,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import NamedTuple
 
-from .._error import EngineUnreachableError, FreeportError, NotSwarmManagerError, ProjectBusyError
+from .._error import FreeportError, NotSwarmManagerError, ProjectBusyError
 from .._leasing.process import holder_alive
 from .._leasing.ranges import PortRange
 from .._leasing.store import LeaseStore, Reclaimed
@@ -122,6 +123,31 @@ def ask_swarm(engine: Engine) -> dict[str, int]:
         raise  # a worker or a locked manager: its stacks may exist, it cannot say
 
 
+class Asked(NamedTuple):
+    """What the engine said of its stacks, asked once for all of them: the judges' one input."""
+
+    live: dict[str, Containers] | None  # containers per Compose project; None: the engine did not answer
+    swarm: dict[str, int] | None  # services per Swarm stack; None: not asked, or not told
+    error: str = ""  # why the engine (when `live` is None) or the Swarm (else) could not tell
+
+
+def ask(engine: Engine, *, swarm: bool) -> Asked:
+    """The engine's containers per project and, when `swarm`, its services per Swarm stack: one
+    query, two with the Swarm. A failure is returned as `error`, never raised."""
+    from .engine import project_containers
+
+    try:
+        live = project_containers(engine)
+    except FreeportError as e:
+        return Asked(None, None, str(e))
+    if not swarm:
+        return Asked(live, None)
+    try:
+        return Asked(live, ask_swarm(engine))
+    except FreeportError as e:
+        return Asked(live, None, str(e))
+
+
 def reclaim_gone(stacks: StackRecords, leases: LeaseStore, engine: Engine, ports: PortRange) -> Reclaimed:
     """Free the stacks holding leases in `ports` that are gone, asking the engine once (twice with
     Swarm stacks among them).
@@ -132,22 +158,11 @@ def reclaim_gone(stacks: StackRecords, leases: LeaseStore, engine: Engine, ports
     records = [r for r in stacks.all() if may_go(r, now) and any(p in ports for p in r.ports.values())]
     if not records:
         return Reclaimed()
-    live: dict[str, Containers] | None
-    swarm: dict[str, int] | None = None
+    live, swarm, error = ask(engine, swarm=any(r.swarm for r in records))
     note = ""
-    names = ", ".join(r.project for r in records)
-    try:
-        from .engine import project_containers
-
-        live = project_containers(engine)
-    except EngineUnreachableError as e:
-        live = None
-        note = f"the engine could not be asked whether stack(s) {names} still exist: {e}"
-    if live is not None and any(r.swarm for r in records):
-        try:
-            swarm = ask_swarm(engine)
-        except (EngineUnreachableError, NotSwarmManagerError) as e:
-            note = f"the Swarm could not be asked whether stack(s) {names} still exist: {e}"
+    if error:
+        who, names = "engine" if live is None else "Swarm", ", ".join(r.project for r in records)
+        note = f"the {who} could not be asked whether stack(s) {names} still exist: {error}"
     freed = []
     for record in records:
         if verdict(record, live, leases, now, swarm) is None:
