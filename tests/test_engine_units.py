@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from freeport_compose._cli import _passthrough, _rm_globals
+from freeport_compose._argv import passthrough, rm_globals
 from freeport_compose._error import (
     ComposeError,
     EngineUnreachableError,
@@ -309,13 +309,13 @@ def test_a_project_name_is_one_kind_of_stack(tmp_path: Path, fake: tuple[FakeEng
 
 
 def test_rm_takes_the_project_and_context_after_the_verb() -> None:
-    assert _rm_globals({}, ["rm", "-p", "shop", "-f"]) == ({"project": "shop"}, ["rm", "-f"])
-    assert _rm_globals({}, ["rm", "--project-name=shop", "--context=far", "web"]) == (
+    assert rm_globals({}, ["rm", "-p", "shop", "-f"]) == ({"project": "shop"}, ["rm", "-f"])
+    assert rm_globals({}, ["rm", "--project-name=shop", "--context=far", "web"]) == (
         {"project": "shop", "context": "far"}, ["rm", "web"])
-    assert _passthrough(["--context", "far", "-p", "shop", "logs", "-f"]) == (
+    assert passthrough(["--context", "far", "-p", "shop", "logs", "-f"]) == (
         {"context": "far", "project": "shop"}, ["logs", "-f"])
-    assert _passthrough(["--context=far", "rm", "-p", "shop"]) == ({"context": "far"}, ["rm", "-p", "shop"])
-    assert _passthrough(["up", "-f", "x"]) is None
+    assert passthrough(["--context=far", "rm", "-p", "shop"]) == ({"context": "far"}, ["rm", "-p", "shop"])
+    assert passthrough(["up", "-f", "x"]) is None
 
 
 def test_a_malformed_engine_address_is_one_clear_error(tmp_path: Path) -> None:
@@ -357,7 +357,7 @@ def test_a_holder_is_immutable() -> None:
 
 
 def test_the_command_is_found_behind_abbreviated_options() -> None:
-    from freeport_compose._cli import command_word
+    from freeport_compose._argv import command_word
 
     assert command_word(["--state", "ls", "get", "--owner", "x"]) == "get"
     assert command_word(["--context=far", "ports"]) == "ports"

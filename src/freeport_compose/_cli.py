@@ -1,4 +1,5 @@
-"""The `freeport-compose` command line: argument parsing, output, and exit codes. No logic of its own.
+"""The `freeport-compose` command line: dispatch, output, and exit codes. No logic of its own; what
+argv says is read by _argv.py.
 
 Guarantees: the only module that prints; every FreeportError becomes one `freeport-compose:` line
 and its own exit code; the state dir given with --state-dir is passed down, never put in the
@@ -14,9 +15,20 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from ._error import ExitCode, FreeportError, InvalidRangeError, UnknownOwnerError
+from ._argv import (
+    build_parser,
+    command_word,
+    duration_arg,
+    passthrough,
+    ports_arg,
+    range_arg,
+    rm_globals,
+    split_dashdash,
+    timeout_arg,
+)
+from ._error import ExitCode, FreeportError, UnknownOwnerError
 
 if TYPE_CHECKING:  # imported where used: every command pays only for what it needs
     from ._leasing.ranges import PortRange
@@ -24,265 +36,6 @@ if TYPE_CHECKING:  # imported where used: every command pays only for what it ne
     from ._stacks.lifecycle import Options
     from ._stacks.state import State
     from ._stacks.target import Engine
-
-FORMATS = ("json", "dotenv", "make", "shell", "env-file", "github")
-
-
-def _range(text: str) -> tuple[int, int]:
-    from ._leasing.ranges import parse_range
-
-    return parse_range(text, "--range")
-
-
-def _ports_list(text: str) -> list[int]:
-    from ._leasing.ranges import parse_port
-
-    return [parse_port(p, "--exclude port") for p in text.split(",") if p.strip()]
-
-
-def _duration(text: str) -> float:
-    """`90`, `90s`, `30m`, `2h` or `1d` as seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
-    try:
-        value = float(number) * units[unit]
-    except ValueError:
-        raise InvalidRangeError(f"--ttl must be a duration like 90s, 30m, 2h or 1d, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise InvalidRangeError(f"--ttl must be positive, not {text!r}")
-    return value
-
-
-def _timeout(text: str) -> float | None:
-    if text.lower() in ("none", "inf", "forever"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidRangeError(f"--timeout must be seconds or 'none', not {text!r}") from None
-    if not value >= 0:
-        raise InvalidRangeError(f"--timeout must be >= 0, not {text!r}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    width: int | None = 100  # None while help is printed: the terminal's width
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see --help)\n")
-
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        # argparse makes a formatter at every add_argument (to check metavars); without a width it
-        # imports shutil to ask the terminal's: ~2 ms on every start, for help rarely printed.
-        return argparse.HelpFormatter(prog=self.prog, width=self.width)  # the default formatter_class
-
-    def format_help(self) -> str:
-        self.width = None
-        try:
-            return super().format_help()
-        finally:
-            self.width = _Parser.width
-
-
-def _stack_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-f",
-        "--file",
-        dest="files",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="Compose file or template (repeatable, merged in order like `docker compose -f`; default: "
-        "$COMPOSE_FILE, else compose.yaml and its kin here or in a parent directory)",
-    )
-    p.add_argument(
-        "-p",
-        "--project-name",
-        dest="project",
-        metavar="PROJECT",
-        help="Compose project name (default: $COMPOSE_PROJECT_NAME, else a unique one)",
-    )
-    p.add_argument(
-        "--project-directory", metavar="DIR", help="passed to Compose (default: the directory of the first -f file)"
-    )
-    p.add_argument(
-        "--profile",
-        dest="profiles",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="Compose profile to enable (repeatable)",
-    )
-    p.add_argument(
-        "--env-file",
-        dest="env_files",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="passed to Compose (repeatable)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=str,
-        default="30",
-        metavar="SECONDS",
-        help="how long to wait for free ports while the range is exhausted (default 30; 'none': forever)",
-    )
-    p.add_argument(
-        "--no-check",
-        dest="check",
-        action="store_false",
-        help="skip checking with `docker compose config` that exactly the leased ports are published",
-    )
-    p.add_argument(
-        "--lease-all",
-        action="store_true",
-        help="with placeholders, lease the fixed host ports too (a file without any is always leased whole)",
-    )
-    p.add_argument(
-        "--drop-container-names",
-        action="store_true",
-        help="reset every `container_name:` (`!reset null` in the override), so copies can run side by side",
-    )
-
-
-_CONTEXT_HELP = (
-    "docker context of the engine to target (default: $DOCKER_HOST, else $DOCKER_CONTEXT, else the current "
-    "context); `get` and `release` use the machine's own leases unless given"
-)
-
-
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The command line's parser; given `only`, the other commands are named (for the help and the
-    usage error) but get no arguments: building every command's costs ~2.5 ms on each start."""
-    parser = _Parser(prog="freeport-compose", description=__doc__ and "Leased host ports for Compose stacks.")
-    parser.add_argument(
-        "--state-dir", metavar="DIR", help="state directory (default: $FREEPORT_STATE_DIR, else a private per-user one)"
-    )
-    parser.add_argument("--context", metavar="NAME", help=_CONTEXT_HELP)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        if only not in (None, name):
-            return _Unbuilt()
-        # Also after the command, as `docker compose` users type it; SUPPRESS keeps a value given
-        # before the command from being reset by the subcommand's default.
-        p.add_argument("--context", metavar="NAME", default=argparse.SUPPRESS, help=_CONTEXT_HELP)
-        return p
-
-    _build_commands(command)
-    return parser
-
-
-class _Unbuilt(argparse.ArgumentParser):
-    """A command that is not the one being run: its arguments are not built."""
-
-    def __init__(self) -> None:
-        pass
-
-    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
-        return None
-
-
-def command_word(argv: Sequence[str]) -> str | None:
-    """The command of argv (`get` in `--state-dir D get ...`), None before any."""
-    words = iter(argv)
-    for word in words:
-        # argparse takes any unique prefix of an option (`--state` for `--state-dir`): so do we
-        if len(word) > 2 and "=" not in word and any(o.startswith(word) for o in ("--state-dir", "--context")):
-            next(words, None)
-        elif not word.startswith("-"):
-            return word
-    return None
-
-
-def _build_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-
-    p = command("get", help="lease ports under an owner name and print them")
-    p.add_argument("--owner", required=True, help="name the leases are held under until `release --owner`")
-    p.add_argument("-n", type=int, default=1, help="how many ports (all or nothing; default 1)")
-    p.add_argument(
-        "--range",
-        type=str,
-        metavar="A-B",
-        help="inclusive port range (default: $FREEPORT_RANGE, else outside the kernel's ephemeral range)",
-    )
-    p.add_argument("--contiguous", action="store_true", help="one block of consecutive ports")
-    p.add_argument(
-        "--host", action="append", default=[], help="also check the port is free on this address (repeatable)"
-    )
-    p.add_argument("--exclude", action="append", default=[], metavar="P[,P...]", help="ports never to hand out")
-    p.add_argument(
-        "--timeout",
-        type=str,
-        default="30",
-        metavar="SECONDS",
-        help="wait this long while the range is exhausted (default 30)",
-    )
-    p.add_argument(
-        "--format", choices=("lines", "json"), default="lines", help="one port per line (default) or a JSON list"
-    )
-
-    p = command("release", help="free every lease held under an owner name")
-    p.add_argument("--owner", required=True)
-
-    p = command("ls", help="list leases and stacks")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-    command("gc", help="free leases whose holder is gone and stacks that no longer exist")
-
-    p = command("render", help="lease ports and write the concrete Compose file(s)")
-    _stack_options(p)
-    p.add_argument(
-        "-o", "--output", metavar="OUT", help="output file (one template) or directory (default: the state dir)"
-    )
-    p.add_argument(
-        "--ttl",
-        metavar="DURATION",
-        help="free the ports after this long (90s, 30m, 2h, 1d) once no container of the stack is left "
-        "(default: held until `down`)",
-    )
-
-    p = command("up", help="render and `docker compose up -d`; leases kept until `down`")
-    _stack_options(p)
-    p.add_argument("--wait", action="store_true", help="wait until services are running/healthy")
-
-    p = command("down", help="`docker compose down` as recorded at `up`, and free the leases")
-    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
-    p.add_argument("-v", "--volumes", action="store_true", help="remove volumes too")
-
-    p = command("ports", help="print a stack's ports, each with the address to reach it on")
-    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="dotenv",
-        help="json ({NAME: port}), dotenv, env-file (docker run --env-file), make, shell (export ...), "
-        "github (appended to $GITHUB_ENV and $GITHUB_OUTPUT)",
-    )
-
-    p = command("port", help="print one placeholder's port")
-    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
-    p.add_argument("name", help="FREEPORT_1, 1, FREEPORT_db or db")
-
-    p = command("run", help="up --wait, run a command with FREEPORT_* set, down; exits with its status")
-    _stack_options(p)
-    p.add_argument("--keep-volumes", action="store_true", help="do not remove the stack's volumes at the end")
-
-    p = command(
-        "deploy",
-        help="render and `docker stack deploy` on a Swarm manager; leases kept until `rm` or the stack is gone "
-        "(extra `docker stack deploy` arguments after --)",
-    )
-    _stack_options(p)
-
-
-def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1 :]
-    return argv, []
 
 
 def _opts(args: argparse.Namespace) -> Options:
@@ -297,7 +50,7 @@ def _opts(args: argparse.Namespace) -> Options:
         project_directory=args.project_directory,
         profiles=listed(args.profiles, os.environ, "COMPOSE_PROFILES"),
         env_files=listed(args.env_files, os.environ, "COMPOSE_ENV_FILES"),
-        timeout=_timeout(args.timeout),
+        timeout=timeout_arg(args.timeout),
         check=args.check,
         lease_all=args.lease_all,
         drop_container_names=args.drop_container_names,
@@ -317,13 +70,6 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 def _state(args: argparse.Namespace) -> State:
-    from ._stacks.state import State
-
-    return State.open(args.state_dir, _engine(args))
-
-
-def _engine_state(args: argparse.Namespace) -> State:
-    """`get --context`, `release --context`: the named engine's leases."""
     from ._stacks.state import State
 
     return State.open(args.state_dir, _engine(args))
@@ -383,14 +129,14 @@ def _to_github(ports: Mapping[str, int], hosts: Mapping[str, str]) -> None:
 def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
     from ._leasing.allocator import FreePorts
 
-    start, stop = _range(args.range) if args.range else (None, None)
-    exclude = [p for text in args.exclude for p in _ports_list(text)]
+    start, stop = range_arg(args.range) if args.range else (None, None)
+    exclude = [p for text in args.exclude for p in ports_arg(text)]
     probe = None
     hosts = args.host
     if args.context:  # an engine named: its leases, and its published ports avoided (asked once), as for a stack
         from ._stacks.leases import port_check
 
-        state = _engine_state(args)
+        state = _state(args)
         leases = state.leases
         check = port_check(state.engine)
         hosts = check.hosts(args.host)
@@ -402,7 +148,7 @@ def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
         start,
         stop,
         contiguous=args.contiguous,
-        timeout=_timeout(args.timeout),
+        timeout=timeout_arg(args.timeout),
         host=hosts,
         exclude=exclude,
         owner=args.owner,
@@ -415,7 +161,7 @@ def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
 
 def _cmd_release(args: argparse.Namespace, after: list[str]) -> int:
     if args.context:
-        ports = _engine_state(args).leases.release_owner(args.owner)
+        ports = _state(args).leases.release_owner(args.owner)
     else:
         from ._leasing.store import store
 
@@ -526,7 +272,7 @@ def _cmd_gc(args: argparse.Namespace, after: list[str]) -> int:
 def _cmd_render(args: argparse.Namespace, after: list[str]) -> int:
     from ._stacks.lifecycle import render
 
-    ttl = _duration(args.ttl) if args.ttl else None
+    ttl = duration_arg(args.ttl) if args.ttl else None
     record = render(_state(args), _opts(args), out=args.output, ttl=ttl, notify=_say)
     _say(f"project {record.project}: " + " ".join(f"{k}={v}" for k, v in record.ports.items()))
     print("\n".join(record.compose_files))
@@ -621,83 +367,6 @@ def _terminate(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C: cleanup code runs, leases are freed
 
 
-# Compose's own verbs that freeport-compose passes through for a stack (`up`, `down`, `run`, `port`
-# and `ls` are ours: `freeport-compose compose run ...` reaches Compose's).
-COMPOSE_VERBS = frozenset(
-    (
-        "attach",
-        "build",
-        "commit",
-        "config",
-        "cp",
-        "create",
-        "events",
-        "exec",
-        "export",
-        "images",
-        "kill",
-        "logs",
-        "pause",
-        "ps",
-        "pull",
-        "push",
-        "restart",
-        "rm",  # ours for a Swarm stack of ours (`docker stack rm`), else Compose's
-        "scale",
-        "start",
-        "stats",
-        "stop",
-        "top",
-        "unpause",
-        "version",
-        "wait",
-        "watch",
-    )
-)
-
-
-_GLOBALS = {"--state-dir": "state_dir", "-p": "project", "--project-name": "project", "--context": "context"}
-
-
-def _passthrough(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
-    """({state_dir, project, context} as given, Compose arguments) when argv is `[--state-dir D]
-    [--context C] [-p P] VERB ...` with a Compose verb of ours to pass through (or `compose
-    ANYTHING`); None for our own commands."""
-    given: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        name, eq, value = word.partition("=")
-        if word in _GLOBALS and i + 1 < len(argv):
-            given[_GLOBALS[word]] = argv[i + 1]
-            i += 2
-        elif eq and name in _GLOBALS and name != "-p":
-            given[_GLOBALS[name]] = value
-            i += 1
-        elif word == "compose":
-            return given, argv[i + 1 :]
-        elif word in COMPOSE_VERBS:
-            return given, argv[i:]
-        else:
-            return None
-    return None
-
-
-def _rm_globals(given: dict[str, str], args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """-p/--project-name/--context (also as --name=value) taken out of what follows `rm`."""
-    given, rest, words = dict(given), ["rm"], args[1:]
-    while words:
-        word = words.pop(0)
-        name, eq, value = word.partition("=")
-        if word in _GLOBALS and word != "--state-dir" and words:
-            given[_GLOBALS[word]] = words.pop(0)
-        elif eq and name in _GLOBALS and name not in ("-p", "--state-dir"):
-            given[_GLOBALS[name]] = value
-        else:
-            rest.append(word)
-    return given, rest
-
-
 def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
     """Pass a Compose command through for a stack: `freeport-compose logs -f web` is `docker compose
     <the stack's options> logs -f web`. `rm` of a Swarm stack of ours is `docker stack rm` and frees
@@ -708,7 +377,7 @@ def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
     from ._stacks.target import resolve
 
     if args[:1] == ["rm"]:  # `rm -p NAME`: the project may follow the verb, as `docker stack rm NAME` users type it
-        given, args = _rm_globals(given, args)
+        given, args = rm_globals(given, args)
     state_dir = given.get("state_dir")
     engine = resolve(given.get("context"), os.environ)
     state = State.open(os.path.abspath(state_dir) if state_dir else None, engine)
@@ -734,9 +403,9 @@ def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `freeport-compose` command."""
     words = list(sys.argv[1:] if argv is None else argv)
-    through = _passthrough(words)
+    through = passthrough(words)
     if through is None:
-        own, after = _split_dashdash(words)
+        own, after = split_dashdash(words)
         word = command_word(own)
         args = build_parser(word if word in COMMANDS else None).parse_args(own)
         if args.state_dir:
