@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._error import ComposeError, OutputError, TemplateError
-from .._leasing.statedir import state_errors, write_atomic
 from .check import check_published
 from .compose import Compose, ComposeProject
 from .leases import held_ports, lease, lease_groups, port_check
@@ -104,13 +103,7 @@ class Plan:
         names = [svc for svc, _, _, _ in self.templates.container_names()] if self.drop_container_names else []
         text = override_text(self.model, self.found, ports, names)
         if out is None:
-            dfd = state.stacks.files_dir(project)
-            try:
-                with state_errors(f"cannot write {state.stacks.path(project, OVERRIDE)}"):
-                    write_atomic(dfd, OVERRIDE, text.encode(), state.stacks.sd.file_mode)
-            finally:
-                os.close(dfd)
-            return [*files, state.stacks.path(project, OVERRIDE)]
+            return [*files, state.stacks.write_file(project, OVERRIDE, text.encode())]
         dest = os.path.abspath(os.path.join(out, OVERRIDE) if os.path.isdir(out) else out)
         try:
             write_file(dest, text)

@@ -225,6 +225,16 @@ class StackRecords:
         """The project's directory of rendered files, opened safely (caller closes)."""
         return self.sd.subdir(self.sd.stacks_fd, project, self.path(project))
 
+    def write_file(self, project: str, name: str, data: bytes) -> str:
+        """One file in the project's directory of rendered files, written atomically; its path."""
+        dfd = self.files_dir(project)
+        try:
+            with state_errors(f"cannot write {self.path(project, name)}"):
+                write_atomic(dfd, name, data, self.sd.file_mode)
+        finally:
+            os.close(dfd)
+        return self.path(project, name)
+
     def forget(self, project: str) -> None:
         """Remove the project's record and rendered files (not its leases)."""
         with suppress(FileNotFoundError):

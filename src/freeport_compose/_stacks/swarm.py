@@ -18,12 +18,10 @@ May touch: the State's leases and stack records; runs `docker stack` and `docker
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from .._error import ComposeError, UnknownOwnerError
-from .._leasing.statedir import state_errors, write_atomic
 from .compose import Compose, Result
 from .dockerstack import Swarm, remove_locked
 from .lifecycle import Attempt, Notify, Options, attempt, silent, start_leased
@@ -144,13 +142,7 @@ def _write_stack_file(state: State, project: str, model: dict[str, Any], notify:
     converted, dropped = stack_file(model)
     if dropped:
         notify(f"warning: docker stack deploy does not know {', '.join(dropped)}: left out")
-    dfd = state.stacks.files_dir(project)
-    try:
-        with state_errors(f"cannot write {state.stacks.path(project, STACK_FILE)}"):
-            write_atomic(dfd, STACK_FILE, json.dumps(converted, indent=1).encode(), state.stacks.sd.file_mode)
-    finally:
-        os.close(dfd)
-    return state.stacks.path(project, STACK_FILE)
+    return state.stacks.write_file(project, STACK_FILE, json.dumps(converted, indent=1).encode())
 
 
 def deploy(state: State, opts: Options, *, extra: Sequence[str] = (), notify: Notify = silent) -> StackRecord:
