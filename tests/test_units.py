@@ -727,6 +727,41 @@ def test_find_honours_freeport_compose(monkeypatch: pytest.MonkeyPatch) -> None:
         Compose.find()
 
 
+def _plugin(directory: Path, *, mode: int = 0o755) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "docker-compose"
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(mode)
+    return str(path)
+
+
+def test_find_runs_the_plugin_the_docker_cli_would_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docker CLI's order: $DOCKER_CONFIG/cli-plugins, then cliPluginsExtraDirs, then the system dirs;
+    a file that cannot be run, or a directory, is passed over as the docker CLI passes it over."""
+    import freeport_compose._stacks.compose as compose_module
+
+    config, extra, system = tmp_path / "config", tmp_path / "extra", tmp_path / "system"
+    monkeypatch.delenv(COMPOSE_ENV, raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    monkeypatch.setattr(compose_module, "_SYSTEM_PLUGIN_DIRS", (str(system),))
+    config.mkdir()
+    (config / "config.json").write_text(json.dumps({"cliPluginsExtraDirs": [str(extra)]}))
+    in_system = _plugin(system)
+    assert Compose.find().command == [in_system]
+    (extra / "docker-compose").mkdir(parents=True)  # a directory is no plugin
+    assert Compose.find().command == [in_system]
+    (extra / "docker-compose").rmdir()
+    in_extra = _plugin(extra)
+    assert Compose.find().command == [in_extra]
+    _plugin(config / "cli-plugins", mode=0o644)  # not executable: passed over
+    assert Compose.find().command == [in_extra]
+    in_config = _plugin(config / "cli-plugins")
+    assert Compose.find().command == [in_config]
+    (config / "config.json").write_text('{"cliPluginsExtraDirs": ')  # unreadable: the other dirs still count
+    Path(in_config).unlink()
+    assert Compose.find().command == [in_system]
+
+
 # --------------------------------------------------------------------------------------------------------
 # compose: the port-clash matcher and last_line
 

@@ -5,7 +5,8 @@ as argv items, whatever characters they hold. Compose's stderr is passed through
 unreachable engine is told apart from a failed command, and a Compose child never outlives an
 interrupted call of ours.
 
-May touch: runs `docker compose` (or `docker-compose`, `podman compose`); reads plugin directories.
+May touch: runs the Compose plugin (or `docker-compose`, `podman compose`); reads plugin directories and the
+docker config file.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from .._error import ComposeError, ComposeNotFoundError, EngineUnreachableError
 from .target import Engine
 
 COMPOSE_ENV = "FREEPORT_COMPOSE"  # e.g. "docker compose" or "/opt/bin/docker-compose"
-_PLUGIN_DIRS = (
-    "~/.docker/cli-plugins",
+# The docker CLI's own plugin search, in its order: the config dir's cli-plugins, the config file's
+# "cliPluginsExtraDirs" (docker >= 25), then these.
+_SYSTEM_PLUGIN_DIRS = (
     "/usr/local/lib/docker/cli-plugins",
     "/usr/local/libexec/docker/cli-plugins",
     "/usr/lib/docker/cli-plugins",
@@ -94,14 +96,36 @@ class Result:
         return lines[-1] if lines else f"exit status {self.returncode}"
 
 
-def _find_plugin() -> bool:
-    config = os.environ.get("DOCKER_CONFIG")
-    dirs = ([os.path.join(config, "cli-plugins")] if config else []) + [os.path.expanduser(d) for d in _PLUGIN_DIRS]
-    return any(os.access(os.path.join(d, "docker-compose"), os.X_OK) for d in dirs)
+def _plugin_dirs() -> list[str]:
+    config = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+    dirs = [os.path.join(config, "cli-plugins")]
+    try:
+        with open(os.path.join(config, "config.json"), "rb") as f:
+            text = f.read()
+    except OSError:
+        text = b""
+    if b"cliPluginsExtraDirs" in text:  # json only for those who set it: every command pays for its imports
+        try:
+            extra = json.loads(text).get("cliPluginsExtraDirs")
+        except (ValueError, AttributeError):
+            extra = None  # the docker CLI would refuse the file too; the system dirs still count
+        if isinstance(extra, list):
+            dirs += [d for d in extra if isinstance(d, str)]
+    return dirs + list(_SYSTEM_PLUGIN_DIRS)
+
+
+def find_plugin() -> str | None:
+    """The Compose plugin binary the docker CLI would run for `docker compose`, or None."""
+    for d in _plugin_dirs():
+        path = os.path.join(d, "docker-compose")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 class Compose:
-    """A Compose v2 command line; found as `docker compose`, then `docker-compose`, then `podman compose`."""
+    """A Compose v2 command line; found as the docker CLI's compose plugin (run directly), then
+    `docker-compose` v2 on the PATH, then `podman compose`."""
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         self.command = list(command)
@@ -126,9 +150,14 @@ class Compose:
                 raise ComposeNotFoundError(f"${COMPOSE_ENV} is not a valid command line ({e}): {explicit!r}") from None
             if command:
                 return cls(command, env)
-        # The plugin is looked up on disk: running `docker compose version` would cost every command ~40 ms.
-        if shutil.which("docker") and _find_plugin():
-            return cls(["docker", "compose"], env)
+        # The plugin is found on disk as the docker CLI finds it, and run as it is: standalone, a Compose
+        # v2 plugin is a whole Compose (it reads $DOCKER_HOST, $DOCKER_CONTEXT and the config file's
+        # context itself). Going through `docker compose` costs every call ~45 ms: the docker CLI starts,
+        # runs the plugin once for its metadata, then again for the command. Asking for
+        # `docker compose version` first would cost another ~70 ms.
+        plugin = find_plugin()
+        if plugin is not None:
+            return cls([plugin], env)
         legacy = shutil.which("docker-compose")
         if legacy and cls._is_v2([legacy]):
             return cls([legacy], env)
