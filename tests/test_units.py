@@ -1440,3 +1440,61 @@ def test_fixed_network_and_volume_names_are_reported(tmp_path: Path) -> None:
     assert "service 'web' sets container_name" in warnings[0]
     assert "network 'front' has a fixed name" in warnings[1]
     assert "volume 'data' has a fixed name, so every stack from this file shares it (and its data)" in warnings[2]
+
+
+# --------------------------------------------------------------------------------------------------------
+# _runtime_typing: typing's NamedTuple and Generic without importing typing
+
+
+def test_runtime_namedtuple_builds_what_typing_builds() -> None:
+    import pickle
+    import typing
+
+    from freeport_compose import _runtime_typing
+
+    def record(base: type) -> type:
+        class Point(base):  # type: ignore[misc,valid-type]
+            """A point."""
+
+            x: int
+            y: int = 2
+            label: str = "p"
+
+            @property
+            def total(self) -> int:
+                return self.x + self.y  # type: ignore[no-any-return]
+
+            def moved(self, by: int) -> typing.Any:
+                return self._replace(x=self.x + by)
+
+        return Point
+
+    ours, theirs = record(_runtime_typing.NamedTuple), record(typing.NamedTuple)  # type: ignore[arg-type]
+    for cls in (ours, theirs):
+        globals()["Point"] = cls  # pickle finds a class by module and qualified name
+        cls.__qualname__ = "Point"
+        p = cls(1)
+        assert (p, p.total, p.moved(2), p._asdict()) == ((1, 2, "p"), 3, (3, 2, "p"), {"x": 1, "y": 2, "label": "p"})
+        assert pickle.loads(pickle.dumps(p)) == p  # noqa: S301 (our own bytes)
+        assert isinstance(p, tuple)
+    assert ours._fields == theirs._fields
+    assert ours._field_defaults == theirs._field_defaults
+    assert ours.__doc__ == theirs.__doc__ == "A point."
+    assert repr(ours(5)) == repr(theirs(5)) == "Point(x=5, y=2, label='p')"
+    assert ours.__module__ == theirs.__module__ == __name__
+    del globals()["Point"]
+    with pytest.raises(TypeError, match="Non-default namedtuple field"):
+
+        class Bad(_runtime_typing.NamedTuple):  # type: ignore[misc,valid-type]
+            a: int = 1
+            b: int
+
+    with pytest.raises(AttributeError, match="Cannot overwrite NamedTuple attribute _replace"):
+
+        class Worse(_runtime_typing.NamedTuple):  # type: ignore[misc,valid-type]
+            a: int
+
+            def _replace(self) -> None: ...
+
+    box = _runtime_typing.Generic[int]  # type: ignore[misc]
+    assert box is _runtime_typing.Generic

@@ -1,20 +1,24 @@
 """The command line's grammar: what argv says, before anything runs.
 
-The argparse parser of our own commands (built for the one command being run), the word that
-names that command, the values of options (ranges, ports, durations, timeouts) read into Python
-values or an InvalidRangeError, and the pass-through form (`[-p P] VERB ...` for Compose's verbs).
+The word that names the command, a fast reader for the hot commands (`get`, `release`, `port`,
+`ports`) as they are usually typed, the values of options (ranges, ports, durations, timeouts) read
+into Python values or an InvalidRangeError, and the pass-through form (`[-p P] VERB ...` for
+Compose's verbs). The argparse form (help, usage errors, everything else) is _parser.py's.
 
-Guarantee: nothing here runs a command, touches the state dir or prints but argparse's own usage
-error (exit code 2, `... (see --help)`).
+Guarantees: nothing here runs a command, touches the state dir or prints; the fast reader reads argv
+exactly as the argparse parser would, or declines (None) and leaves it to argparse: it never accepts
+what argparse would refuse, and never reads anything otherwise (tests/test_argv.py holds them to it).
+Nothing here imports `typing`, `re`, `json` or `argparse` (with what they pull in, ~10 ms a start).
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from ._error import InvalidRangeError
 
-from ._error import ExitCode, InvalidRangeError
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms, with re); mypy knows the idiom
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 FORMATS = ("json", "dotenv", "make", "shell", "env-file", "github")
 
@@ -56,126 +60,6 @@ def timeout_arg(text: str) -> float | None:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    width: int | None = 100  # None while help is printed: the terminal's width
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see --help)\n")
-
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        # argparse makes a formatter at every add_argument (to check metavars); without a width it
-        # imports shutil to ask the terminal's: ~2 ms on every start, for help rarely printed.
-        return argparse.HelpFormatter(prog=self.prog, width=self.width)  # the default formatter_class
-
-    def format_help(self) -> str:
-        self.width = None
-        try:
-            return super().format_help()
-        finally:
-            self.width = _Parser.width
-
-
-def _stack_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-f",
-        "--file",
-        dest="files",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="Compose file or template (repeatable, merged in order like `docker compose -f`; default: "
-        "$COMPOSE_FILE, else compose.yaml and its kin here or in a parent directory)",
-    )
-    p.add_argument(
-        "-p",
-        "--project-name",
-        dest="project",
-        metavar="PROJECT",
-        help="Compose project name (default: $COMPOSE_PROJECT_NAME, else a unique one)",
-    )
-    p.add_argument(
-        "--project-directory", metavar="DIR", help="passed to Compose (default: the directory of the first -f file)"
-    )
-    p.add_argument(
-        "--profile",
-        dest="profiles",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="Compose profile to enable (repeatable)",
-    )
-    p.add_argument(
-        "--env-file",
-        dest="env_files",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="passed to Compose (repeatable)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=str,
-        default="30",
-        metavar="SECONDS",
-        help="how long to wait for free ports while the range is exhausted (default 30; 'none': forever)",
-    )
-    p.add_argument(
-        "--no-check",
-        dest="check",
-        action="store_false",
-        help="skip checking with `docker compose config` that exactly the leased ports are published",
-    )
-    p.add_argument(
-        "--lease-all",
-        action="store_true",
-        help="with placeholders, lease the fixed host ports too (a file without any is always leased whole)",
-    )
-    p.add_argument(
-        "--drop-container-names",
-        action="store_true",
-        help="reset every `container_name:` (`!reset null` in the override), so copies can run side by side",
-    )
-
-
-_CONTEXT_HELP = (
-    "docker context of the engine to target (default: $DOCKER_HOST, else $DOCKER_CONTEXT, else the current "
-    "context); `get` and `release` use the machine's own leases unless given"
-)
-
-
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The command line's parser; given `only`, the other commands are named (for the help and the
-    usage error) but get no arguments: building every command's costs ~2.5 ms on each start."""
-    parser = _Parser(prog="freeport-compose", description=__doc__ and "Leased host ports for Compose stacks.")
-    parser.add_argument(
-        "--state-dir", metavar="DIR", help="state directory (default: $FREEPORT_STATE_DIR, else a private per-user one)"
-    )
-    parser.add_argument("--context", metavar="NAME", help=_CONTEXT_HELP)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        if only not in (None, name):
-            return _Unbuilt()
-        # Also after the command, as `docker compose` users type it; SUPPRESS keeps a value given
-        # before the command from being reset by the subcommand's default.
-        p.add_argument("--context", metavar="NAME", default=argparse.SUPPRESS, help=_CONTEXT_HELP)
-        return p
-
-    _build_commands(command)
-    return parser
-
-
-class _Unbuilt(argparse.ArgumentParser):
-    """A command that is not the one being run: its arguments are not built."""
-
-    def __init__(self) -> None:
-        pass
-
-    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
-        return None
-
-
 def command_word(argv: Sequence[str]) -> str | None:
     """The command of argv (`get` in `--state-dir D get ...`), None before any."""
     words = iter(argv)
@@ -188,85 +72,107 @@ def command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _build_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+class Args:
+    """Parsed arguments, one attribute each: what argparse.Namespace is, for the fast reader too
+    (argparse fills one as its namespace), so every handler reads one type."""
 
-    p = command("get", help="lease ports under an owner name and print them")
-    p.add_argument("--owner", required=True, help="name the leases are held under until `release --owner`")
-    p.add_argument("-n", type=int, default=1, help="how many ports (all or nothing; default 1)")
-    p.add_argument(
-        "--range",
-        type=str,
-        metavar="A-B",
-        help="inclusive port range (default: $FREEPORT_RANGE, else outside the kernel's ephemeral range)",
-    )
-    p.add_argument("--contiguous", action="store_true", help="one block of consecutive ports")
-    p.add_argument(
-        "--host", action="append", default=[], help="also check the port is free on this address (repeatable)"
-    )
-    p.add_argument("--exclude", action="append", default=[], metavar="P[,P...]", help="ports never to hand out")
-    p.add_argument(
-        "--timeout",
-        type=str,
-        default="30",
-        metavar="SECONDS",
-        help="wait this long while the range is exhausted (default 30)",
-    )
-    p.add_argument(
-        "--format", choices=("lines", "json"), default="lines", help="one port per line (default) or a JSON list"
-    )
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
 
-    p = command("release", help="free every lease held under an owner name")
-    p.add_argument("--owner", required=True)
+    if TYPE_CHECKING:
 
-    p = command("ls", help="list leases and stacks")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+        def __getattr__(self, name: str) -> Any: ...
 
-    command("gc", help="free leases whose holder is gone and stacks that no longer exist")
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
-    p = command("render", help="lease ports and write the concrete Compose file(s)")
-    _stack_options(p)
-    p.add_argument(
-        "-o", "--output", metavar="OUT", help="output file (one template) or directory (default: the state dir)"
-    )
-    p.add_argument(
-        "--ttl",
-        metavar="DURATION",
-        help="free the ports after this long (90s, 30m, 2h, 1d) once no container of the stack is left "
-        "(default: held until `down`)",
-    )
 
-    p = command("up", help="render and `docker compose up -d`; leases kept until `down`")
-    _stack_options(p)
-    p.add_argument("--wait", action="store_true", help="wait until services are running/healthy")
+# The hot commands' own options as _parser.py defines them: option -> (dest, how its value is read):
+# "str", "int", "flag" (store_true), "append", or the tuple of its choices. Defaults and required
+# options are below. tests/test_argv.py checks these tables against the argparse parser.
+_CONTEXT = {"--context": ("context", "str")}
+_PROJECT = {"-p": ("project", "str"), "--project-name": ("project", "str")}
+_FAST_OPTIONS: dict[str, dict[str, tuple[str, str | tuple[str, ...]]]] = {
+    "get": {
+        "--owner": ("owner", "str"),
+        "-n": ("n", "int"),
+        "--range": ("range", "str"),
+        "--contiguous": ("contiguous", "flag"),
+        "--host": ("host", "append"),
+        "--exclude": ("exclude", "append"),
+        "--timeout": ("timeout", "str"),
+        "--format": ("format", ("lines", "json")),
+        **_CONTEXT,
+    },
+    "release": {"--owner": ("owner", "str"), **_CONTEXT},
+    "ports": {**_PROJECT, "--format": ("format", FORMATS), **_CONTEXT},
+    "port": {**_PROJECT, **_CONTEXT},
+}
+_FAST_DEFAULTS: dict[str, dict[str, object]] = {
+    "get": {"n": 1, "range": None, "contiguous": False, "timeout": "30", "format": "lines"},
+    "release": {},
+    "ports": {"project": None, "format": "dotenv"},
+    "port": {"project": None},
+}
+_FAST_REQUIRED = {"get": ("owner",), "release": ("owner",), "ports": (), "port": ("name",)}
+_FAST_POSITIONAL = {"port": "name"}  # the one positional argument, if the command has one
+_FAST_GLOBALS = {"--state-dir": ("state_dir", "str"), **_CONTEXT}
 
-    p = command("down", help="`docker compose down` as recorded at `up`, and free the leases")
-    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
-    p.add_argument("-v", "--volumes", action="store_true", help="remove volumes too")
 
-    p = command("ports", help="print a stack's ports, each with the address to reach it on")
-    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="dotenv",
-        help="json ({NAME: port}), dotenv, env-file (docker run --env-file), make, shell (export ...), "
-        "github (appended to $GITHUB_ENV and $GITHUB_OUTPUT)",
-    )
-
-    p = command("port", help="print one placeholder's port")
-    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT")
-    p.add_argument("name", help="FREEPORT_1, 1, FREEPORT_db or db")
-
-    p = command("run", help="up --wait, run a command with FREEPORT_* set, down; exits with its status")
-    _stack_options(p)
-    p.add_argument("--keep-volumes", action="store_true", help="do not remove the stack's volumes at the end")
-
-    p = command(
-        "deploy",
-        help="render and `docker stack deploy` on a Swarm manager; leases kept until `rm` or the stack is gone "
-        "(extra `docker stack deploy` arguments after --)",
-    )
-    _stack_options(p)
+def fast_args(argv: Sequence[str]) -> Args | None:
+    """argv of a hot command read as argparse would read it, or None: for anything unusual (help,
+    a usage error, an abbreviated or attached option such as `--own X` or `-n3`, a value that
+    starts with `-`, `--`), which argparse then reads, with its own messages."""
+    values: dict[str, object] = {"state_dir": None, "context": None}
+    i, command = 0, None
+    while i < len(argv):
+        word = argv[i]
+        if command is None and not word.startswith("-"):
+            command = word
+            if command not in _FAST_OPTIONS:
+                return None
+            values["command"] = command
+            values.update(_FAST_DEFAULTS[command])
+            values.update({dest: [] for dest, how in _FAST_OPTIONS[command].values() if how == "append"})
+            i += 1
+            continue
+        options = _FAST_GLOBALS if command is None else _FAST_OPTIONS[command]
+        name, eq, attached = word.partition("=")
+        if word in options:
+            dest, how = options[word]
+            if how == "flag":
+                values[dest] = True
+                i += 1
+                continue
+            if i + 1 >= len(argv):
+                return None
+            value, i = argv[i + 1], i + 2
+        elif eq and name in options and name.startswith("--") and options[name][1] != "flag":
+            (dest, how), value, i = options[name], attached, i + 1
+        elif command is not None and not word.startswith("-") and command in _FAST_POSITIONAL:
+            dest = _FAST_POSITIONAL[command]
+            if dest in values:
+                return None  # a second positional: argparse's "unrecognized arguments"
+            values[dest] = word
+            i += 1
+            continue
+        else:
+            return None
+        if value.startswith("-") or (not value and not eq):
+            return None  # argparse: "expected one argument", or a negative number: its rules, its message
+        if how == "int":
+            try:
+                values[dest] = int(value)  # argparse's type=int, exactly
+            except ValueError:
+                return None
+        elif how == "append":
+            values[dest].append(value)  # type: ignore[attr-defined]
+        elif isinstance(how, tuple) and value not in how:
+            return None
+        else:
+            values[dest] = value
+    if command is None or any(dest not in values for dest in _FAST_REQUIRED[command]):
+        return None
+    return Args(**values)
 
 
 def split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -8,19 +8,15 @@ environment.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, NoReturn
 
 from ._argv import (
-    build_parser,
+    Args,
     command_word,
     duration_arg,
+    fast_args,
     passthrough,
     ports_arg,
     range_arg,
@@ -30,15 +26,24 @@ from ._argv import (
 )
 from ._error import ExitCode, FreeportError, UnknownOwnerError
 
+TYPE_CHECKING = False  # without importing typing: see _argv.py
 if TYPE_CHECKING:  # imported where used: every command pays only for what it needs
+    from collections.abc import Callable, Mapping, Sequence
+    from signal import SIGTERM
+    from signal import signal as set_handler
+    from typing import NoReturn
+
     from ._leasing.ranges import PortRange
     from ._leasing.store import LeaseStore, Reclaimed
     from ._stacks.lifecycle import Options
     from ._stacks.state import State
     from ._stacks.target import Engine
+else:  # signal.py wraps _signal's values in enums: `enum` costs every start ~1.5 ms
+    from _signal import SIGTERM
+    from _signal import signal as set_handler
 
 
-def _opts(args: argparse.Namespace) -> Options:
+def _opts(args: Args) -> Options:
     """The stack options of a command, found the way Compose finds them where not given (the CLI is
     where the environment is read: the library is handed what it found)."""
     from ._stacks.discovery import compose_files, listed
@@ -62,14 +67,14 @@ def _say(message: str) -> None:
     print(f"freeport-compose: {message}", file=sys.stderr)
 
 
-def _engine(args: argparse.Namespace) -> Engine:
+def _engine(args: Args) -> Engine:
     """The engine a command targets: --context, else what Compose would use ($DOCKER_HOST...)."""
     from ._stacks.target import resolve
 
     return resolve(args.context, os.environ)
 
 
-def _state(args: argparse.Namespace) -> State:
+def _state(args: Args) -> State:
     from ._stacks.state import State
 
     return State.open(args.state_dir, _engine(args))
@@ -97,6 +102,8 @@ def format_ports(ports: Mapping[str, int], fmt: str, hosts: Mapping[str, str] | 
     eval or give `docker run --env-file`, each port followed by `NAME_HOST`, the address to reach it
     on, when `hosts` is given."""
     if fmt == "json":
+        import json
+
         return json.dumps(dict(ports))
     line = {"dotenv": "{}={}", "env-file": "{}={}", "make": "{} := {}", "shell": "export {}={}"}[fmt]
     out = []
@@ -126,7 +133,7 @@ def _to_github(ports: Mapping[str, int], hosts: Mapping[str, str]) -> None:
         _say(f"wrote {len(ports)} port(s) to {path}")
 
 
-def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_get(args: Args, after: list[str]) -> int:
     from ._leasing.allocator import FreePorts
 
     start, stop = range_arg(args.range) if args.range else (None, None)
@@ -155,11 +162,11 @@ def _cmd_get(args: argparse.Namespace, after: list[str]) -> int:
         state_dir=leases,  # its store frees the ports of stacks that are gone, when it must
         probe=probe,
     )
-    print(json.dumps(fps.ports) if args.format == "json" else "\n".join(map(str, fps.ports)))
+    print(f"[{', '.join(map(str, fps.ports))}]" if args.format == "json" else "\n".join(map(str, fps.ports)))
     return 0
 
 
-def _cmd_release(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_release(args: Args, after: list[str]) -> int:
     if args.context:
         ports = _state(args).leases.release_owner(args.owner)
     else:
@@ -170,7 +177,7 @@ def _cmd_release(args: argparse.Namespace, after: list[str]) -> int:
     return 0
 
 
-def _cmd_ls(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_ls(args: Args, after: list[str]) -> int:
     from ._stacks.overview import overview
     from ._stacks.state import State
 
@@ -179,6 +186,8 @@ def _cmd_ls(args: argparse.Namespace, after: list[str]) -> int:
         if view.engine_error is not None:
             _say(f"warning: container counts unknown on {_engine_name(view.engine)}: {view.engine_error}")
     if args.json:
+        import json
+
         out = {
             "state_dir": views[0].state_dir,
             "leases": [
@@ -245,7 +254,7 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
-def _cmd_gc(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_gc(args: Args, after: list[str]) -> int:
     from ._stacks.lifecycle import GcReport, gc
     from ._stacks.state import State
 
@@ -269,7 +278,7 @@ def _cmd_gc(args: argparse.Namespace, after: list[str]) -> int:
     return 0
 
 
-def _cmd_render(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_render(args: Args, after: list[str]) -> int:
     from ._stacks.lifecycle import render
 
     ttl = duration_arg(args.ttl) if args.ttl else None
@@ -279,7 +288,7 @@ def _cmd_render(args: argparse.Namespace, after: list[str]) -> int:
     return 0
 
 
-def _cmd_up(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_up(args: Args, after: list[str]) -> int:
     from ._stacks.lifecycle import up
 
     record = up(_state(args), _opts(args), wait=args.wait, extra=after, notify=_say)
@@ -288,7 +297,7 @@ def _cmd_up(args: argparse.Namespace, after: list[str]) -> int:
     return 0
 
 
-def _cmd_down(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_down(args: Args, after: list[str]) -> int:
     from ._stacks.lifecycle import down
     from ._stacks.lookup import find_project
 
@@ -299,7 +308,7 @@ def _cmd_down(args: argparse.Namespace, after: list[str]) -> int:
     return 0
 
 
-def _cmd_ports(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_ports(args: Args, after: list[str]) -> int:
     from ._stacks.lookup import find_project, hosts_of, ports_of
 
     state = _state(args)
@@ -312,7 +321,7 @@ def _cmd_ports(args: argparse.Namespace, after: list[str]) -> int:
     return 0
 
 
-def _cmd_port(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_port(args: Args, after: list[str]) -> int:
     from ._stacks.lookup import find_project, ports_of
     from ._stacks.names import placeholder_key
 
@@ -326,7 +335,7 @@ def _cmd_port(args: argparse.Namespace, after: list[str]) -> int:
     return 0
 
 
-def _cmd_deploy(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_deploy(args: Args, after: list[str]) -> int:
     from ._stacks.swarm import deploy
 
     record = deploy(_state(args), _opts(args), extra=after, notify=_say)
@@ -335,7 +344,7 @@ def _cmd_deploy(args: argparse.Namespace, after: list[str]) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace, after: list[str]) -> int:
+def _cmd_run(args: Args, after: list[str]) -> int:
     from ._stacks.supervise import run
 
     if not after:
@@ -347,7 +356,7 @@ class _UsageError(FreeportError):
     exit_code = ExitCode.USAGE
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
+COMMANDS: dict[str, Callable[[Args, list[str]], int]] = {
     "get": _cmd_get,
     "release": _cmd_release,
     "ls": _cmd_ls,
@@ -406,8 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     through = passthrough(words)
     if through is None:
         own, after = split_dashdash(words)
-        word = command_word(own)
-        args = build_parser(word if word in COMMANDS else None).parse_args(own)
+        fast = fast_args(own) if "--" not in words else None
+        if fast is None:
+            from ._parser import parse
+
+            word = command_word(own)
+            fast = parse(own, word if word in COMMANDS else None)
+        args = fast
         if args.state_dir:
             args.state_dir = os.path.abspath(args.state_dir)
         if after and args.command not in ("up", "run", "deploy"):
@@ -416,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"command), not `{args.command}`"
             )
             return ExitCode.USAGE
-    signal.signal(signal.SIGTERM, _terminate)
+    set_handler(SIGTERM, _terminate)
     try:
         if through is not None:
             return _cmd_compose(*through)  # execs Compose, or removes a Swarm stack of ours

@@ -24,7 +24,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 from .._error import StateDirError, UnknownOwnerError
 from . import process
@@ -35,6 +34,12 @@ from .process import PerProcess
 from .records import RECORD_LIMIT, LeaseRecord, check_owner, is_process_record, read_record, write_record
 from .slots import FREE, NAMED, PROCESS, Slots
 from .statedir import StateDir, default_state_path, open_file, shared_opt_in, state_errors
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from .._runtime_typing import NamedTuple
 
 
 class Claim:

@@ -12,12 +12,22 @@ May touch: /proc/<pid>/stat (read), descriptors registered with `track`/`in_flig
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-from collections.abc import Callable
 from contextlib import suppress
-from typing import Generic, Protocol, TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Generic, Protocol, TypeVar
+
+    class LockHolder(Protocol):
+        """Something whose open descriptor holds a lease's flock (a Claim); `fd` None once let go."""
+
+        fd: int | None
+
+else:
+    from .._runtime_typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -52,6 +62,8 @@ class Holder:
             # ~6 µs per call (~25 µs on a process's first): every process builds its own Holder.
             text = f'{{"pid":{pid},"start_time":{"null" if start is None else start},"host":"{host}"}}'
         else:  # a decoded record's holder, of any JSON types, or an unusual host name
+            import json
+
             text = json.dumps({"pid": pid, "start_time": start, "host": host}, separators=(",", ":"))
         object.__setattr__(self, "json", text)
 
@@ -150,12 +162,6 @@ class PerProcess(Generic[T]):
         if self._pid != _PID:
             self._value, self._pid = self._factory(), _PID
         return self._value
-
-
-class LockHolder(Protocol):
-    """Something whose open descriptor holds a lease's flock (a Claim); `fd` None once let go."""
-
-    fd: int | None
 
 
 # Leases this process holds by an open descriptor, so a forked child can close its copies.

@@ -11,22 +11,30 @@ May touch: nothing but the descriptors it is handed.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from typing import NamedTuple
 
 from .._error import InvalidNameError, StateDirError
 from .process import Holder, holder_alive
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from .._runtime_typing import NamedTuple
+
 RECORD_LIMIT = 4096  # a record is ~200 bytes; anything longer is not one of ours
 LABEL_LIMIT = 256  # characters: even escaped to JSON (6 bytes each) a record stays below RECORD_LIMIT
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def is_name(name: object) -> bool:
+    """[A-Za-z0-9][A-Za-z0-9_.-]{0,127}, checked by hand: `re` costs a start ~2 ms."""
+    return isinstance(name, str) and 0 < len(name) <= 128 and name[0] not in "_.-" and _NAME_CHARS.issuperset(name)
 
 
 def check_owner(name: str) -> str:
     """An owner name that is safe as a file name: [A-Za-z0-9][A-Za-z0-9_.-]*, at most 128 chars."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not is_name(name):
         raise InvalidNameError(
             f"owner name {name!r} is invalid: use letters, digits, '_', '.', '-' (up to 128), "
             "starting with a letter or digit"
@@ -68,8 +76,9 @@ class LeaseRecord(NamedTuple):  # not a dataclass: `dataclasses` imports `inspec
         # Hand-built JSON, fields in this order: is_process_record() recognises a process record by
         # the prefix `{"port":N,"owner":null,`, so `port` and `owner` must come first (and `adopted`,
         # which makes a record hold by itself, before them).
-        owner = "null" if self.owner is None else json.dumps(self.owner)
-        label = json.dumps(self.label) if self.label else '""'
+        # An owner is a name (is_name): nothing in it needs escaping. A label may need it: json then.
+        owner = "null" if self.owner is None else f'"{self.owner}"'
+        label = _json_string(self.label) if self.label else '""'
         adopted = '"adopted":true,' if self.adopted else ""
         return (
             f'{{"port":{self.port},{adopted}"owner":{owner},"created":{self.created!r},"token":"{self.token}",'
@@ -85,6 +94,8 @@ class LeaseRecord(NamedTuple):  # not a dataclass: `dataclasses` imports `inspec
         """The record in `data`, or None for an empty, corrupt or hostile one (which counts as free)."""
         if not data or len(data) >= RECORD_LIMIT:
             return None
+        import json  # a record is read only to name a holder or settle a named lease
+
         try:
             raw = json.loads(data)
             h = raw["holder"]
@@ -103,7 +114,7 @@ class LeaseRecord(NamedTuple):  # not a dataclass: `dataclasses` imports `inspec
         ok = (
             type(record.port) is int
             and record.port == port
-            and (owner is None or (isinstance(owner, str) and _NAME_RE.fullmatch(owner) is not None))
+            and (owner is None or is_name(owner))
             and type(record.holder.pid) is int
             and (start is None or type(start) is int)
             and isinstance(record.holder.host, str)
@@ -111,6 +122,14 @@ class LeaseRecord(NamedTuple):  # not a dataclass: `dataclasses` imports `inspec
             and isinstance(label, str)
         )
         return record if ok else None
+
+
+def _json_string(text: str) -> str:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'  # what json.dumps writes for it, without importing json (~2 ms a start)
+    import json
+
+    return json.dumps(text)
 
 
 def is_process_record(data: bytes, port: int) -> bool:

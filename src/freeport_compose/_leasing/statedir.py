@@ -13,13 +13,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from .._error import StateDirError
+
+TYPE_CHECKING = False  # without importing typing: see _runtime_typing.py
+if TYPE_CHECKING:
+    import re
 
 STATE_ENV = "FREEPORT_STATE_DIR"
 SHARED_ENV = "FREEPORT_SHARED"
@@ -218,7 +221,7 @@ class StateDir:
             for dir_fd, shown in places:
                 with suppress(OSError):
                     for name in os.listdir(dir_fd):
-                        m = _TEMPORARY.fullmatch(name)
+                        m = _temporary().fullmatch(name)
                         if m is None or _alive(int(m.group("p1") or m.group("p2") or m.group("p3"))):
                             continue
                         with suppress(OSError):
@@ -237,18 +240,22 @@ class StateDir:
         return _open_dir(name, shown, self.shared, parent_fd)
 
 
-# What our writers name their temporaries: write_atomic's `.NAME.PID.HEX.tmp`, a new ports/ being
-# filled (`.ports.PID.HEX`), a slots file being written whole (`.slots.PID.HEX`).
-_TEMPORARY = re.compile(
-    r"\.(?:(?P<dir>ports)\.(?P<p1>[0-9]{1,10})\.[0-9a-f]{8}"
-    r"|slots\.(?P<p2>[0-9]{1,10})\.[0-9a-f]{8}"
-    r"|.+\.(?P<p3>[0-9]{1,10})\.[0-9a-f]{8}\.tmp)"
-)
+def _temporary() -> re.Pattern[str]:
+    """What our writers name their temporaries: write_atomic's `.NAME.PID.HEX.tmp`, a new ports/
+    being filled (`.ports.PID.HEX`), a slots file being written whole (`.slots.PID.HEX`). Compiled
+    when first needed (by gc and ls): `re` costs every start ~2 ms."""
+    import re
+
+    return re.compile(
+        r"\.(?:(?P<dir>ports)\.(?P<p1>[0-9]{1,10})\.[0-9a-f]{8}"
+        r"|slots\.(?P<p2>[0-9]{1,10})\.[0-9a-f]{8}"
+        r"|.+\.(?P<p3>[0-9]{1,10})\.[0-9a-f]{8}\.tmp)"
+    )  # re caches compiled patterns
 
 
 def is_dead_temporary(name: str) -> bool:
     """Whether `name` is one of our writers' temporaries, left by a writer that is gone."""
-    m = _TEMPORARY.fullmatch(name)
+    m = _temporary().fullmatch(name)
     return m is not None and not _alive(int(m.group("p1") or m.group("p2") or m.group("p3")))
 
 
