@@ -1498,3 +1498,54 @@ def test_runtime_namedtuple_builds_what_typing_builds() -> None:
 
     box = _runtime_typing.Generic[int]  # type: ignore[misc]
     assert box is _runtime_typing.Generic
+
+
+# --------------------------------------------------------------------------------------------------------
+# _jsonread: json.loads's reading without importing json
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"port": 20417, "owner": null, "created": 1.5e9, "token": "ab", "label": "x\\u00e9\\"", "adopted": true}',
+        '  [1, -2, 3.25, 1e400, -1e400, "\\ud83d\\ude00", {}, [], false]\n',
+        "NaN",
+        "-Infinity",
+        '{"a": {"a": {"a": [null]}}}',
+        '"plain"',
+        '{"dup": 1, "dup": 2}',
+        "",
+        "   ",
+        "{",
+        '{"a": 1} x',
+        '{"a": 1}{}',
+        "[1,]",
+        "{'a': 1}",
+        '"tab\tinside"',
+        "01",
+        "\ufeff{}",
+        "[" * 100000 + "]" * 100000,
+    ],
+)
+def test_jsonread_reads_as_json_loads(text: str) -> None:
+    from freeport_compose._jsonread import loads
+
+    def outcome(read: Callable[[bytes | str], object], data: bytes | str) -> object:
+        try:
+            return ("value", repr(read(data)))  # repr: NaN equals itself only so
+        except RecursionError:
+            return ("error", RecursionError)
+        except ValueError:
+            return ("error", ValueError)
+
+    for data in (text, text.encode()):
+        assert outcome(loads, data) == outcome(json.loads, data)
+
+
+def test_jsonread_refuses_other_encodings() -> None:
+    from freeport_compose._jsonread import loads
+
+    data = '{"owner": "x"}'.encode("utf-16")
+    assert json.loads(data) == {"owner": "x"}  # json.loads would detect UTF-16 ...
+    with pytest.raises(UnicodeDecodeError):
+        loads(data)  # ... which no record of ours is in: refused, as a corrupt record

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 
 from .._error import InvalidNameError, StateDirError
+from .._jsonread import loads
 from .process import Holder, holder_alive
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
-    from typing import NamedTuple
+    from typing import Any, NamedTuple
 else:
     from .._runtime_typing import NamedTuple
 
@@ -94,10 +95,8 @@ class LeaseRecord(NamedTuple):  # not a dataclass: `dataclasses` imports `inspec
         """The record in `data`, or None for an empty, corrupt or hostile one (which counts as free)."""
         if not data or len(data) >= RECORD_LIMIT:
             return None
-        import json  # a record is read only to name a holder or settle a named lease
-
         try:
-            raw = json.loads(data)
+            raw: Any = loads(data)
             h = raw["holder"]
             owner, label, start = raw["owner"], raw.get("label", ""), h["start_time"]
             record = cls(

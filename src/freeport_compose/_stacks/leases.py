@@ -16,9 +16,7 @@ API (read only, once per allocation).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING, NamedTuple
 
 from .._error import EngineUnreachableError, InvalidRangeError, UnknownOwnerError
 from .._leasing.allocator import FreePorts
@@ -27,8 +25,14 @@ from .._leasing.store import LeaseStore
 from .names import sort_key
 from .target import Engine
 
-if TYPE_CHECKING:  # the template reader imports YAML: a reclaim (from `get`, say) must not pay for it
-    from .templateset import TemplateSet
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Mapping, Sequence
+    from typing import NamedTuple
+
+    from .templateset import TemplateSet  # it imports YAML: a reclaim (from `get`, say) must not pay for it
+else:
+    from .._runtime_typing import NamedTuple
 
 
 class PortCheck(NamedTuple):  # not a dataclass: see target.TLSFiles

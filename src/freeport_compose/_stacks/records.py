@@ -10,30 +10,37 @@ May touch: stacks/ below the state dir (records, project locks, rendered files' 
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import Enum
-from typing import TYPE_CHECKING, Any
 
 from .._error import InvalidNameError, ProjectBusyError
+from .._jsonread import loads
 from .._leasing.flock import try_lock, unlock
 from .._leasing.process import Holder, current_holder
 from .._leasing.statedir import StateDir, open_file, read_small, remove_tree, state_errors, write_atomic
 
-if TYPE_CHECKING:  # the driver (subprocess, threading) is imported where a command runs Compose
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import Any
+
+    # the driver (subprocess, threading) is imported where a command runs Compose
     from .compose import ComposeProject
 
 BUSY_WAIT = 120.0  # seconds to wait while another freeport-compose works on the same project
-_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_PROJECT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _is_project(name: object) -> bool:
+    """[a-z0-9][a-z0-9_-]{0,62}, checked by hand: `re` costs a start ~2 ms."""
+    return isinstance(name, str) and 0 < len(name) <= 63 and name[0] not in "_-" and _PROJECT_CHARS.issuperset(name)
 
 
 def check_project(name: str) -> str:
     """A valid Compose project name: lowercase letters, digits, '_' and '-', starting with a letter or digit."""
-    if not _PROJECT_RE.fullmatch(name):
+    if not _is_project(name):
         raise InvalidNameError(
             f"project name {name!r} is invalid for Compose: use lowercase letters, digits, '_' and '-', "
             "starting with a letter or digit"
@@ -48,6 +55,8 @@ def project_name(given: str | None, files: Sequence[str]) -> str:
     if name:
         return check_project(name)
     base = os.path.basename(os.path.dirname(os.path.abspath(files[0]))).lower()
+    import re  # here only: `up` and `render` of a stack with no name given
+
     base = re.sub(r"[^a-z0-9_-]+", "-", base).strip("-_")[:40] or "stack"
     if not base[0].isalnum():
         base = "s" + base
@@ -163,6 +172,8 @@ class StackRecord:
             "hosts": self.hosts,
             "swarm": self.swarm,
         }
+        import json  # written by up, render and down: reading is what every command does
+
         return json.dumps(raw, indent=1).encode()
 
     @classmethod
@@ -171,7 +182,7 @@ class StackRecord:
         if not data:
             return None
         try:
-            raw = json.loads(data)
+            raw: Any = loads(data)
             driver = raw["driver"]
             raw["driver"] = Holder(**driver)
             raw["status"] = StackStatus(raw["status"])
@@ -180,7 +191,7 @@ class StackRecord:
             lists = (record.files, record.compose_files, record.profiles, record.env_files)
             ok = (
                 isinstance(record.project, str)
-                and _PROJECT_RE.fullmatch(record.project) is not None
+                and _is_project(record.project)
                 and isinstance(record.project_directory, str)
                 and all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in lists)
                 and isinstance(record.ports, dict)

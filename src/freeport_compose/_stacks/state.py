@@ -14,19 +14,24 @@ May touch: nothing by itself; opening it verifies (and creates) the state direct
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 from contextlib import suppress
-from typing import NamedTuple
 
 from .._error import FreeportError, StateDirError, UnknownContextError
+from .._jsonread import loads
 from .._leasing.locks import open_locks
 from .._leasing.ranges import PortRange
 from .._leasing.statedir import default_state_path, read_small, state_errors, write_atomic
 from .._leasing.store import LeaseStore, Reclaimed
 from .records import StackRecords
 from .target import DEFAULT_ADDRESS, Engine, TLSFiles, resolve
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import NamedTuple
+else:
+    from .._runtime_typing import NamedTuple
 
 ENGINES = "engines"
 _META = "engine.json"
@@ -83,6 +88,8 @@ class State(NamedTuple):  # not a dataclass: see target.TLSFiles
         sd = self.stacks.sd
         tls = self.engine.tls
         meta = {"address": self.engine.address, "context": self.engine.context, "tls": tls and tls._asdict()}
+        import json  # written once per engine: reading is what every command does
+
         text = json.dumps(meta).encode()
         with state_errors(f"cannot write {os.path.join(sd.path, _META)}"):
             if read_small(sd.fd, _META) != text:
@@ -156,7 +163,7 @@ def _is_key(name: str) -> bool:
 
 def _decode(raw: bytes | None) -> Engine | None:
     try:
-        meta: Mapping[str, object] = json.loads(raw or b"")
+        meta: Mapping[str, object] = loads(raw or b"")  # type: ignore[assignment]
         address, context, tls = meta["address"], meta.get("context"), meta.get("tls")
         files = None
         if isinstance(tls, dict):

@@ -14,15 +14,18 @@ May touch: reads the docker CLI's config directory.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, NamedTuple
 
 from .._error import EngineUnreachableError, FreeportError, UnknownContextError
+from .._jsonread import loads
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, NamedTuple
     from urllib.parse import SplitResult
+else:
+    from .._runtime_typing import NamedTuple
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "")
@@ -163,7 +166,7 @@ def _current_context(env: Mapping[str, str]) -> str | None:
     path = os.path.join(config_dir(env), "config.json")
     try:
         with open(path, "rb") as f:
-            raw = json.load(f)
+            raw = loads(f.read())
     except (OSError, ValueError):
         return None  # no config (or one the docker CLI could not read either): the default engine
     current = raw.get("currentContext") if isinstance(raw, dict) else None
@@ -178,7 +181,7 @@ def _context(name: str, env: Mapping[str, str]) -> Engine:
     meta = os.path.join(base, "meta", digest, "meta.json")
     try:
         with open(meta, "rb") as f:
-            raw = json.load(f)
+            raw: Any = loads(f.read())
         endpoint = raw["Endpoints"]["docker"]
         address = endpoint["Host"]
         skip_verify = bool(endpoint.get("SkipTLSVerify", False))
