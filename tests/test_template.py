@@ -1082,7 +1082,7 @@ def test_cli_render_bad_template(
     result = cli("render", "--no-check", "-f", template, "-o", str(out), "-p", "proj")
 
     assert result.returncode == ExitCode.TEMPLATE
-    assert ExitCode.TEMPLATE.value == 4
+    assert ExitCode.TEMPLATE == 4
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"freeport-compose: {template}:{line}:{column}: ")
@@ -1114,7 +1114,7 @@ def test_cli_unknown_project(tmp_path: Path) -> None:
     ]
     for args in commands:
         result = cli(*args)
-        assert result.returncode == ExitCode.UNKNOWN_OWNER.value == 9
+        assert result.returncode == ExitCode.UNKNOWN_OWNER == 9
         assert result.stdout == ""
         assert result.stderr == (
             "freeport-compose: no stack named 'nosuch' holds ports (see `freeport-compose ls`)\n"
