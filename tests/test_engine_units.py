@@ -362,3 +362,18 @@ def test_the_command_is_found_behind_abbreviated_options() -> None:
     assert command_word(["--state", "ls", "get", "--owner", "x"]) == "get"
     assert command_word(["--context=far", "ports"]) == "ports"
     assert command_word(["-h"]) is None
+
+
+def test_query_quoting_is_urllib_quote() -> None:
+    """The engine's query parameters are percent-encoded by hand (no urllib.parse on the hot path),
+    byte for byte as urllib.parse.quote(text, safe="")."""
+    import random
+    from urllib.parse import quote
+
+    from freeport_compose._stacks.engine import _quote
+
+    rng = random.Random(7)
+    alphabet = "abcXYZ019_.-~ /?&=+%#\"'{}[]:,é€\U0001f600\x00\n"
+    for _ in range(2000):
+        text = "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
+        assert _quote(text) == quote(text, safe=""), text

@@ -48,7 +48,7 @@ from freeport_compose._leasing.ranges import (
 from freeport_compose._leasing.records import RECORD_LIMIT, LeaseRecord, is_process_record
 from freeport_compose._stacks.compose import COMPOSE_ENV, Compose, ComposeProject, Result
 from freeport_compose._stacks.names import placeholder_key, sort_key
-from freeport_compose._stacks.records import StackRecord, StackStatus, check_project, project_name
+from freeport_compose._stacks.records import STACK_STATUSES, StackRecord, StackStatus, check_project, project_name
 from freeport_compose._stacks.template import load, substitute
 
 # --------------------------------------------------------------------------------------------------------
@@ -1135,7 +1135,7 @@ def test_stack_record_round_trip(record: StackRecord) -> None:
     assert json.loads(data)["status"] == record.status.value
 
 
-@pytest.mark.parametrize("status", list(StackStatus))
+@pytest.mark.parametrize("status", STACK_STATUSES)
 def test_stack_record_round_trip_of_every_status(status: StackStatus) -> None:
     decoded = StackRecord.decode(stack(status=status).encode())
     assert decoded is not None
@@ -1153,12 +1153,25 @@ def test_stack_record_compose_project() -> None:
 
 
 def test_stack_status_values() -> None:
-    assert {s.value for s in StackStatus} == {"rendering", "rendered", "starting", "up", "run", "stopping", "deployed"}
+    import copy
+    import pickle
+
+    values = {"rendering", "rendered", "starting", "up", "run", "stopping", "deployed"}
+    assert {s.value for s in STACK_STATUSES} == values
+    assert len(STACK_STATUSES) == len(values)
+    assert all(getattr(StackStatus, s.name) is s for s in STACK_STATUSES)
     assert StackStatus("up") is StackStatus.UP
+    assert StackStatus(str(json.loads('"up"'))) is StackStatus.UP  # a decoded string maps to the one object
     assert StackStatus.UP == "up"
-    assert {s for s in StackStatus if s.driven} == {StackStatus.RENDERING, StackStatus.STARTING, StackStatus.RUN}
-    with pytest.raises(ValueError, match="running"):
-        StackStatus("running")
+    assert type(StackStatus.UP.value) is str
+    assert json.dumps(StackStatus.UP) == '"up"'
+    assert copy.deepcopy(StackStatus.UP) is StackStatus.UP
+    assert pickle.loads(pickle.dumps(StackStatus.RUN)) is StackStatus.RUN  # noqa: S301 (our own bytes)
+    assert repr(StackStatus.UP) == "<StackStatus.UP: 'up'>"
+    assert {s for s in STACK_STATUSES if s.driven} == {StackStatus.RENDERING, StackStatus.STARTING, StackStatus.RUN}
+    for bad in ("running", "UP", ["up"], None):
+        with pytest.raises(ValueError, match="is not a valid StackStatus"):
+            StackStatus(bad)  # type: ignore[arg-type]
 
 
 def _stack_with(key: str, value: Any, sub: str | None = None) -> bytes:

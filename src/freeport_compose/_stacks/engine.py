@@ -14,15 +14,16 @@ May touch: the engine's API (read only).
 
 from __future__ import annotations
 
-import json
-import socket
+# _socket, not socket.py: the wrapper's import costs ~2 ms, and a short HTTP/1.0 GET needs none of it.
+from _socket import AF_UNIX, SOCK_STREAM
+from _socket import socket as _Socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from .._error import EngineUnreachableError, NotSwarmManagerError
+from .._jsonread import loads
 from .target import Engine
 
 _PROJECT_LABEL = "com.docker.compose.project"
@@ -61,7 +62,7 @@ def _failed(engine: Engine, path: str, e: _Answered) -> EngineUnreachableError:
 
 def _message(body: bytes) -> str:
     try:
-        raw = json.loads(body)
+        raw = loads(body)
     except ValueError:
         raw = None
     text = raw.get("message") if isinstance(raw, dict) else None
@@ -72,14 +73,23 @@ Get = Callable[[str, Mapping[str, str]], Any]
 """GET a path of the engine's API with query parameters; its decoded JSON, or _Answered."""
 
 
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def _quote(text: str) -> str:
+    """urllib.parse.quote(text, safe=""), without urllib.parse (~2 ms a start): every byte but the
+    unreserved ones percent-encoded."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
+
+
 def _get_unix(engine: Engine) -> Get:
     """GETs on the engine's unix socket, one short connection each (~0.3 ms)."""
     path = engine.address.removeprefix("unix://")
 
     def get(api_path: str, params: Mapping[str, str]) -> Any:
-        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+        query = "&".join(f"{k}={_quote(v)}" for k, v in params.items())
         request = f"GET {api_path}{'?' + query if query else ''} HTTP/1.0\r\nHost: docker\r\n\r\n".encode()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _Socket(AF_UNIX, SOCK_STREAM)
         # A timeout on every call: a wedged engine must fail the command, not hang it.
         sock.settimeout(_TIMEOUT)
         chunks = []
@@ -102,7 +112,7 @@ def _get_unix(engine: Engine) -> Get:
         if status != 200:
             raise _Answered(status, _message(body))
         try:
-            return json.loads(body)
+            return loads(body)
         except ValueError:
             raise _unreachable(engine, f"{api_path}: not JSON") from None
 
@@ -179,6 +189,8 @@ def _api(engine: Engine) -> Iterator[Get]:
 
 
 def _filters(**filters: str) -> dict[str, str]:
+    import json
+
     return {"filters": json.dumps({k: [v] for k, v in filters.items()})}
 
 
