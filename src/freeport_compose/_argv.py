@@ -1,9 +1,9 @@
 """The command line's grammar: what argv says, before anything runs.
 
-The word that names the command, a fast reader for the hot commands (`get`, `release`, `port`,
-`ports`) as they are usually typed, the values of options (ranges, ports, durations, timeouts) read
-into Python values or an InvalidRangeError, and the pass-through form (`[-p P] VERB ...` for
-Compose's verbs). The argparse form (help, usage errors, everything else) is _parser.py's.
+The word that names the command, a fast reader of our commands as they are usually typed, the
+values of options (ranges, ports, durations, timeouts) read into Python values or an
+InvalidRangeError, and the pass-through form (`[-p P] VERB ...` for Compose's verbs). The argparse
+form (help, usage errors, whatever the fast reader declines) is _parser.py's.
 
 Guarantees: nothing here runs a command, touches the state dir or prints; the fast reader reads argv
 exactly as the argparse parser would, or declines (None) and leaves it to argparse: it never accepts
@@ -86,12 +86,34 @@ class Args:
         def __setattr__(self, name: str, value: Any) -> None: ...
 
 
-# The hot commands' own options as _parser.py defines them: option -> (dest, how its value is read):
-# "str", "int", "flag" (store_true), "append", or the tuple of its choices. Defaults and required
+# Our commands' own options as _parser.py defines them: option -> (dest, how its value is read):
+# "str", "int", "flag" (store_true), "false" (store_false), "append", or the tuple of its choices. Defaults and required
 # options are below. tests/test_argv.py checks these tables against the argparse parser.
-_CONTEXT = {"--context": ("context", "str")}
+Option = tuple[str, "str | tuple[str, ...]"]  # (dest, how its value is read)
+_CONTEXT: dict[str, Option] = {"--context": ("context", "str")}
 _PROJECT = {"-p": ("project", "str"), "--project-name": ("project", "str")}
-_FAST_OPTIONS: dict[str, dict[str, tuple[str, str | tuple[str, ...]]]] = {
+_STACK: dict[str, Option] = {  # _parser._stack_options
+    "-f": ("files", "append"),
+    "--file": ("files", "append"),
+    **_PROJECT,
+    "--project-directory": ("project_directory", "str"),
+    "--profile": ("profiles", "append"),
+    "--env-file": ("env_files", "append"),
+    "--timeout": ("timeout", "str"),
+    "--no-check": ("check", "false"),
+    "--lease-all": ("lease_all", "flag"),
+    "--drop-container-names": ("drop_container_names", "flag"),
+    **_CONTEXT,
+}
+_STACK_DEFAULTS: dict[str, object] = {
+    "project": None,
+    "project_directory": None,
+    "timeout": "30",
+    "check": True,
+    "lease_all": False,
+    "drop_container_names": False,
+}
+_FAST_OPTIONS: dict[str, dict[str, Option]] = {
     "get": {
         "--owner": ("owner", "str"),
         "-n": ("n", "int"),
@@ -106,20 +128,34 @@ _FAST_OPTIONS: dict[str, dict[str, tuple[str, str | tuple[str, ...]]]] = {
     "release": {"--owner": ("owner", "str"), **_CONTEXT},
     "ports": {**_PROJECT, "--format": ("format", FORMATS), **_CONTEXT},
     "port": {**_PROJECT, **_CONTEXT},
+    "down": {**_PROJECT, "-v": ("volumes", "flag"), "--volumes": ("volumes", "flag"), **_CONTEXT},
+    "up": {**_STACK, "--wait": ("wait", "flag")},
+    "render": {**_STACK, "-o": ("output", "str"), "--output": ("output", "str"), "--ttl": ("ttl", "str")},
+    "run": {**_STACK, "--keep-volumes": ("keep_volumes", "flag")},
+    "deploy": _STACK,
+    "ls": {"--json": ("json", "flag"), **_CONTEXT},
+    "gc": _CONTEXT,
 }
 _FAST_DEFAULTS: dict[str, dict[str, object]] = {
     "get": {"n": 1, "range": None, "contiguous": False, "timeout": "30", "format": "lines"},
     "release": {},
     "ports": {"project": None, "format": "dotenv"},
     "port": {"project": None},
+    "down": {"project": None, "volumes": False},
+    "up": {**_STACK_DEFAULTS, "wait": False},
+    "render": {**_STACK_DEFAULTS, "output": None, "ttl": None},
+    "run": {**_STACK_DEFAULTS, "keep_volumes": False},
+    "deploy": _STACK_DEFAULTS,
+    "ls": {"json": False},
+    "gc": {},
 }
-_FAST_REQUIRED = {"get": ("owner",), "release": ("owner",), "ports": (), "port": ("name",)}
+_FAST_REQUIRED = {"get": ("owner",), "release": ("owner",), "port": ("name",)}
 _FAST_POSITIONAL = {"port": "name"}  # the one positional argument, if the command has one
 _FAST_GLOBALS = {"--state-dir": ("state_dir", "str"), **_CONTEXT}
 
 
 def fast_args(argv: Sequence[str]) -> Args | None:
-    """argv of a hot command read as argparse would read it, or None: for anything unusual (help,
+    """argv of one of our commands read as argparse would read it, or None: for anything unusual (help,
     a usage error, an abbreviated or attached option such as `--own X` or `-n3`, a value that
     starts with `-`, `--`), which argparse then reads, with its own messages."""
     values: dict[str, object] = {"state_dir": None, "context": None}
@@ -139,14 +175,14 @@ def fast_args(argv: Sequence[str]) -> Args | None:
         name, eq, attached = word.partition("=")
         if word in options:
             dest, how = options[word]
-            if how == "flag":
-                values[dest] = True
+            if how in ("flag", "false"):
+                values[dest] = how == "flag"  # store_true, or store_false (--no-check)
                 i += 1
                 continue
             if i + 1 >= len(argv):
                 return None
             value, i = argv[i + 1], i + 2
-        elif eq and name in options and name.startswith("--") and options[name][1] != "flag":
+        elif eq and name in options and name.startswith("--") and options[name][1] not in ("flag", "false"):
             (dest, how), value, i = options[name], attached, i + 1
         elif command is not None and not word.startswith("-") and command in _FAST_POSITIONAL:
             dest = _FAST_POSITIONAL[command]
@@ -170,7 +206,7 @@ def fast_args(argv: Sequence[str]) -> Args | None:
             return None
         else:
             values[dest] = value
-    if command is None or any(dest not in values for dest in _FAST_REQUIRED[command]):
+    if command is None or any(dest not in values for dest in _FAST_REQUIRED.get(command, ())):
         return None
     return Args(**values)
 

@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     through = passthrough(words)
     if through is None:
         own, after = split_dashdash(words)
-        fast = fast_args(own) if "--" not in words else None
+        fast = fast_args(own)  # argparse, which is slower to import than any command here, only for help and errors
         if fast is None:
             from ._parser import parse
 
