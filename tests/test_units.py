@@ -1562,3 +1562,74 @@ def test_jsonread_refuses_other_encodings() -> None:
     assert json.loads(data) == {"owner": "x"}  # json.loads would detect UTF-16 ...
     with pytest.raises(UnicodeDecodeError):
         loads(data)  # ... which no record of ours is in: refused, as a corrupt record
+
+
+def test_runtime_dataclass_builds_what_dataclasses_builds() -> None:
+    """The subset of dataclasses our classes use, built by _runtime_typing.dataclass, against the
+    real one: __init__ (positional, keyword, defaults, factories, errors), __post_init__, repr,
+    equality, hashing and frozenness, and a class deriving from another."""
+    import dataclasses
+
+    from freeport_compose import _runtime_typing
+
+    def build(dc: Any, fld: Any) -> tuple[type, type, type]:
+        @dc(frozen=True)
+        class Point:
+            x: int
+            y: int = 2
+            tags: list[str] = fld(default_factory=list)
+
+            def total(self) -> int:
+                return self.x + self.y  # type: ignore[no-any-return]
+
+        @dc
+        class Bag:
+            items: list[int]
+            seen: int = 0
+
+            def __post_init__(self) -> None:
+                self.seen = len(self.items)
+
+        @dc(frozen=True)
+        class Point3(Point):
+            z: int = 3
+
+        return Point, Bag, Point3
+
+    ours = build(_runtime_typing.dataclass, _runtime_typing.field)
+    theirs = build(dataclasses.dataclass, dataclasses.field)
+
+    def behaviour(point: Any, bag: Any, point3: Any) -> list[object]:
+        out: list[object] = []
+
+        def attempt(f: Callable[[], object]) -> None:
+            try:
+                out.append(("value", f()))
+            except (TypeError, AttributeError) as e:
+                out.append(("error", type(e) if not isinstance(e, AttributeError) else AttributeError))
+
+        attempt(lambda: repr(point(1)))
+        attempt(lambda: (point(1) == point(1), point(1) == point(2), point(1, 5) == point(x=1, y=5)))
+        attempt(lambda: hash(point(1)) == hash(point(1)))
+        attempt(lambda: point(1).tags is not point(1).tags)  # a fresh list each
+        attempt(lambda: point(1).total())
+        attempt(lambda: point())
+        attempt(lambda: point(1, 2, [], 4))
+        attempt(lambda: point(1, x=1))
+        attempt(lambda: point(1, w=1))
+        attempt(lambda: setattr(point(1), "x", 5))
+        attempt(lambda: delattr(point(1), "x"))
+        attempt(lambda: (repr(bag([1, 2])), bag([1]) == bag([1]), bag([1]) == point(1)))
+        attempt(lambda: hash(bag([])))
+        attempt(lambda: repr(point3(1, z=9)))
+        attempt(lambda: point3(1, 2, [], 4) == point3(1, 2, [], 4))
+        attempt(lambda: point3(1) == point(1))
+        return out
+
+    assert behaviour(*ours) == behaviour(*theirs)
+    with pytest.raises(TypeError, match="non-default argument"):
+
+        @_runtime_typing.dataclass
+        class Bad:
+            a: int = 1
+            b: int

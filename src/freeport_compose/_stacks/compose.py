@@ -14,16 +14,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import IO, Any
 
 from .._error import ComposeError, ComposeNotFoundError, EngineUnreachableError
 from .target import Engine
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from dataclasses import dataclass
+    from typing import IO, Any
+else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
+    from .._runtime_typing import dataclass
 
 COMPOSE_ENV = "FREEPORT_COMPOSE"  # e.g. "docker compose" or "/opt/bin/docker-compose"
 # The docker CLI's own plugin search, in its order: the config dir's cli-plugins, the config file's
@@ -166,6 +170,8 @@ class Compose:
         plugin = find_plugin()
         if plugin is not None:
             return cls([plugin], env)
+        import shutil  # only when no plugin is found: with the bz2 and lzma it imports, ~3 ms
+
         legacy = shutil.which("docker-compose")
         if legacy and cls._is_v2([legacy]):
             return cls([legacy], env)

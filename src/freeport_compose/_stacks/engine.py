@@ -19,12 +19,17 @@ from _socket import AF_UNIX, SOCK_STREAM
 from _socket import socket as _Socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
 
 from .._error import EngineUnreachableError, NotSwarmManagerError
 from .._jsonread import loads
 from .target import Engine
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+    from typing import Any
+else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
+    from .._runtime_typing import dataclass
 
 _PROJECT_LABEL = "com.docker.compose.project"
 _SERVICE_LABEL = "com.docker.compose.service"
@@ -69,8 +74,9 @@ def _message(body: bytes) -> str:
     return str(text) if text else body[:200].decode(errors="replace").strip()
 
 
-Get = Callable[[str, Mapping[str, str]], Any]
-"""GET a path of the engine's API with query parameters; its decoded JSON, or _Answered."""
+if TYPE_CHECKING:  # an alias for annotations only: Any is typing's
+    Get = Callable[[str, Mapping[str, str]], Any]
+    """GET a path of the engine's API with query parameters; its decoded JSON, or _Answered."""
 
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
