@@ -60,7 +60,7 @@ def quiet(cmd: list[str], env: dict[str, str]) -> None:
 
 def main() -> int:
     quick = "--quick" in sys.argv
-    rounds = 4 if quick else 16
+    rounds = 4 if quick else 24
     work = Path(tempfile.mkdtemp(prefix="fpc-bench-"))
     state = work / "state"
     env = {**os.environ, "FREEPORT_STATE_DIR": str(state)}
@@ -109,8 +109,12 @@ def main() -> int:
         quiet(["docker", "compose", "-p", "bench-fpc", "down"], env)
         shutil.rmtree(work, ignore_errors=True)
 
-    med_plain, med_fpc = statistics.median(plain_times), statistics.median(fpc_times)
-    ratio = med_fpc / med_plain
+    med_plain = statistics.median(plain_times)
+    # The verdict: the median of each round's own ratio. A round runs the three sides back to back (in
+    # a shuffled order), so the engine's drift over the run (its up times spread over +-20% here)
+    # cancels within a round instead of landing on whichever side's median it happens to hit.
+    ratio = statistics.median(f / p for f, p in zip(fpc_times, plain_times, strict=True))
+    ratio_of_medians = statistics.median(fpc_times) / med_plain
     print("## Compose\n")
     print(f"{len(SERVICES)}-service stack, {rounds} rounds, medians of wall time; {os.cpu_count()} cores, "
           f"Python {sys.version.split()[0]}. Max RSS: the largest process of the command's tree (GNU time's "
@@ -127,8 +131,9 @@ def main() -> int:
         print(f"| `freeport-compose render` 100 placeholders, {label} | {statistics.median(times):.3f} s "
               f"| {min(times):.3f} s | {max(times):.3f} s | - |")
     render_med = statistics.median(render_times["--no-check"])
-    fast = statistics.median(fast_times) / med_plain
-    print(f"\n- up / plain: **{ratio:.2f}x** (target <= 1.05x): {'met' if ratio <= 1.05 else 'NOT met'}; "
+    fast = statistics.median(f / p for f, p in zip(fast_times, plain_times, strict=True))
+    print(f"\n- up / plain, median of the rounds' ratios: **{ratio:.2f}x** (target <= 1.05x): "
+          f"{'met' if ratio <= 1.05 else 'NOT met'}; ratio of the medians {ratio_of_medians:.2f}x; "
           f"with --no-check: {fast:.2f}x")
     print(f"- render of 100 placeholders incl. interpreter start: **{render_med:.3f} s** (target <= 0.3 s): "
           f"{'met' if render_med <= 0.3 else 'NOT met'}\n")

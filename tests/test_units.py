@@ -606,6 +606,19 @@ def test_down_by_name_runs_in_an_empty_temporary_directory(
     assert first["cwd"] != second["cwd"]
 
 
+def test_config_beside_another_command_runs_at_a_lower_priority(fake_compose: MakeFake) -> None:
+    """config(yielding=True), the check made beside `up`, runs under `nice -n 10`: the fake Compose
+    reports the niceness it was given, and the same argv as without."""
+    fake = fake_compose(stdout='{"services": {}}')
+    text = fake.script.read_text()  # also log the niceness it runs at
+    fake.script.write_text(text.replace("'argv': sys.argv[1:]", "'argv': sys.argv[1:], 'nice': os.nice(0)"))
+    base = os.nice(0)
+    fake.compose.config(PROJECT, yielding=True)
+    fake.compose.config(PROJECT)
+    assert [c["argv"] for c in fake.calls] == [[*PROJECT.args(), "config", "--format", "json"]] * 2
+    assert [c["nice"] for c in fake.calls] == [min(base + 10, 19), base]
+
+
 def test_config_parses_json_stdout(fake_compose: MakeFake, capsys: pytest.CaptureFixture[str]) -> None:
     model = {"name": "demo", "services": {"web": {"ports": [{"target": 80, "published": "20417"}]}}}
     fake = fake_compose(stdout=json.dumps(model), stderr="a warning\n")
@@ -736,9 +749,11 @@ def _plugin(directory: Path, *, mode: int = 0o755) -> str:
 
 
 def test_find_runs_the_plugin_the_docker_cli_would_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The docker CLI's order: $DOCKER_CONFIG/cli-plugins, then cliPluginsExtraDirs, then the system dirs;
-    a file that cannot be run, or a directory, is passed over as the docker CLI passes it over."""
+    """The docker CLI's order (docker/cli getPluginDirs): cliPluginsExtraDirs, then the config dir's
+    cli-plugins, then the system dirs; the first `docker-compose` found is the plugin, and if it is
+    no file we can run there is none (the docker CLI refuses it rather than look further)."""
     import freeport_compose._stacks.compose as compose_module
+    from freeport_compose._stacks.compose import find_plugin
 
     config, extra, system = tmp_path / "config", tmp_path / "extra", tmp_path / "system"
     monkeypatch.delenv(COMPOSE_ENV, raising=False)
@@ -748,18 +763,41 @@ def test_find_runs_the_plugin_the_docker_cli_would_run(tmp_path: Path, monkeypat
     (config / "config.json").write_text(json.dumps({"cliPluginsExtraDirs": [str(extra)]}))
     in_system = _plugin(system)
     assert Compose.find().command == [in_system]
-    (extra / "docker-compose").mkdir(parents=True)  # a directory is no plugin
-    assert Compose.find().command == [in_system]
-    (extra / "docker-compose").rmdir()
-    in_extra = _plugin(extra)
-    assert Compose.find().command == [in_extra]
-    _plugin(config / "cli-plugins", mode=0o644)  # not executable: passed over
-    assert Compose.find().command == [in_extra]
     in_config = _plugin(config / "cli-plugins")
     assert Compose.find().command == [in_config]
+    in_extra = _plugin(extra)
+    assert Compose.find().command == [in_extra]
+    Path(in_extra).chmod(0o644)  # the first one found cannot be run: no plugin, as for the docker CLI
+    assert find_plugin() is None
+    Path(in_extra).unlink()
+    (extra / "docker-compose").mkdir()  # nor can a directory
+    assert find_plugin() is None
+    (extra / "docker-compose").rmdir()
     (config / "config.json").write_text('{"cliPluginsExtraDirs": ')  # unreadable: the other dirs still count
+    assert Compose.find().command == [in_config]
     Path(in_config).unlink()
     assert Compose.find().command == [in_system]
+
+
+def test_a_plugin_run_on_its_own_does_not_inherit_the_docker_clis_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run by the docker CLI, a plugin finds $DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND set and expects
+    `compose` as its first word; freeport-compose run from a docker CLI plugin must not pass it on."""
+    import freeport_compose._stacks.compose as compose_module
+
+    monkeypatch.delenv(COMPOSE_ENV, raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "config"))
+    monkeypatch.setattr(compose_module, "_SYSTEM_PLUGIN_DIRS", (str(tmp_path / "system"),))
+    plugin = _plugin(tmp_path / "system")
+    monkeypatch.delenv("DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND", raising=False)
+    assert Compose.find().env is None  # nothing to take out: our environment, as it is when Compose runs
+    monkeypatch.setenv("DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND", "/usr/bin/docker")
+    found = Compose.find()
+    assert found.command == [plugin]
+    assert found.env is not None
+    assert "DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND" not in found.env
+    assert found.env["DOCKER_CONFIG"] == str(tmp_path / "config")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def up(
 
     def start(current: Attempt) -> Result:
         record = current.record
-        verify = partial(plan.verify, compose, record.compose_project(), dict(record.ports))
+        verify = partial(plan.verify, compose, record.compose_project(), dict(record.ports), beside=True)
         check = BackgroundCheck(verify) if opts.check else None
         current.started = True
         result = compose.up(record.compose_project(), wait=wait, extra=extra, keep_fds=(current.lock_fd,))

@@ -116,10 +116,13 @@ class Plan:
             raise OutputError(f"cannot write {dest}: {e.strerror or e}") from None
         return [*files, dest]
 
-    def verify(self, compose: Compose, project: ComposeProject, ports: Mapping[str, int]) -> None:
+    def verify(
+        self, compose: Compose, project: ComposeProject, ports: Mapping[str, int], *, beside: bool = False
+    ) -> None:
         """Raise ComposeError unless `docker compose config` of what Compose is given publishes exactly
-        the leased ports (and keeps every other binding as written)."""
-        config = compose.config(project)
+        the leased ports (and keeps every other binding as written). `beside`: made while another
+        Compose command runs, to which it yields the CPU."""
+        config = compose.config(project, yielding=beside)
         problems = check_published(config, self.templates, ports)
         if self.zero_edit and self.model is not None:
             problems += check(config, expected(self.model, self.found, ports))
