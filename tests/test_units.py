@@ -779,6 +779,24 @@ def test_find_runs_the_plugin_the_docker_cli_would_run(tmp_path: Path, monkeypat
     assert Compose.find().command == [in_system]
 
 
+def test_the_plugin_run_on_its_own_reads_our_arguments_as_docker_compose_does(tmp_path: Path) -> None:
+    """Run on its own, Compose rewrites docker-compose v1 style arguments (and drops a leading
+    `compose`): a project named `compose`, and values that look like verbs, must still mean what
+    they mean to `docker compose`. Asked of the real plugin, with `config` (no engine needed)."""
+    from freeport_compose._stacks.compose import find_plugin
+
+    plugin = find_plugin()
+    assert plugin is not None, "the compose plugin of scripts/setup.sh"
+    work = tmp_path / "up"
+    work.mkdir()
+    (work / "compose.yml").write_text("services:\n  web:\n    image: x\n    profiles: [up]\n")
+    for name in ("compose", "up", "config"):
+        project = ComposeProject(name, (str(work / "compose.yml"),), str(work), ("up",), ())
+        model = Compose([plugin]).config(project)
+        assert model["name"] == name
+        assert list(model["services"]) == ["web"]
+
+
 def test_a_plugin_run_on_its_own_does_not_inherit_the_docker_clis_mark(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
