@@ -19,7 +19,7 @@ import sys
 import threading
 
 from .._error import ComposeError, ComposeNotFoundError, EngineUnreachableError
-from .target import Engine
+from .target import Engine, config_dir
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class Result:
 def _plugin_dirs() -> list[str]:
     """Where the docker CLI looks for plugins, in its order (docker/cli's getPluginDirs): the config
     file's "cliPluginsExtraDirs" (docker >= 25), the config dir's cli-plugins, the system dirs."""
-    config = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+    config = config_dir(os.environ)
     extra: object = None
     try:
         with open(os.path.join(config, "config.json"), "rb") as f:
@@ -261,12 +261,7 @@ class Compose:
         `yielding`: run at a lower CPU priority (`nice -n 10`), for a check made beside another
         Compose command: on a busy machine it yields the CPU to that command (`up`), which it would
         otherwise slow down by ~5% on 2 cores."""
-        nice = _nice() if yielding else None
-        args = [*project.args(), "config", "--format", "json"]
-        if nice is not None:
-            out = run([nice, "-n", "10", *self.command, *args], self.env, capture_stdout=True, tee=False)
-        else:
-            out = self._run(args, capture_stdout=True, tee=False)
+        out = self._run([*project.args(), "config", "--format", "json"], capture_stdout=True, tee=False, nice=yielding)
         if not out.ok:
             raise ComposeError(f"docker compose config failed: {out.last_line()}", out.returncode)
         try:
@@ -283,9 +278,13 @@ class Compose:
         tee: bool = True,
         cwd: str | None = None,
         keep_fds: Sequence[int] = (),
+        nice: bool = False,
     ) -> Output:
-        """Run Compose with `args`; its stderr is copied through to ours (tee) and kept for diagnosis."""
-        return run([*self.command, *args], self.env, capture_stdout=capture_stdout, tee=tee, cwd=cwd, keep_fds=keep_fds)
+        """Run Compose with `args`; its stderr is copied through to ours (tee) and kept for diagnosis.
+        `nice`: at a lower CPU priority (`nice -n 10`), where this machine has coreutils' nice."""
+        prefix = [path, "-n", "10"] if nice and (path := _nice()) is not None else []
+        argv = [*prefix, *self.command, *args]
+        return run(argv, self.env, capture_stdout=capture_stdout, tee=tee, cwd=cwd, keep_fds=keep_fds)
 
 
 def run(
