@@ -217,11 +217,12 @@ class StateDir:
                 if not name.endswith((".json", ".lock")) and _is_dir(name, self.stacks_fd):
                     fd = _open_dir(name, os.path.join(self.path, "stacks", name), self.shared, self.stacks_fd, False)
                     places.append((fd, os.path.join(self.path, "stacks", name)))
+        temporary = _temporary()  # once, not once for each of the thousands of lock files in ports/
         try:
             for dir_fd, shown in places:
                 with suppress(OSError):
                     for name in os.listdir(dir_fd):
-                        m = _temporary().fullmatch(name)
+                        m = temporary.fullmatch(name)
                         if m is None or _alive(int(m.group("p1") or m.group("p2") or m.group("p3"))):
                             continue
                         with suppress(OSError):
