@@ -1570,7 +1570,7 @@ def test_runtime_namedtuple_builds_what_typing_builds() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# _jsonread: json.loads's reading without importing json
+# _jsontext: json.loads's reading and json.dumps's strings without importing json
 
 
 @pytest.mark.parametrize(
@@ -1596,8 +1596,8 @@ def test_runtime_namedtuple_builds_what_typing_builds() -> None:
         "[" * 100000 + "]" * 100000,
     ],
 )
-def test_jsonread_reads_as_json_loads(text: str) -> None:
-    from freeport_compose._jsonread import loads
+def test_jsontext_reads_as_json_loads(text: str) -> None:
+    from freeport_compose._jsontext import loads
 
     def outcome(read: Callable[[bytes | str], object], data: bytes | str) -> object:
         try:
@@ -1611,8 +1611,20 @@ def test_jsonread_reads_as_json_loads(text: str) -> None:
         assert outcome(loads, data) == outcome(json.loads, data)
 
 
-def test_jsonread_refuses_other_encodings() -> None:
-    from freeport_compose._jsonread import loads
+@pytest.mark.parametrize(
+    "text", ["", "ci-nightly", "host.example", "FREEPORT_db", 'say "hi"', "back\\slash", "tab\t", "é", "\x7f", "\u2028"]
+)
+def test_jsontext_writes_strings_as_json_dumps(text: str) -> None:
+    from freeport_compose._jsontext import string
+    from freeport_compose._leasing.process import Holder
+
+    assert string(text) == json.dumps(text)
+    holder = Holder(7, None, text)  # a Holder's JSON is built with it
+    assert holder.json == json.dumps({"pid": 7, "start_time": None, "host": text}, separators=(",", ":"))
+
+
+def test_jsontext_refuses_other_encodings() -> None:
+    from freeport_compose._jsontext import loads
 
     data = '{"owner": "x"}'.encode("utf-16")
     assert json.loads(data) == {"owner": "x"}  # json.loads would detect UTF-16 ...

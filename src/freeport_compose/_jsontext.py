@@ -1,14 +1,15 @@
-"""Reading JSON without importing the json package: the records every command reads are JSON.
+"""JSON text without importing the json package: the records every command reads and writes are JSON.
 
 `import json` costs a start ~3 ms, most of it the `re` that json.decoder compiles its patterns with;
-`ports`, `port` and a reclaim read a stack's or a lease's record and would pay it for one small file.
+`get`, `ports`, `port` and a reclaim read or write one small record and would pay it for that.
 `loads` drives the C scanner json.loads itself uses (`_json.make_scanner`, with json's own defaults),
 so what it accepts and what it returns are json.loads's; where the C scanner is missing (not
-CPython), it is json.loads.
+CPython), it is json.loads. `string` writes one string as json.dumps does.
 
-Guarantee: `loads(data)` returns what `json.loads(data)` returns for UTF-8 data, and raises ValueError
-(or RecursionError, as json.loads) where json.loads raises; data in another encoding is refused
-(ValueError), never misread (tests/test_units.py compares the two).
+Guarantees: `loads(data)` returns what `json.loads(data)` returns for UTF-8 data, and raises
+ValueError (or RecursionError, as json.loads) where json.loads raises; data in another encoding is
+refused (ValueError), never misread. `string(text)` is `json.dumps(text)`, byte for byte
+(tests/test_units.py compares both).
 """
 
 from __future__ import annotations
@@ -64,3 +65,13 @@ def _json_loads(data: bytes | str) -> object:
 
 
 loads: Callable[[bytes | str], object] = _c_loads() or _json_loads
+
+
+def string(text: str) -> str:
+    """`json.dumps(text)`: as it is where nothing needs escaping (owner names, host names, most
+    labels), through json otherwise."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    import json
+
+    return json.dumps(text)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from .._error import InvalidNameError, StateDirError
-from .._jsonread import loads
+from .._jsontext import loads, string
 from .process import Holder, holder_alive
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
@@ -79,7 +79,7 @@ class LeaseRecord(NamedTuple):  # not a dataclass: `dataclasses` imports `inspec
         # which makes a record hold by itself, before them).
         # An owner is a name (is_name): nothing in it needs escaping. A label may need it: json then.
         owner = "null" if self.owner is None else f'"{self.owner}"'
-        label = _json_string(self.label) if self.label else '""'
+        label = string(self.label) if self.label else '""'
         adopted = '"adopted":true,' if self.adopted else ""
         return (
             f'{{"port":{self.port},{adopted}"owner":{owner},"created":{self.created!r},"token":"{self.token}",'
@@ -121,14 +121,6 @@ class LeaseRecord(NamedTuple):  # not a dataclass: `dataclasses` imports `inspec
             and isinstance(label, str)
         )
         return record if ok else None
-
-
-def _json_string(text: str) -> str:
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return f'"{text}"'  # what json.dumps writes for it, without importing json (~2 ms a start)
-    import json
-
-    return json.dumps(text)
 
 
 def is_process_record(data: bytes, port: int) -> bool:

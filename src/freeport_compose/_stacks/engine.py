@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from .._error import EngineUnreachableError, NotSwarmManagerError
-from .._jsonread import loads
+from .._jsontext import loads
 from .target import Engine
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager, suppress
 
 from .._error import InvalidNameError, ProjectBusyError
-from .._jsonread import loads
+from .._jsontext import loads
 from .._leasing.flock import try_lock, unlock
 from .._leasing.process import Holder, current_holder
 from .._leasing.statedir import StateDir, open_file, read_small, remove_tree, state_errors, write_atomic

@@ -18,7 +18,7 @@ import os
 from contextlib import suppress
 
 from .._error import FreeportError, StateDirError, UnknownContextError
-from .._jsonread import loads
+from .._jsontext import loads
 from .._leasing.locks import open_locks
 from .._leasing.ranges import PortRange
 from .._leasing.statedir import default_state_path, read_small, state_errors, write_atomic

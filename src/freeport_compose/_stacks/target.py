@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from .._error import EngineUnreachableError, FreeportError, UnknownContextError
-from .._jsonread import loads
+from .._jsontext import loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
