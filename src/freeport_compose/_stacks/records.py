@@ -23,10 +23,13 @@ from .._leasing.statedir import StateDir, open_file, read_small, remove_tree, st
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
+    from dataclasses import dataclass, field
     from typing import Any, ClassVar
 
     # the driver (subprocess, threading) is imported where a command runs Compose
     from .compose import ComposeProject
+else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
+    from .._runtime_typing import dataclass, field
 
 BUSY_WAIT = 120.0  # seconds to wait while another freeport-compose works on the same project
 _PROJECT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -112,73 +115,23 @@ for _value in ("rendering", "rendered", "starting", "up", "run", "stopping", "de
 STACK_STATUSES: tuple[StackStatus, ...] = tuple(_BY_VALUE.values())
 
 
-_NEW: Any = object()  # "not given": a fresh default (an empty list, this process, now)
-
-
+@dataclass
 class StackRecord:
-    """What render/up did, so `down`, `ports`, `ls` and `gc` can replay it without the user repeating it.
+    """What render/up did, so `down`, `ports`, `ls` and `gc` can replay it without the user repeating it."""
 
-    A plain class, not a dataclass: `dataclasses` imports `inspect` (~6.5 ms on every start of
-    `ports`, `port`, `down`), for what these few lines do.
-    """
-
-    __slots__ = (
-        "compose_files",
-        "created",
-        "driver",
-        "env_files",
-        "expires",
-        "files",
-        "hosts",
-        "ports",
-        "profiles",
-        "project",
-        "project_directory",
-        "status",
-        "swarm",
-    )
-
-    def __init__(
-        self,
-        project: str,
-        files: list[str],
-        compose_files: list[str],
-        project_directory: str,
-        profiles: list[str] = _NEW,
-        env_files: list[str] = _NEW,
-        ports: dict[str, int] = _NEW,
-        status: StackStatus = StackStatus.RENDERING,
-        driver: Holder = _NEW,
-        created: float = _NEW,
-        expires: float | None = None,
-        hosts: dict[str, str] = _NEW,
-        swarm: bool = False,
-    ) -> None:
-        self.project = project
-        self.files = files  # the user's -f files, absolute
-        self.compose_files = compose_files  # what Compose is given: plain files, rendered copies, the override
-        self.project_directory = project_directory
-        self.profiles = [] if profiles is _NEW else profiles
-        self.env_files = [] if env_files is _NEW else env_files
-        self.ports = {} if ports is _NEW else ports
-        self.status = status
-        self.driver = current_holder() if driver is _NEW else driver  # who does render/up/run: gc asks if it died
-        self.created = time.time() if created is _NEW else created
-        self.expires = expires  # `render --ttl`: after this, a rendered stack with no container is freed
-        self.hosts = {} if hosts is _NEW else hosts  # the address to reach a port on, where not 127.0.0.1
-        self.swarm = swarm  # a Swarm stack (`deploy`): `docker stack rm` takes it down, not `docker compose down`
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is StackRecord and self._values() == other._values()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass without frozen=True
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"StackRecord({fields})"
+    project: str
+    files: list[str]  # the user's -f files, absolute
+    compose_files: list[str]  # what Compose is given: plain files, rendered copies, the override
+    project_directory: str
+    profiles: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    status: StackStatus = StackStatus.RENDERING
+    driver: Holder = field(default_factory=current_holder)  # who does render/up/run: gc asks if it died
+    created: float = field(default_factory=time.time)
+    expires: float | None = None  # `render --ttl`: after this, a rendered stack with no container is freed
+    hosts: dict[str, str] = field(default_factory=dict)  # the address to reach a port on, where not 127.0.0.1
+    swarm: bool = False  # a Swarm stack (`deploy`): `docker stack rm` takes it down, not `docker compose down`
 
     def compose_project(self) -> ComposeProject:
         from .compose import ComposeProject
