@@ -399,6 +399,18 @@ class Contended:
     out_of_range: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     errors: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
+    def add(self, tool: str, reports: Sequence[Report]) -> None:
+        """One round's reports of `tool`'s processes: their times, duplicates, errors, strays."""
+        across, within = count_duplicates(reports)
+        self.duplicates[tool] += across
+        self.repeats[tool] += within
+        for ports, times, cpu, errors in reports:
+            self.times[tool].extend(times)
+            self.cpu[tool].extend(cpu)
+            self.errors[tool].extend(errors)
+            if tool in TAKES_RANGE:
+                self.out_of_range[tool] += sum(not self.lo <= p <= self.hi for p in ports)
+
 
 def count_duplicates(reports: Sequence[Report]) -> tuple[int, int]:
     """(ports also handed to another process, ports handed twice to the same process) in one round."""
@@ -423,17 +435,8 @@ def scenario_contended(cfg: Config, lock_root: str, avoid: tuple[int, int]) -> C
                 lock_dir = os.path.join(lock_root, "recipe-b")
                 os.makedirs(lock_dir, mode=0o700, exist_ok=True)
                 reports = pool.run((tool, lo, hi, lock_dir, PER_PROC))
-                if round_no == 0:
-                    continue
-                across, within = count_duplicates(reports)
-                result.duplicates[tool] += across
-                result.repeats[tool] += within
-                for ports, times, cpu, errors in reports:
-                    result.times[tool].extend(times)
-                    result.cpu[tool].extend(cpu)
-                    result.errors[tool].extend(errors)
-                    if tool in TAKES_RANGE:
-                        result.out_of_range[tool] += sum(not lo <= p <= hi for p in ports)
+                if round_no:  # round 0 is not counted
+                    result.add(tool, reports)
     finally:
         pool.close()
     return result
@@ -658,14 +661,7 @@ def scenario_fresh(cfg: Config, lock_root: str, contended_range: tuple[int, int]
                 reports = pool.run((tool, lo, hi, lock_root, PER_PROC))
             finally:
                 pool.close()
-            across, within = count_duplicates(reports)
-            contended.duplicates[tool] += across
-            contended.repeats[tool] += within
-            for ports, times, cpu, errors in reports:
-                contended.times[tool].extend(times)
-                contended.cpu[tool].extend(cpu)
-                contended.errors[tool].extend(errors)
-                contended.out_of_range[tool] += sum(not lo <= p <= hi for p in ports) if tool == FREEPORT else 0
+            contended.add(tool, reports)
     result.contended = contended
     return result
 
