@@ -1119,32 +1119,3 @@ def test_cli_unknown_project(tmp_path: Path) -> None:
         assert result.stderr == (
             "freeport-compose: no stack named 'nosuch' holds ports (see `freeport-compose ls`)\n"
         )
-
-
-def test_yaml_is_imported_without_compiling_the_pure_python_readers_pattern() -> None:
-    """PyYAML's reader pattern is deferred, not lost: in a fresh interpreter, after the template
-    reader is imported, it is not compiled yet; once used it finds what the compiled pattern finds;
-    re.compile is re.compile again; and the pure-Python loader still refuses a non-printable
-    character, as PyYAML does."""
-    code = r"""
-import re, sys
-compile_ = re.compile
-import freeport_compose._stacks.template
-from freeport_compose._stacks.yamlimport import NON_PRINTABLE, _Deferred
-import yaml, yaml.reader
-pattern = yaml.reader.Reader.NON_PRINTABLE
-assert re.compile is compile_
-assert isinstance(pattern, _Deferred) and pattern._compiled is None, pattern
-real = re.compile(NON_PRINTABLE)
-for text in ("plain", "tab\there", "bell\x07", "\ud800x", "\U0001f600", "\x85\xa0", "\ufffe"):
-    got, want = pattern.search(text), real.search(text)
-    assert (got and got.span()) == (want and want.span()), text
-assert pattern.pattern == NON_PRINTABLE
-try:
-    yaml.load("a: \x07", Loader=yaml.SafeLoader)
-except yaml.reader.ReaderError as e:
-    print("refused:", e.character == 7)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "refused: True"

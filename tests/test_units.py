@@ -48,7 +48,7 @@ from freeport_compose._leasing.ranges import (
 from freeport_compose._leasing.records import RECORD_LIMIT, LeaseRecord, is_process_record
 from freeport_compose._stacks.compose import COMPOSE_ENV, Compose, ComposeProject, Result
 from freeport_compose._stacks.names import placeholder_key, sort_key
-from freeport_compose._stacks.records import STACK_STATUSES, StackRecord, StackStatus, check_project, project_name
+from freeport_compose._stacks.records import StackRecord, StackStatus, check_project, project_name
 from freeport_compose._stacks.template import load, substitute
 
 # --------------------------------------------------------------------------------------------------------
@@ -1191,7 +1191,7 @@ def test_stack_record_round_trip(record: StackRecord) -> None:
     assert json.loads(data)["status"] == record.status.value
 
 
-@pytest.mark.parametrize("status", STACK_STATUSES)
+@pytest.mark.parametrize("status", list(StackStatus))
 def test_stack_record_round_trip_of_every_status(status: StackStatus) -> None:
     decoded = StackRecord.decode(stack(status=status).encode())
     assert decoded is not None
@@ -1208,26 +1208,28 @@ def test_stack_record_compose_project() -> None:
     assert "/src/app/compose.yml" not in args  # Compose gets the rendered copy, not the template
 
 
-def test_stack_status_values() -> None:
+def test_stack_status_is_a_str_enum() -> None:
+    """StackStatus is a real `str` Enum: its members are their values as strings, in JSON, records and f-strings."""
     import copy
+    import enum
     import pickle
 
-    values = {"rendering", "rendered", "starting", "up", "run", "stopping", "deployed"}
-    assert {s.value for s in STACK_STATUSES} == values
-    assert len(STACK_STATUSES) == len(values)
-    assert all(getattr(StackStatus, s.name) is s for s in STACK_STATUSES)
+    values = ["rendering", "rendered", "starting", "up", "run", "stopping", "deployed"]
+    assert issubclass(StackStatus, enum.Enum)
+    assert issubclass(StackStatus, str)
+    assert [s.value for s in StackStatus] == values
     assert StackStatus("up") is StackStatus.UP
-    assert StackStatus(str(json.loads('"up"'))) is StackStatus.UP  # a decoded string maps to the one object
+    assert StackStatus["UP"] is StackStatus.UP
     assert StackStatus.UP == "up"
-    assert type(StackStatus.UP.value) is str
+    assert str(StackStatus.UP) == f"{StackStatus.UP}" == "up"
     assert json.dumps(StackStatus.UP) == '"up"'
     assert copy.deepcopy(StackStatus.UP) is StackStatus.UP
     assert pickle.loads(pickle.dumps(StackStatus.RUN)) is StackStatus.RUN  # noqa: S301 (our own bytes)
     assert repr(StackStatus.UP) == "<StackStatus.UP: 'up'>"
-    assert {s for s in STACK_STATUSES if s.driven} == {StackStatus.RENDERING, StackStatus.STARTING, StackStatus.RUN}
+    assert {s for s in StackStatus if s.driven} == {StackStatus.RENDERING, StackStatus.STARTING, StackStatus.RUN}
     for bad in ("running", "UP", ["up"], None):
         with pytest.raises(ValueError, match="is not a valid StackStatus"):
-            StackStatus(bad)  # type: ignore[arg-type]
+            StackStatus(bad)
 
 
 def _stack_with(key: str, value: Any, sub: str | None = None) -> bytes:
@@ -1509,195 +1511,3 @@ def test_fixed_network_and_volume_names_are_reported(tmp_path: Path) -> None:
     assert "service 'web' sets container_name" in warnings[0]
     assert "network 'front' has a fixed name" in warnings[1]
     assert "volume 'data' has a fixed name, so every stack from this file shares it (and its data)" in warnings[2]
-
-
-# --------------------------------------------------------------------------------------------------------
-# _runtime_typing: typing's NamedTuple and Generic without importing typing
-
-
-def test_runtime_namedtuple_builds_what_typing_builds() -> None:
-    import pickle
-    import typing
-
-    from freeport_compose import _runtime_typing
-
-    def record(base: type) -> type:
-        class Point(base):  # type: ignore[misc,valid-type]
-            """A point."""
-
-            x: int
-            y: int = 2
-            label: str = "p"
-
-            @property
-            def total(self) -> int:
-                return self.x + self.y  # type: ignore[no-any-return]
-
-            def moved(self, by: int) -> typing.Any:
-                return self._replace(x=self.x + by)
-
-        return Point
-
-    ours, theirs = record(_runtime_typing.NamedTuple), record(typing.NamedTuple)  # type: ignore[arg-type]
-    for cls in (ours, theirs):
-        globals()["Point"] = cls  # pickle finds a class by module and qualified name
-        cls.__qualname__ = "Point"
-        p = cls(1)
-        assert (p, p.total, p.moved(2), p._asdict()) == ((1, 2, "p"), 3, (3, 2, "p"), {"x": 1, "y": 2, "label": "p"})
-        assert pickle.loads(pickle.dumps(p)) == p  # noqa: S301 (our own bytes)
-        assert isinstance(p, tuple)
-    assert ours._fields == theirs._fields
-    assert ours._field_defaults == theirs._field_defaults
-    assert ours.__doc__ == theirs.__doc__ == "A point."
-    assert repr(ours(5)) == repr(theirs(5)) == "Point(x=5, y=2, label='p')"
-    assert ours.__module__ == theirs.__module__ == __name__
-    del globals()["Point"]
-    with pytest.raises(TypeError, match="Non-default namedtuple field"):
-
-        class Bad(_runtime_typing.NamedTuple):  # type: ignore[misc,valid-type]
-            a: int = 1
-            b: int
-
-    with pytest.raises(AttributeError, match="Cannot overwrite NamedTuple attribute _replace"):
-
-        class Worse(_runtime_typing.NamedTuple):  # type: ignore[misc,valid-type]
-            a: int
-
-            def _replace(self) -> None: ...
-
-    box = _runtime_typing.Generic[int]  # type: ignore[misc]
-    assert box is _runtime_typing.Generic
-
-
-# --------------------------------------------------------------------------------------------------------
-# _jsontext: json.loads's reading and json.dumps's strings without importing json
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        '{"port": 20417, "owner": null, "created": 1.5e9, "token": "ab", "label": "x\\u00e9\\"", "adopted": true}',
-        '  [1, -2, 3.25, 1e400, -1e400, "\\ud83d\\ude00", {}, [], false]\n',
-        "NaN",
-        "-Infinity",
-        '{"a": {"a": {"a": [null]}}}',
-        '"plain"',
-        '{"dup": 1, "dup": 2}',
-        "",
-        "   ",
-        "{",
-        '{"a": 1} x',
-        '{"a": 1}{}',
-        "[1,]",
-        "{'a': 1}",
-        '"tab\tinside"',
-        "01",
-        "\ufeff{}",
-        "[" * 100000 + "]" * 100000,
-    ],
-)
-def test_jsontext_reads_as_json_loads(text: str) -> None:
-    from freeport_compose._jsontext import loads
-
-    def outcome(read: Callable[[bytes | str], object], data: bytes | str) -> object:
-        try:
-            return ("value", repr(read(data)))  # repr: NaN equals itself only so
-        except RecursionError:
-            return ("error", RecursionError)
-        except ValueError:
-            return ("error", ValueError)
-
-    for data in (text, text.encode()):
-        assert outcome(loads, data) == outcome(json.loads, data)
-
-
-@pytest.mark.parametrize(
-    "text", ["", "ci-nightly", "host.example", "FREEPORT_db", 'say "hi"', "back\\slash", "tab\t", "é", "\x7f", "\u2028"]
-)
-def test_jsontext_writes_strings_as_json_dumps(text: str) -> None:
-    from freeport_compose._jsontext import string
-    from freeport_compose._leasing.process import Holder
-
-    assert string(text) == json.dumps(text)
-    holder = Holder(7, None, text)  # a Holder's JSON is built with it
-    assert holder.json == json.dumps({"pid": 7, "start_time": None, "host": text}, separators=(",", ":"))
-
-
-def test_jsontext_refuses_other_encodings() -> None:
-    from freeport_compose._jsontext import loads
-
-    data = '{"owner": "x"}'.encode("utf-16")
-    assert json.loads(data) == {"owner": "x"}  # json.loads would detect UTF-16 ...
-    with pytest.raises(UnicodeDecodeError):
-        loads(data)  # ... which no record of ours is in: refused, as a corrupt record
-
-
-def test_runtime_dataclass_builds_what_dataclasses_builds() -> None:
-    """The subset of dataclasses our classes use, built by _runtime_typing.dataclass, against the
-    real one: __init__ (positional, keyword, defaults, factories, errors), __post_init__, repr,
-    equality, hashing and frozenness, and a class deriving from another."""
-    import dataclasses
-
-    from freeport_compose import _runtime_typing
-
-    def build(dc: Any, fld: Any) -> tuple[type, type, type]:
-        @dc(frozen=True)
-        class Point:
-            x: int
-            y: int = 2
-            tags: list[str] = fld(default_factory=list)
-
-            def total(self) -> int:
-                return self.x + self.y  # type: ignore[no-any-return]
-
-        @dc
-        class Bag:
-            items: list[int]
-            seen: int = 0
-
-            def __post_init__(self) -> None:
-                self.seen = len(self.items)
-
-        @dc(frozen=True)
-        class Point3(Point):
-            z: int = 3
-
-        return Point, Bag, Point3
-
-    ours = build(_runtime_typing.dataclass, _runtime_typing.field)
-    theirs = build(dataclasses.dataclass, dataclasses.field)
-
-    def behaviour(point: Any, bag: Any, point3: Any) -> list[object]:
-        out: list[object] = []
-
-        def attempt(f: Callable[[], object]) -> None:
-            try:
-                out.append(("value", f()))
-            except (TypeError, AttributeError) as e:
-                out.append(("error", type(e) if not isinstance(e, AttributeError) else AttributeError))
-
-        attempt(lambda: repr(point(1)))
-        attempt(lambda: (point(1) == point(1), point(1) == point(2), point(1, 5) == point(x=1, y=5)))
-        attempt(lambda: hash(point(1)) == hash(point(1)))
-        attempt(lambda: point(1).tags is not point(1).tags)  # a fresh list each
-        attempt(lambda: point(1).total())
-        attempt(lambda: point())
-        attempt(lambda: point(1, 2, [], 4))
-        attempt(lambda: point(1, x=1))
-        attempt(lambda: point(1, w=1))
-        attempt(lambda: setattr(point(1), "x", 5))
-        attempt(lambda: delattr(point(1), "x"))
-        attempt(lambda: (repr(bag([1, 2])), bag([1]) == bag([1]), bag([1]) == point(1)))
-        attempt(lambda: hash(bag([])))
-        attempt(lambda: repr(point3(1, z=9)))
-        attempt(lambda: point3(1, 2, [], 4) == point3(1, 2, [], 4))
-        attempt(lambda: point3(1) == point(1))
-        return out
-
-    assert behaviour(*ours) == behaviour(*theirs)
-    with pytest.raises(TypeError, match="non-default argument"):
-
-        @_runtime_typing.dataclass
-        class Bad:
-            a: int = 1
-            b: int

@@ -1,5 +1,7 @@
 """Host ports that no other thread, process or Compose stack on the machine gets at the same time."""
 
+from typing import TYPE_CHECKING
+
 from ._error import (
     ComposeError,
     ComposeNotFoundError,
@@ -25,7 +27,6 @@ from ._leasing.ranges import PortRange
 from ._leasing.records import LeaseRecord
 from ._leasing.store import LeaseStore, store
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
     from ._stacks.stack import Stack
 

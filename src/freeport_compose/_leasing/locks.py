@@ -24,6 +24,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from .._error import StateDirError, UnknownOwnerError
 from . import process
@@ -34,12 +35,6 @@ from .process import PerProcess
 from .records import RECORD_LIMIT, LeaseRecord, check_owner, is_process_record, read_record, write_record
 from .slots import FREE, NAMED, PROCESS, Slots
 from .statedir import StateDir, default_state_path, open_file, shared_opt_in, state_errors
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from typing import NamedTuple
-else:
-    from .._runtime_typing import NamedTuple
 
 
 class Claim:
@@ -70,7 +65,7 @@ class Claim:
         return self._record
 
 
-class Taken(NamedTuple):  # not a dataclass: see records.LeaseRecord
+class Taken(NamedTuple):
     """Why a port could not be claimed, so an exhausted range can say who holds it (counted by kind)."""
 
     by: str  # "leased by owner 'x'", "leased by pid 12", "in use by another program", ...

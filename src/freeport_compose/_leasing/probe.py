@@ -10,13 +10,8 @@ May touch: short-lived sockets, closed before it returns.
 from __future__ import annotations
 
 import errno
-
-# The C module under `socket`, used directly: socket.py's import (~4 ms, mostly turning constants
-# into enums) is paid by every command, and its wrapper class adds ~1 µs to each of a probe's four
-# sockets. The probe needs neither: plain sockets, closed at once, errors as OSError either way.
-from _socket import AF_INET, AF_INET6, IPPROTO_IPV6, IPV6_V6ONLY, SOCK_DGRAM, SOCK_STREAM
-from _socket import socket as _Socket
 from collections.abc import Iterable, Sequence
+from socket import AF_INET, AF_INET6, IPPROTO_IPV6, IPV6_V6ONLY, SOCK_DGRAM, SOCK_STREAM, socket
 
 from .._error import InvalidRangeError
 
@@ -61,7 +56,7 @@ def check_hosts(hosts: Iterable[str]) -> list[tuple[int, str]]:
         family, text = normalize_host(host)
         if text in ("0.0.0.0", "::"):
             continue  # the wildcards are always probed
-        s = _Socket(family, SOCK_DGRAM)
+        s = socket(family, SOCK_DGRAM)
         try:
             s.bind((text, 0))
         except OSError as e:
@@ -74,7 +69,7 @@ def check_hosts(hosts: Iterable[str]) -> list[tuple[int, str]]:
 
 def _bind_fails(family: int, kind: int, address: str, port: int) -> bool:
     try:
-        s = _Socket(family, kind)
+        s = socket(family, kind)
     except OSError as e:
         if e.errno in _ABSENT:
             return False

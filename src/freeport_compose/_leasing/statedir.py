@@ -17,10 +17,10 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING
 
 from .._error import StateDirError
 
-TYPE_CHECKING = False  # without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
     import re
 

@@ -9,19 +9,14 @@ May touch: what PortLocks touches.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from .locks import PortLocks, open_locks
 from .ranges import PortRange
 from .records import LeaseRecord
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from typing import NamedTuple
-else:
-    from .._runtime_typing import NamedTuple
 
-
-class Reclaimed(NamedTuple):  # not a dataclass: see records.LeaseRecord
+class Reclaimed(NamedTuple):
     """What a reclaimer freed for an exhausted allocation, and why it could not do more."""
 
     owners: tuple[str, ...] = ()  # the owners whose leases it freed

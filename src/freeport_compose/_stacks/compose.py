@@ -17,17 +17,14 @@ import re
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
 
 from .._error import ComposeError, ComposeNotFoundError, EngineUnreachableError
 from .target import Engine, config_dir
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from dataclasses import dataclass
-    from typing import IO, Any
-else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
-    from .._runtime_typing import dataclass
 
 COMPOSE_ENV = "FREEPORT_COMPOSE"  # e.g. "docker compose" or "/opt/bin/docker-compose"
 # The docker CLI's own plugin search, in its order: the config dir's cli-plugins, the config file's

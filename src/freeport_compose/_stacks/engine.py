@@ -5,31 +5,27 @@ Guarantee: one engine query per call (two for `published_ports` on a Swarm manag
 failed container for `failures`), never a guess: an engine that does not answer raises
 EngineUnreachableError naming the address tried.
 
-Transport: an engine on a unix socket is asked over plain HTTP/1.0 on that socket (~1 ms, standard
-library only); any other (tcp with TLS, ssh) through the Docker SDK, which knows those transports but
-costs ~90 ms to import. `failures` (logs, inspect) always uses the SDK: it runs only after a failure.
+Transport: an engine on a unix socket is asked over plain HTTP/1.0 on that socket by the small client
+below (standard library only, ~1 ms a query); any other (tcp with TLS, ssh) through the Docker SDK,
+which knows those transports but costs ~90 ms to import (with requests and urllib3): `ports`, `ls`,
+`gc` and every allocation for a stack ask the engine, and would pay that on each start. `failures`
+(logs, inspect) always uses the SDK: it runs only after a failure.
 
 May touch: the engine's API (read only).
 """
 
 from __future__ import annotations
 
-# _socket, not socket.py: the wrapper's import costs ~2 ms, and a short HTTP/1.0 GET needs none of it.
-from _socket import AF_UNIX, SOCK_STREAM
-from _socket import socket as _Socket
+import json
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .._error import EngineUnreachableError, NotSwarmManagerError
-from .._jsontext import loads
 from .target import Engine
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from dataclasses import dataclass
-    from typing import Any
-else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
-    from .._runtime_typing import dataclass
 
 _PROJECT_LABEL = "com.docker.compose.project"
 _SERVICE_LABEL = "com.docker.compose.service"
@@ -67,7 +63,7 @@ def _failed(engine: Engine, path: str, e: _Answered) -> EngineUnreachableError:
 
 def _message(body: bytes) -> str:
     try:
-        raw = loads(body)
+        raw = json.loads(body)
     except ValueError:
         raw = None
     text = raw.get("message") if isinstance(raw, dict) else None
@@ -79,23 +75,14 @@ if TYPE_CHECKING:  # an alias for annotations only: Any is typing's
     """GET a path of the engine's API with query parameters; its decoded JSON, or _Answered."""
 
 
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
-
-
-def _quote(text: str) -> str:
-    """urllib.parse.quote(text, safe=""), without urllib.parse (~2 ms a start): every byte but the
-    unreserved ones percent-encoded."""
-    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
-
-
 def _get_unix(engine: Engine) -> Get:
     """GETs on the engine's unix socket, one short connection each (~0.3 ms)."""
     path = engine.address.removeprefix("unix://")
 
     def get(api_path: str, params: Mapping[str, str]) -> Any:
-        query = "&".join(f"{k}={_quote(v)}" for k, v in params.items())
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
         request = f"GET {api_path}{'?' + query if query else ''} HTTP/1.0\r\nHost: docker\r\n\r\n".encode()
-        sock = _Socket(AF_UNIX, SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # A timeout on every call: a wedged engine must fail the command, not hang it.
         sock.settimeout(_TIMEOUT)
         chunks = []
@@ -115,14 +102,31 @@ def _get_unix(engine: Engine) -> Get:
             status = int(head.split(b" ", 2)[1])
         except (IndexError, ValueError):
             raise _unreachable(engine, "not an HTTP answer") from None
+        # A connection that dropped mid-body would otherwise read as a short, maybe still valid,
+        # JSON answer (a list cut after its first complete element is not, but `[]` padding is).
+        length = _content_length(head)
+        if length is not None and length != len(body):
+            raise _unreachable(engine, f"{api_path}: the answer was cut short ({len(body)} of {length} bytes)")
         if status != 200:
             raise _Answered(status, _message(body))
         try:
-            return loads(body)
+            return json.loads(body)
         except ValueError:
             raise _unreachable(engine, f"{api_path}: not JSON") from None
 
     return get
+
+
+def _content_length(head: bytes) -> int | None:
+    """The Content-Length an HTTP head declares, None where it declares none (or an unreadable one)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                return int(value.strip())
+            except ValueError:
+                return None
+    return None
 
 
 @contextmanager

@@ -17,6 +17,7 @@ API (read only, once per allocation).
 from __future__ import annotations
 
 from contextlib import suppress
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._error import EngineUnreachableError, InvalidRangeError, UnknownOwnerError
 from .._leasing.allocator import FreePorts
@@ -25,17 +26,13 @@ from .._leasing.store import LeaseStore
 from .names import sort_key
 from .target import Engine
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
-    from typing import NamedTuple
 
     from .templateset import TemplateSet  # it imports YAML: a reclaim (from `get`, say) must not pay for it
-else:
-    from .._runtime_typing import NamedTuple
 
 
-class PortCheck(NamedTuple):  # not a dataclass: see target.TLSFiles
+class PortCheck(NamedTuple):
     """How one allocation for a stack tells a free port: the target engine's published ports, asked
     once for the whole allocation (not once per candidate), and the bind probe where it means something."""
 

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from functools import partial
 
 from .._error import ComposeError, FreeportError, InvalidNameError, UnknownOwnerError
@@ -34,12 +35,6 @@ from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
 from .state import State, elsewhere
 from .target import Engine
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from dataclasses import dataclass, field
-else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
-    from .._runtime_typing import dataclass, field
 
 PORT_RETRIES = 3  # how often `up` re-leases ports that something outside our leases grabbed
 

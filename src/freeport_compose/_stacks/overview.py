@@ -11,6 +11,7 @@ May touch: the State (read), the engine's API (read).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from .._leasing.records import LeaseRecord
 from .engine import Containers
@@ -18,12 +19,6 @@ from .reclaim import Asked, ask
 from .records import StackRecord, StackStatus
 from .state import State
 from .target import Engine
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from dataclasses import dataclass
-else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
-    from .._runtime_typing import dataclass
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from .._error import ComposeError, OutputError, TemplateError
 from .check import check_published
@@ -27,13 +29,6 @@ from .published import Binding, bindings, blocks, check, expected, hosts, overri
 from .records import StackRecord
 from .state import State
 from .templateset import TemplateSet, read_set
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from dataclasses import dataclass, field
-    from typing import Any
-else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
-    from .._runtime_typing import dataclass, field
 
 OVERRIDE = "freeport-ports.yml"  # the zero-edit override, after every other file
 

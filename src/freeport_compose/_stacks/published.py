@@ -21,15 +21,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .names import PREFIX
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from dataclasses import dataclass
-    from typing import Any
-else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
-    from .._runtime_typing import dataclass
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 _WILDCARDS = ("", "0.0.0.0", "::")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from .._error import FreeportError, NotSwarmManagerError, ProjectBusyError
 from .._leasing.process import holder_alive
@@ -30,12 +31,6 @@ from .engine import Containers
 from .leases import release
 from .records import StackRecord, StackRecords, StackStatus
 from .target import Engine
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from typing import NamedTuple
-else:
-    from .._runtime_typing import NamedTuple
 
 
 def left_of(record: StackRecord, live: Mapping[str, Containers] | None, swarm: Mapping[str, int] | None) -> int | None:

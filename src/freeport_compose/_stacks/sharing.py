@@ -19,17 +19,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+from dataclasses import dataclass
 
 from .._leasing.process import Holder
 from .lifecycle import Options, down, up
 from .records import StackRecord, StackStatus
 from .state import State
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from dataclasses import dataclass
-else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
-    from .._runtime_typing import dataclass
 
 
 @dataclass

@@ -14,11 +14,12 @@ May touch: nothing by itself; opening it verifies (and creates) the state direct
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import suppress
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._error import FreeportError, StateDirError, UnknownContextError
-from .._jsontext import loads
 from .._leasing.locks import open_locks
 from .._leasing.ranges import PortRange
 from .._leasing.statedir import default_state_path, read_small, state_errors, write_atomic
@@ -26,18 +27,14 @@ from .._leasing.store import LeaseStore, Reclaimed
 from .records import StackRecords
 from .target import DEFAULT_ADDRESS, Engine, TLSFiles, resolve
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import NamedTuple
-else:
-    from .._runtime_typing import NamedTuple
 
 ENGINES = "engines"
 _META = "engine.json"
 
 
-class State(NamedTuple):  # not a dataclass: see target.TLSFiles
+class State(NamedTuple):
     """A state directory's leases and stack records for one engine, opened once and handed to every verb."""
 
     leases: LeaseStore
@@ -163,7 +160,7 @@ def _is_key(name: str) -> bool:
 
 def _decode(raw: bytes | None) -> Engine | None:
     try:
-        meta: Mapping[str, object] = loads(raw or b"")  # type: ignore[assignment]
+        meta: Mapping[str, object] = json.loads(raw or b"")
         address, context, tls = meta["address"], meta.get("context"), meta.get("tls")
         files = None
         if isinstance(tls, dict):

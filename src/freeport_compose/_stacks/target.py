@@ -14,25 +14,20 @@ May touch: reads the docker CLI's config directory.
 
 from __future__ import annotations
 
+import json
 import os
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._error import EngineUnreachableError, FreeportError, UnknownContextError
-from .._jsontext import loads
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any, NamedTuple
     from urllib.parse import SplitResult
-else:
-    from .._runtime_typing import NamedTuple
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "")
 
 
-# A NamedTuple, not a dataclass: `dataclasses` imports `inspect` (~6.5 ms on every start of
-# `ports`, `port`, `get`); a NamedTuple is as immutable and typed, and `typing` is loaded anyway.
 class TLSFiles(NamedTuple):
     """A context's client certificates, so the SDK talks TLS to the same engine the docker CLI does."""
 
@@ -82,7 +77,7 @@ class Engine(NamedTuple):
         probe means something for it. For an engine elsewhere a port busy here may be free there,
         and the reverse: only the engine's own published ports count."""
         if self.address.startswith(("unix://", "npipe://", "fd://")):
-            return True  # what urlsplit would say of the scheme, without importing urllib.parse (~3 ms)
+            return True
         parts = _split(self.address)
         return parts.scheme in ("tcp", "http", "https") and (parts.hostname or "") in _LOOPBACK
 
@@ -166,7 +161,7 @@ def _current_context(env: Mapping[str, str]) -> str | None:
     path = os.path.join(config_dir(env), "config.json")
     try:
         with open(path, "rb") as f:
-            raw = loads(f.read())
+            raw = json.loads(f.read())
     except (OSError, ValueError):
         return None  # no config (or one the docker CLI could not read either): the default engine
     current = raw.get("currentContext") if isinstance(raw, dict) else None
@@ -181,7 +176,7 @@ def _context(name: str, env: Mapping[str, str]) -> Engine:
     meta = os.path.join(base, "meta", digest, "meta.json")
     try:
         with open(meta, "rb") as f:
-            raw: Any = loads(f.read())
+            raw: Any = json.loads(f.read())
         endpoint = raw["Endpoints"]["docker"]
         address = endpoint["Host"]
         skip_verify = bool(endpoint.get("SkipTLSVerify", False))

@@ -14,20 +14,12 @@ import bisect
 import json
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import yaml
 
 from .._error import TemplateError
 from .names import PREFIX
-from .yamlimport import import_yaml
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from dataclasses import dataclass, field
-
-    import yaml
-else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
-    from .._runtime_typing import dataclass, field
-
-    yaml = import_yaml()  # without the ~12 ms pattern of the pure-Python reader, which libyaml's loader never runs
 
 try:  # libyaml is 10x faster; positions are in characters either way
     from yaml import CSafeLoader as _Loader

@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from .._error import TemplateError
 from .names import sort_key
 from .template import PortEntry, Template, load, substitute
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: see _runtime_typing.py
-if TYPE_CHECKING:
-    from dataclasses import dataclass, field
-else:  # dataclasses costs a start ~9 ms: see _runtime_typing.py
-    from .._runtime_typing import dataclass, field
 
 
 @dataclass
