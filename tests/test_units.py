@@ -779,6 +779,30 @@ def test_find_runs_the_plugin_the_docker_cli_would_run(tmp_path: Path, monkeypat
     assert Compose.find().command == [in_system]
 
 
+def test_find_falls_back_to_docker_compose_without_a_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No plugin in the dirs we search (a docker CLI may know others): `docker compose`, if it is v2;
+    else docker-compose v2 on the PATH; else nothing, said in one line."""
+    import freeport_compose._stacks.compose as compose_module
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.delenv(COMPOSE_ENV, raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "config"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(compose_module, "_SYSTEM_PLUGIN_DIRS", (str(tmp_path / "system"),))
+    docker = bin_dir / "docker"
+    docker.write_text('#!/bin/sh\n[ "$1 $2 $3" = "compose version --short" ] && echo 2.30.1 && exit 0\nexit 1\n')
+    docker.chmod(0o755)
+    assert Compose.find().command == ["docker", "compose"]
+    docker.write_text("#!/bin/sh\nexit 1\n")  # a docker CLI without Compose v2
+    with pytest.raises(ComposeNotFoundError, match="Docker Compose v2 not found"):
+        Compose.find()
+    legacy = bin_dir / "docker-compose"
+    legacy.write_text("#!/bin/sh\necho v2.30.1\n")
+    legacy.chmod(0o755)
+    assert Compose.find().command == [str(legacy)]
+
+
 def test_the_plugin_run_on_its_own_reads_our_arguments_as_docker_compose_does(tmp_path: Path) -> None:
     """Run on its own, Compose rewrites docker-compose v1 style arguments (and drops a leading
     `compose`): a project named `compose`, and values that look like verbs, must still mean what

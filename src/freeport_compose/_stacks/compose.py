@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 COMPOSE_ENV = "FREEPORT_COMPOSE"  # e.g. "docker compose" or "/opt/bin/docker-compose"
-# The docker CLI's own plugin search, in its order: the config dir's cli-plugins, the config file's
-# "cliPluginsExtraDirs" (docker >= 25), then these.
+# The last of the docker CLI's plugin dirs, searched after the config file's "cliPluginsExtraDirs"
+# and the config dir's cli-plugins (_plugin_dirs has the whole order).
 _SYSTEM_PLUGIN_DIRS = (
     "/usr/local/lib/docker/cli-plugins",
     "/usr/local/libexec/docker/cli-plugins",
@@ -148,6 +148,7 @@ def _nice() -> str | None:
 
 class Compose:
     """A Compose v2 command line; found as the docker CLI's compose plugin (run directly), then
+    `docker compose` (a docker CLI that finds its plugin where we do not look), then
     `docker-compose` v2 on the PATH, then `podman compose`."""
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None:
@@ -183,8 +184,10 @@ class Compose:
             if _PLUGIN_MARK in (os.environ if env is None else env):
                 env = {k: v for k, v in (os.environ if env is None else env).items() if k != _PLUGIN_MARK}
             return cls([plugin], env)
-        import shutil  # only when no plugin is found: with the bz2 and lzma it imports, ~3 ms
+        import shutil  # only when no plugin is found
 
+        if shutil.which("docker") and cls._is_v2(["docker", "compose"]):
+            return cls(["docker", "compose"], env)
         legacy = shutil.which("docker-compose")
         if legacy and cls._is_v2([legacy]):
             return cls([legacy], env)
