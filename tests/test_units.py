@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import dataclasses
 import json
 import os
 import re
@@ -581,8 +582,10 @@ def test_down_with_a_project_runs_in_the_callers_directory(
     fake.compose.down(PROJECT)
     fake.compose.down(PROJECT, volumes=True)
     first, second = fake.calls
-    assert first["argv"] == [*PROJECT.args(), "down", "--remove-orphans"]
-    assert second["argv"] == [*PROJECT.args(), "down", "--remove-orphans", "--volumes"]
+    every_profile = dataclasses.replace(PROJECT, profiles=("*",)).args()  # a service of any profile goes too
+    assert "dev" in PROJECT.profiles
+    assert first["argv"] == [*every_profile, "down", "--remove-orphans"]
+    assert second["argv"] == [*every_profile, "down", "--remove-orphans", "--volumes"]
     assert first["cwd"] == str(tmp_path)
 
 

@@ -84,7 +84,7 @@ def compose_stack() -> Iterator[Callable[..., RunningStack]]:
 
     def start(*files: str, wait: bool = True, **options: Any) -> RunningStack:
         try:
-            record = up(state, Options(files=list(files), **options), wait=wait)
+            record = up(state, Options(files=list(files), unique_name=True, **options), wait=wait)
         except ComposeError as e:
             if not e.details:
                 raise

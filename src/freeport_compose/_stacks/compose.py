@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING, Any
 
 from .._error import ComposeError, ComposeNotFoundError, EngineUnreachableError
@@ -225,11 +225,16 @@ class Compose:
         return self._run([*args, *extra], keep_fds=keep_fds)
 
     def down(self, project: ComposeProject | str, *, volumes: bool = False) -> Result:
-        """`down --remove-orphans`: stop and remove the stack's containers and networks; -v: volumes too.
+        """`down --remove-orphans`: stop and remove the stack's containers and networks, those of
+        every profile (`--profile *`: a service another `up --profile` started is the stack's too);
+        -v: volumes too.
 
         Given only a name, Compose finds the stack by its containers' labels (no files needed).
         """
-        head = project.args() if isinstance(project, ComposeProject) else ["--project-name", project]
+        if isinstance(project, ComposeProject):
+            head = replace(project, profiles=("*",)).args()
+        else:
+            head = ["--project-name", project]
         args = [*head, "down", "--remove-orphans"]
         if volumes:
             args.append("--volumes")

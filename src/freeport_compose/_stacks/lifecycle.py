@@ -6,8 +6,9 @@ The stack record is what `down`, `ports`, `ls` and `gc` replay.
 
 Guarantees: every verb works on the State it is handed and changes a project only under its lock.
 A failed render or up leaves nothing it added (no lease, no container, no file) and keeps the stack
-that was there before; `down` frees the leases once the engine lists no container of the stack (a
-stack it cannot be sure of stays `stopping`, ports held, for `down` or gc to finish). Nothing here prints:
+that was there before; a failed `up` of a running stack never takes it down. `down` takes down every
+service of the project, in every profile, and frees the leases once the engine lists no container of
+the stack (a stack it cannot be sure of stays `stopping`, ports held, for `down` or gc to finish). Nothing here prints:
 warnings go to the `notify` callback, results are returned, failures raised as FreeportError.
 
 May touch: the State's leases and stack records; `docker compose` and the engine through the driver.
@@ -29,6 +30,7 @@ from .compose import Compose, ComposeProject, Result
 from .dockerstack import remove_locked
 from .engine import Containers
 from .leases import port_check, release, relocate
+from .naming import compose_project_name
 from .plan import Plan
 from .reclaim import ask, left_of, settle_failed, unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
@@ -59,6 +61,10 @@ class Options:
     check: bool = True  # check with `docker compose config` that exactly the leased ports are published
     lease_all: bool = False  # with placeholders, lease the fixed ports too (zero-edit for the rest)
     drop_container_names: bool = False  # `container_name: !reset null`, so copies can run side by side
+    # Without -p: a name of its own (`<directory>-<random>`), for a stack its starter takes down
+    # itself (`run`, a `Stack`, the pytest fixtures), so that parallel runs from one checkout never
+    # meet; else Compose's rule (naming.py), so a second `up` in one directory is the same stack.
+    unique_name: bool = False
 
 
 def _new_record(opts: Options, project: str, status: StackStatus, swarm: bool) -> StackRecord:
@@ -85,7 +91,17 @@ class Attempt:
     started: bool = False  # Compose ran: containers may exist
 
     def roll_back(self, state: State, take_down: TakeDown | None) -> None:
-        """Undo what this attempt added; the stack that was there keeps its record and leases."""
+        """Undo what this attempt added; the stack that was there keeps its record and leases.
+
+        A failed `up` (or `deploy`) of a stack that was already running leaves it running, as
+        Compose leaves it: Compose refuses a bad option before it touches anything, and a start that
+        fails half-way is Compose's to report, not ours to turn into a `down`. It keeps the new
+        record and every lease (old and new): its containers may publish any of them, and `down`
+        frees them all."""
+        if self.started and self.old is not None and self.old.status in _RUNNING:
+            self.record.status, self.record.driver = self.old.status, self.old.driver
+            state.stacks.save(self.record)
+            return
         if self.started and take_down is not None:
             take_down(self.record)
         if self.old is not None and not self.started:
@@ -96,6 +112,10 @@ class Attempt:
             state.stacks.forget(self.record.project)
 
 
+_RUNNING = (StackStatus.UP, StackStatus.RUN, StackStatus.DEPLOYED)
+"""A stack in one of these was started and is meant to be running: a failed restart keeps it."""
+
+
 def _started(state: State, record: StackRecord) -> bool:
     """Whether a stack may have containers or services: one that was started, or a rendered one the
     user started by hand (the engine has something of it; when it cannot say, assume it does)."""
@@ -103,6 +123,14 @@ def _started(state: State, record: StackRecord) -> bool:
         return True
     live, swarm, _ = ask(state.engine, swarm=record.swarm)
     return left_of(record, live, swarm) != 0  # None (not told) is no 0: assumed started
+
+
+def name_of(opts: Options, plan: Plan) -> str:
+    """The project a render, up or deploy of `opts` means (see Options.unique_name)."""
+    if opts.unique_name:
+        return project_name(opts.project, opts.files)
+    directory = opts.project_directory or os.path.dirname(os.path.abspath(opts.files[0]))
+    return compose_project_name(opts.project, plan.templates.project_name, directory, opts.env_files, os.environ)
 
 
 TakeDown = Callable[[StackRecord], None]
@@ -157,7 +185,7 @@ def render(
     leased and no output file is left half-written.
     """
     plan = Plan.read(opts.files, lease_all=opts.lease_all, drop_container_names=opts.drop_container_names)
-    project = project_name(opts.project, opts.files)
+    project = name_of(opts, plan)
     for w in plan.warnings():
         notify(f"warning: {w}")
     compose = None
@@ -207,7 +235,7 @@ def up(
     process: gc brings it down once the process is gone (even by SIGKILL).
     """
     plan = Plan.read(opts.files, lease_all=opts.lease_all, drop_container_names=opts.drop_container_names)
-    project = project_name(opts.project, opts.files)
+    project = name_of(opts, plan)
     compose = compose or Compose.find(state.engine)
     for w in plan.warnings():
         notify(f"warning: {w}")
@@ -361,8 +389,16 @@ def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: C
             if not all(os.path.exists(f) for f in record.compose_files):
                 target = project  # a file went missing: Compose finds the stack by its labels
             result = compose.down(target, volumes=volumes)
+            if result.ok and target != project and _containers_left(state.engine, project):
+                # Something of the project outlived a down by its files (a service its files no
+                # longer have, or one Compose would not take down for its profile): by its labels, as
+                # plain `docker compose down -p` does. Its ports stay ours until none is left.
+                result = compose.down(project, volumes=volumes)
             if not result.ok:
                 raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
+            left = _containers_left(state.engine, project)
+            if left:
+                raise ComposeError(f"{left} container(s) of {project} are still there after `docker compose down`")
         except FreeportError as e:
             settle_failed(
                 state.leases, state.stacks, record, e, _containers_left(state.engine, project), "down", "container"

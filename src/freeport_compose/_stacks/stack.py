@@ -135,7 +135,7 @@ class Stack:
         from .state import State
 
         state = State.open(self._state_dir, self.engine)
-        opts = Options(files=self.files, timeout=DEFAULT_TIMEOUT, **self._options)
+        opts = Options(files=self.files, timeout=DEFAULT_TIMEOUT, unique_name=True, **self._options)
         self._record = up(state, opts, wait=self.wait, extra=self.up_args)
         try:
             self.ready()

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from .._error import FreeportError
@@ -41,7 +42,9 @@ def run(
 
     Ctrl-C and SIGTERM reach the command, and the stack is brought down whatever happens.
     """
-    # gc brings the stack down if this process is killed
+    # A name of its own (unless -p): parallel runs from one checkout never meet. gc brings the stack
+    # down if this process is killed.
+    opts = replace(opts, unique_name=True)
     record = up(state, opts, wait=True, extra=extra, status=StackStatus.RUN, notify=notify)
     code = 1
     try:

@@ -24,9 +24,9 @@ from typing import Any
 from .._error import ComposeError, UnknownOwnerError
 from .compose import Compose, Result
 from .dockerstack import Swarm, remove_locked
-from .lifecycle import Attempt, Notify, Options, attempt, silent, start_leased
+from .lifecycle import Attempt, Notify, Options, attempt, name_of, silent, start_leased
 from .plan import Plan
-from .records import StackRecord, StackStatus, check_project, project_name
+from .records import StackRecord, StackStatus, check_project
 from .state import State
 
 STACK_FILE = "freeport-stack.json"  # what `docker stack deploy` is given (JSON is YAML too)
@@ -152,7 +152,7 @@ def deploy(state: State, opts: Options, *, extra: Sequence[str] = (), notify: No
     from .engine import swarm_stacks
 
     plan = Plan.read(opts.files, lease_all=opts.lease_all, drop_container_names=opts.drop_container_names)
-    project = project_name(opts.project, opts.files)
+    project = name_of(opts, plan)
     compose = Compose.find(state.engine)
     swarm = Swarm(state.engine)
     swarm_stacks(state.engine)  # not a manager, or not answering: said before anything is leased

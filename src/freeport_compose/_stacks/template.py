@@ -91,6 +91,7 @@ class Template:
     container_names: list[tuple[str, int, int]]  # (service, line, column) of container_name keys
     fixed_names: list[tuple[str, str, int, int]] = field(default_factory=list)  # (kind, key, line, column)
     resets: list[str] = field(default_factory=list)  # services whose `ports:` are !override/!reset here
+    project_name: str | None = None  # the top-level `name:` as written (Compose interpolates it)
 
     @property
     def names(self) -> set[str]:
@@ -269,6 +270,7 @@ class _Reader:
         self.container_names: list[tuple[str, int, int]] = []
         self.fixed_names: list[tuple[str, str, int, int]] = []
         self.resets: list[str] = []
+        self.project_name: str | None = None
 
     def error(self, offset: int, problem: str) -> TemplateError:
         line, column = self.lines.at(offset)
@@ -299,6 +301,7 @@ class _Reader:
             self._walk(doc, seen)
             self._services(doc)
             self._named(doc)
+            self.project_name = _scalar(_get(doc, "name")) or self.project_name
         self.occurrences.sort(key=lambda o: o.start)
         return Template(
             self.path,
@@ -308,6 +311,7 @@ class _Reader:
             self.container_names,
             fixed_names=self.fixed_names,
             resets=self.resets,
+            project_name=self.project_name,
         )
 
     def _walk(self, root: yaml.Node, seen: set[int]) -> None:

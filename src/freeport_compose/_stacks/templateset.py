@@ -28,6 +28,11 @@ class TemplateSet:
     def __post_init__(self) -> None:
         self.names = sorted(set().union(*(t.names for t in self.templates)), key=sort_key)
 
+    @property
+    def project_name(self) -> str | None:
+        """The top-level `name:` as the last file that sets it writes it (Compose's merge: last wins)."""
+        return next((t.project_name for t in reversed(self.templates) if t.project_name), None)
+
     def hosts(self, name: str) -> list[str]:
         """Host addresses a placeholder is published on (besides the wildcards): each must be free there."""
         return sorted({e.host_ip for t in self.templates for e in t.entries if name in e.names and e.host_ip})
