@@ -59,7 +59,6 @@ VALID = (
 )
 
 
-UNPUBLISHED = VALID.replace('    ports:\n      - "$<FREEPORT_web>:80"\n', "")  # no placeholder, no published port
 
 
 def with_port(published: str) -> str:
@@ -140,12 +139,6 @@ CASES: dict[str, Case] = {
     "empty": render(code=T, fragment="t.yml:1:1: empty file", files={"t.yml": ""}),
     "whitespace-only": render(code=T, out="new", fragment="t.yml:1:1: empty file", files={"t.yml": "\n  \n\n"}),
     "comments-only": render(code=T, fragment="t.yml:1:1: empty file", files={"t.yml": "# a comment\n  # another\n"}),
-    # No placeholder is zero-edit now (every published port leased); with no published port either:
-    "nothing-published": render(code=T, out="new", fragment="t.yml publishes no port: nothing to lease",
-                                docker=True, files={"t.yml": UNPUBLISHED}),
-    "nothing-published-up": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), T,
-                                 "t.yml publishes no port: nothing to lease", docker=True,
-                                 files={"t.yml": UNPUBLISHED}),
     "placeholder-published-twice": render(
         code=T, out="new",
         fragment="t.yml:9:9: $<FREEPORT_1> is published here (api:8080/tcp) and at {work}/t.yml:5:9 (web:8080/tcp)",

@@ -1064,7 +1064,6 @@ def test_cli_render_with_a_base_file_writes_the_override(tmp_path: Path) -> None
     ("content", "line", "column"),
     [
         ("services:\n  web:\n    ports:\n      - '$<FREEPORT_>:80'\n", 4, 10),
-        ("services:\n  web:\n    image: x\n", 1, 1),  # no placeholder and no published port: nothing to lease
         ("services:\n\tweb: {}\n", 2, 1),
         ("- $<FREEPORT_1>\n", 1, 1),
     ],

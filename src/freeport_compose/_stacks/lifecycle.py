@@ -200,6 +200,8 @@ def render(
         record, old = current.record, current.old
         record.ports = plan.lease(state, record, compose, reuse=old is not None, timeout=opts.timeout)
         record.hosts = reach(plan, record.ports, state.engine)
+        for note in plan.notes:
+            notify(f"note: {note}")
         if out is None or compose is not None:
             # With -o, the check runs on copies in the state dir: OUT is written only once Compose
             # accepted the stack, so a failed render never leaves OUT changed or created.
@@ -282,6 +284,8 @@ def start_leased(
     record, project = current.record, current.record.project
     record.ports = plan.lease(state, record, compose, reuse=current.old is not None, timeout=opts.timeout)
     record.hosts = reach(plan, record.ports, state.engine)
+    for note in plan.notes:
+        notify(f"note: {note}")
     for retry in range(PORT_RETRIES + 1):
         record.compose_files = plan.write(state, project, record.ports, None, compose)
         state.stacks.save(record)

@@ -19,13 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._error import ComposeError, OutputError, TemplateError
+from .._error import ComposeError, OutputError
 from .check import check_published
 from .compose import Compose, ComposeProject
 from .leases import held_ports, lease, lease_groups, port_check
 from .names import sort_key
 from .outputs import write_file, write_outputs
-from .published import Binding, bindings, blocks, check, expected, hosts, override_text
+from .published import Binding, bindings, blocks, check, expected, host_network, hosts, override_text
 from .records import StackRecord
 from .state import State
 from .templateset import TemplateSet, read_set
@@ -42,6 +42,7 @@ class Plan:
     drop_container_names: bool = False
     model: dict[str, Any] | None = None  # Compose's model of the user's files (zero-edit)
     found: list[Binding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what leasing found the user should know
 
     @classmethod
     def read(cls, files: Sequence[str], *, lease_all: bool = False, drop_container_names: bool = False) -> Plan:
@@ -82,9 +83,11 @@ class Plan:
         self.model = compose.config(target)
         ours = {str(p) for p in ports.values()}
         self.found = bindings(self.model, keep=lambda service, entry: str(entry.get("published") or "") in ours)
-        if not self.found and not ports:
-            shown = ", ".join(self.templates.paths)
-            raise TemplateError(self.templates.paths[0], 1, 1, f"{shown} publishes no port: nothing to lease")
+        self.notes = [
+            f"service {s!r} runs on the host's network (network_mode: host): Docker publishes none of its "
+            "`ports:`, so none is leased; it binds its ports on the host itself"
+            for s in host_network(self.model)
+        ]
         held = held_ports(state.leases, project) if reuse else {}
         ports.update(lease_groups(state.leases, check, project, blocks(self.found), hosts(self.found), held, timeout))
         return dict(sorted(ports.items(), key=lambda kv: sort_key(kv[0])))

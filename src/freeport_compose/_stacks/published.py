@@ -8,7 +8,10 @@ Guarantees:
 - Every published port (short or long syntax, with or without a host address, TCP or UDP) and every
   container-only port (`"80"`, which Docker would publish on a random port) gets a leased port;
   every other field of the entry (`host_ip`, `protocol`, `mode`, `name`, `app_protocol`) is kept.
-- Names: `FREEPORT_<service>_<target>`, `_udp` for a UDP-only entry (a TCP+UDP pair on one target
+- A service on the host's network (`network_mode: host`) publishes nothing (Docker discards its
+  `ports:`): nothing of it is leased, and `host_network` names it so the user is told.
+- Names: `FREEPORT_<service>_<name>` for a long-syntax entry with a `name:`, else
+  `FREEPORT_<service>_<target>`, `_udp` for a UDP-only entry (a TCP+UDP pair on one target
   shares one port), `_2`, `_3`... when one target is published on several host ports; characters
   outside [A-Za-z0-9_] become `_`. Entries that a range made (`8000-8002:80-82`: consecutive host and
   container ports) are leased as one block of consecutive ports.
@@ -64,9 +67,26 @@ def services_ports(model: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]
     out: dict[str, list[Mapping[str, Any]]] = {}
     for service, spec in services.items():
         ports = spec.get("ports") if isinstance(spec, dict) else None
-        if isinstance(ports, list) and ports:
+        if isinstance(ports, list) and ports and not _on_host_network(spec):
             out[str(service)] = [p for p in ports if isinstance(p, dict) and "target" in p]
     return out
+
+
+def _on_host_network(spec: Mapping[str, Any]) -> bool:
+    return spec.get("network_mode") == "host"
+
+
+def host_network(model: Mapping[str, Any]) -> list[str]:
+    """The services that list `ports:` but run on the host's network, where Docker publishes none of
+    them (the service binds its ports on the host itself)."""
+    services = model.get("services")
+    if not isinstance(services, dict):
+        return []
+    return sorted(
+        str(s)
+        for s, spec in services.items()
+        if isinstance(spec, dict) and spec.get("ports") and _on_host_network(spec)
+    )
 
 
 def bindings(model: Mapping[str, Any], keep: Callable[[str, Mapping[str, Any]], bool]) -> list[Binding]:
@@ -90,7 +110,8 @@ def bindings(model: Mapping[str, Any], keep: Callable[[str, Mapping[str, Any]], 
     for service, i, entry in found:
         key = (service, int(entry["target"]), str(entry.get("published") or ""))
         if key not in names:
-            base = f"{PREFIX}{_UNSAFE.sub('_', service)}_{key[1]}"
+            label = entry.get("name") or key[1]  # long syntax's `name:` names the port where given
+            base = f"{PREFIX}{_UNSAFE.sub('_', service)}_{_UNSAFE.sub('_', str(label))}"
             if protocols[key] == {"udp"}:
                 base += "_udp"
             name, n = base, 1

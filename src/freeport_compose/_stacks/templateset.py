@@ -49,13 +49,37 @@ class TemplateSet:
         return [(svc, t.path, line, column) for t in self.templates for svc, line, column in t.container_names]
 
     def warnings(self) -> list[str]:
-        """What stops two stacks from these files from running side by side, file:line first."""
-        return self.container_name_warnings() + [
-            f"{t.path}:{line}:{column}: {kind} {key!r} has a fixed name, so every stack from this file "
-            f"shares it{' (and its data)' if kind == 'volume' else ''}; remove `name:` to give each its own"
-            for t in self.templates
-            for kind, key, line, column in t.fixed_names
-        ]
+        """What stops two stacks from these files from running side by side, and placeholders that
+        look misspelled; file:line first."""
+        return (
+            self.container_name_warnings()
+            + [
+                f"{t.path}:{line}:{column}: {kind} {key!r} has a fixed name, so every stack from this file "
+                f"shares it{' (and its data)' if kind == 'volume' else ''}; remove `name:` to give each its own"
+                for t in self.templates
+                for kind, key, line, column in t.fixed_names
+            ]
+            + self.lone_placeholder_warnings()
+        )
+
+    def lone_placeholder_warnings(self) -> list[str]:
+        """A placeholder written once and published nowhere is most likely a misspelling of another
+        (`$<FREEPORT_wbe>` for `$<FREEPORT_web>`): it would get a port of its own that nothing uses."""
+        import difflib
+
+        occurrences = [(t, o) for t in self.templates for o in t.occurrences]
+        published = {n for t in self.templates for e in t.entries for n in e.names}
+        out = []
+        for t, o in occurrences:
+            if o.name in published or sum(1 for _, other in occurrences if other.name == o.name) != 1:
+                continue
+            near = difflib.get_close_matches(o.name, [n for n in self.names if n != o.name], n=1, cutoff=0.6)
+            hint = f"did you mean $<{near[0]}>?" if near else "no `ports:` entry publishes it"
+            out.append(
+                f"{t.path}:{o.line}:{o.column}: placeholder $<{o.name}> is written only here and published "
+                f"nowhere, so it gets a port nothing listens on; {hint}"
+            )
+        return out
 
     def container_name_warnings(self) -> list[str]:
         return [
