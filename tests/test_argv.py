@@ -1,248 +1,296 @@
-"""The fast reader of the hot commands (`_argv.fast_args`) against the argparse parser (`_parser`).
-
-The fast reader exists so that `get`, `release`, `port` and `ports` start without argparse, typing,
-re and json; its promise is to read argv exactly as argparse does, or to decline. These tests hold it
-to that over hand-picked and random command lines, check its option tables against the parser's own,
-and check, in a fresh interpreter, that the hot commands really import none of what it avoids.
-"""
+"""The command line's one grammar (`_argv`): what each command line is read as, what is refused and
+how, what --help and --version print, and that only the command being run has its parser made."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
+import importlib.metadata
 import os
-import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from freeport_compose._argv import (
-    _FAST_DEFAULTS,
-    _FAST_OPTIONS,
-    _FAST_POSITIONAL,
-    _FAST_REQUIRED,
-    command_word,
-    fast_args,
-)
-from freeport_compose._parser import build_parser
+from freeport_compose import _argv
+from freeport_compose._argv import COMMANDS, COMPOSE_VERBS, command_parser, parse
+from freeport_compose._cli import HANDLERS
+from freeport_compose._error import ExitCode, InvalidRangeError
+
+SRC = Path(_argv.__file__).parent
 
 
-def argparse_reads(argv: list[str]) -> dict[str, object] | None:
-    """What argparse makes of argv, or None when it refuses it (usage error or help: SystemExit)."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            return vars(build_parser(command_word(argv)).parse_args(argv))
-    except SystemExit:
-        return None
+def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line a usage error prints (exit code 2, nothing on stdout)."""
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    out, err = capsys.readouterr()
+    assert exit_.value.code == ExitCode.USAGE
+    assert out == ""
+    assert len(err.splitlines()) == 1, err
+    assert re.fullmatch(r"freeport-compose(?: [a-z]+)?: .+ \(see --help\)\n", err), err
+    return err
 
 
-HAND_PICKED = [
-    ["get", "--owner", "ci"],
-    ["get", "--owner=ci", "-n", "3", "--contiguous", "--range", "20000-20100", "--format", "json"],
-    ["--state-dir", "/tmp/s", "get", "--owner", "ci", "--host", "::1", "--host", "0.0.0.0", "--exclude", "1,2"],
-    ["--state-dir=/tmp/s", "--context", "far", "get", "--owner", "x", "--context", "near"],
-    ["--context=far", "release", "--owner", "x"],
-    ["get", "--owner", "a", "--owner", "b", "-n", "2", "-n", " 4 "],
-    ["get", "--owner", "a", "-n", "+3"],
-    ["get", "--owner", "a", "-n", "3_000"],
-    ["get", "--owner", "a", "-n", "-3"],
-    ["get", "--owner", "a", "-n3"],
-    ["get", "--owner", "a", "-n=3"],
-    ["get", "--owner", "a", "-n", "x"],
-    ["get", "--own", "a"],
-    ["get", "--owner"],
-    ["get", "--owner", ""],
-    ["get", "--owner="],
-    ["get", "--owner", "-x"],
-    ["get", "--owner", "a", "--format", "yaml"],
-    ["get", "--owner", "a", "--contiguous=yes"],
-    ["get", "--owner", "a", "--state-dir", "d"],
-    ["get"],
-    ["get", "-h"],
-    ["get", "--owner", "a", "extra"],
-    ["release"],
-    ["release", "--owner", "a", "--owner=b"],
-    ["ports"],
-    ["ports", "-p", "demo", "--format", "make"],
-    ["ports", "--project-name=demo", "--format=github", "--context", "c"],
-    ["ports", "-p=demo"],
-    ["ports", "-pdemo"],
-    ["ports", "--format", "xml"],
-    ["port", "db"],
-    ["port", "-p", "demo", "FREEPORT_db"],
-    ["port", "FREEPORT_db", "-p", "demo"],
-    ["port"],
-    ["port", "a", "b"],
-    ["port", "-p", "demo"],
-    ["ls"],
-    ["ls", "--json", "--context", "c"],
-    ["gc", "--json"],
-    ["up", "-f", "x.yml"],
-    ["up", "-f", "a.yml", "--file=b.yml", "-p", "demo", "--no-check", "--wait", "--profile", "x", "--env-file", "e"],
-    ["up", "--no-check=1"],
-    ["up", "-fx.yml"],
-    ["up", "--project-directory", "/w", "--lease-all", "--drop-container-names", "--timeout", "none"],
-    ["render", "-o", "out", "--ttl", "2h", "-f", "t.yml"],
-    ["run", "-f", "t.yml", "--keep-volumes"],
-    ["deploy", "-f", "t.yml", "--wait"],
-    ["down", "-p", "demo", "-v"],
-    ["down", "--volumes", "--project-name=demo"],
-    ["down", "-pv"],
-    ["--state", "d", "get", "--owner", "a"],
-    ["--state-dir", "d"],
-    [],
-    ["-h"],
-]
-
-TOKENS = [
-    "get", "release", "ports", "port", "ls", "--owner", "--owner=o", "o", "-n", "2", "-n2", "x", "--range",
-    "1-2", "--contiguous", "--host", "::1", "--exclude", "5", "--timeout", "none", "--format", "json", "lines",
-    "make", "--format=json", "-p", "proj", "--project-name", "--context", "--context=c", "--state-dir", "/d",
-    "--state-dir=/d", "-h", "--help", "", "-", "-1", "=", "--", "db", "--own", "--cont", "-f", "--no-check",
-    "--wait", "-v", "--json", "--ttl", "-o", "--fi",
-]  # fmt: skip
+# -- our commands ---------------------------------------------------------------------------------------
 
 
-VALUES = {"str": ["o", "x y", "1-2", "none", "=", "é"], "int": ["2", " 3", "+1", "0x1"], "append": ["::1", "5,6"]}
+def test_get_with_its_defaults() -> None:
+    args = parse(["get", "--owner", "ci"])
+    assert vars(args) == {
+        "state_dir": None,
+        "context": None,
+        "project": None,
+        "command": "get",
+        "owner": "ci",
+        "n": 1,
+        "range": None,
+        "contiguous": False,
+        "host": [],
+        "exclude": [],
+        "timeout": "30",
+        "format": "lines",
+        "compose_args": None,
+        "after": [],
+    }
 
 
-def random_argv(rng: random.Random) -> list[str]:
-    """A command line of one hot command: mostly its own options with plausible values, sometimes
-    a stray token from TOKENS (an error, an abbreviation, a value that looks like an option)."""
-    command = rng.choice(sorted(_FAST_OPTIONS))
-    head = rng.choice([[], ["--state-dir", "/d"], ["--context=c"]])
-    argv = [*head, command]
-    options = _FAST_OPTIONS[command]
-    for _ in range(rng.randint(0, 5)):
-        if rng.random() < 0.15:
-            argv.append(rng.choice(TOKENS))
-            continue
-        option = rng.choice(sorted(options))
-        how = options[option][1]
-        if how in ("flag", "false"):
-            argv.append(option)
-            continue
-        value = rng.choice(list(how) if isinstance(how, tuple) else VALUES[how])
-        argv += [f"{option}={value}"] if option.startswith("--") and rng.random() < 0.3 else [option, value]
-    if command in _FAST_POSITIONAL and rng.random() < 0.8:
-        argv.insert(rng.randint(len(head) + 1, len(argv)), "db")
-    if command in ("get", "release") and rng.random() < 0.8:
-        argv += ["--owner", "o"]
-    return argv
+def test_every_option_of_get() -> None:
+    args = parse(
+        ["--state-dir=/s", "get", "--owner=ci", "-n", "3", "--contiguous", "--range", "20000-20100", "--host", "::1",
+         "--host", "0.0.0.0", "--exclude", "1,2", "--timeout", "none", "--format", "json"]
+    )  # fmt: skip
+    assert (args.state_dir, args.owner, args.n, args.contiguous, args.range) == ("/s", "ci", 3, True, "20000-20100")
+    assert (args.host, args.exclude, args.timeout, args.format) == (["::1", "0.0.0.0"], ["1,2"], "none", "json")
 
 
-@pytest.mark.parametrize("argv", HAND_PICKED, ids=lambda a: " ".join(a) or "(empty)")
-def test_fast_reader_reads_as_argparse_or_declines(argv: list[str]) -> None:
-    fast = fast_args(argv)
-    if fast is not None:
-        assert vars(fast) == argparse_reads(argv)
+def test_stack_options() -> None:
+    args = parse(
+        ["up", "-f", "a.yml", "--file=b.yml", "-p", "demo", "--no-check", "--wait", "--profile", "x", "--env-file",
+         "e", "--project-directory", "/w", "--lease-all", "--drop-container-names", "--timeout", "5"]
+    )  # fmt: skip
+    assert (args.files, args.project, args.check, args.wait, args.profiles) == (
+        ["a.yml", "b.yml"],
+        "demo",
+        False,
+        True,
+        ["x"],
+    )
+    assert (args.env_files, args.project_directory, args.lease_all, args.drop_container_names) == (
+        ["e"],
+        "/w",
+        True,
+        True,
+    )
+    assert args.timeout == "5"
+    render = parse(["render", "-o", "out", "--ttl", "2h", "-f", "t.yml"])
+    assert (render.output, render.ttl, render.files, render.check) == ("out", "2h", ["t.yml"], True)
+    assert parse(["run", "-f", "t.yml", "--keep-volumes", "--", "true"]).keep_volumes
+    down = parse(["down", "--volumes", "--project-name=demo"])
+    assert (down.volumes, down.project) == (True, "demo")
+    port = parse(["port", "FREEPORT_db", "-p", "demo"])
+    assert (port.name, port.project) == ("FREEPORT_db", "demo")
+    assert parse(["ports", "--format", "make"]).format == "make"
+    assert parse(["ls", "--json"]).json
+    assert parse(["gc"]).command == "gc"
 
 
-def test_fast_reader_agrees_on_random_command_lines() -> None:
-    rng = random.Random(20261201)
-    read = declined = 0
-    for _ in range(4000):
-        argv = random_argv(rng)
-        if "--" in argv:
-            continue
-        fast = fast_args(argv)
-        if fast is None:
-            declined += 1
-            continue
-        read += 1
-        assert vars(fast) == argparse_reads(argv), argv
-    assert read > 400  # both sides of the promise were exercised
-    assert declined > 400
+@pytest.mark.parametrize("option", ["--context", "-p"])
+def test_context_and_project_before_or_after_the_command(option: str) -> None:
+    """As `docker compose` users type them: before the command or after it; after wins."""
+    dest = "context" if option == "--context" else "project"
+    assert getattr(parse([option, "far", "ports"]), dest) == "far"
+    assert getattr(parse(["ports", option, "near"]), dest) == "near"
+    assert getattr(parse([option, "far", "ports", option, "near"]), dest) == "near"
+    assert getattr(parse(["ports"]), dest) is None
+
+
+def test_abbreviated_options_and_attached_values() -> None:
+    args = parse(["--state", "d", "get", "--own", "a", "-n3", "--contig"])
+    assert (args.state_dir, args.owner, args.n, args.contiguous) == ("d", "a", 3, True)
+    assert parse(["ports", "-pdemo"]).project == "demo"
+
+
+def test_what_follows_dashdash() -> None:
+    up = parse(["up", "-f", "x.yml", "--", "--scale", "web=2", "--", "-h"])
+    assert (up.files, up.after) == (["x.yml"], ["--scale", "web=2", "--", "-h"])  # only the first `--` is ours
+    run = parse(["run", "-f", "t.yml", "--", "sh", "-c", "exit 3"])
+    assert run.after == ["sh", "-c", "exit 3"]
+    assert parse(["deploy", "--", "--prune"]).after == ["--prune"]
+
+
+def test_a_dashdash_that_ends_the_line_is_only_the_end_of_options() -> None:
+    assert parse(["ls", "--"]).after == []
+    assert parse(["up", "--"]).after == []
+
+
+def test_the_top_levels_long_options_cannot_be_ambiguous_abbreviations() -> None:
+    """argparse refuses an ambiguous abbreviation of the top level's options anywhere on the line,
+    among a Compose verb's words too: no two of them may share their first letter."""
+    options = [
+        line.strip().split("  ")[0] for line in _argv.top_parser().format_help().splitlines() if line.startswith("  -")
+    ]
+    long = [name for option in options for name in re.findall(r"--([a-z][a-z-]*)", option)]
+    assert len(long) >= 4
+    assert len({name[0] for name in long}) == len(long), long
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "fragment"),
     [
-        ["get", "--owner", "ci"],
-        ["get", "--owner", "ci", "-n", "6", "--format", "json"],
-        ["--state-dir", "/s", "release", "--owner", "ci"],
-        ["ports", "-p", "demo", "--format", "make"],
-        ["port", "-p", "demo", "db"],
-        ["--context", "far", "ports"],
-        ["up", "-f", "compose.yml", "-p", "demo", "--wait"],
-        ["down", "-p", "demo", "-v"],
-        ["run", "-f", "t.yml", "--no-check"],
-        ["ls", "--json"],
-        ["gc"],
+        ([], "required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["--bogus", "ls"], "unrecognized arguments: --bogus"),
+        (["get"], "freeport-compose get: the following arguments are required: --owner"),
+        (["get", "--owner", "a", "-n", "x"], "invalid int value: 'x'"),
+        (["get", "--owner", "a", "extra"], "unrecognized arguments: extra"),
+        (["get", "--owner", "a", "--format", "yaml"], "invalid choice: 'yaml'"),
+        (["get", "--owner", "a", "--state-dir", "d"], "unrecognized arguments: --state-dir d"),
+        (["ports", "--format", "xml"], "invalid choice: 'xml'"),
+        (["port"], "required: name"),
+        (["port", "a", "b"], "unrecognized arguments: b"),
+        (["up", "--no-check=1"], "ignored explicit argument '1'"),
+        (["ls", "--", "x"], "`--` is only for `up`"),
+        (["get", "--owner", "x", "--", "-n", "2"], "not `get`"),
+        (["run", "-f", "t.yml"], "run needs a command after `--`"),
+        (["run", "-f", "t.yml", "--"], "run needs a command after `--`"),
     ],
 )
-def test_fast_reader_takes_the_usual_forms(argv: list[str]) -> None:
-    assert fast_args(argv) is not None
+def test_usage_errors_are_one_line(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert fragment in usage_error(argv, capsys)
 
 
-def _subparser(command: str) -> argparse.ArgumentParser:
-    parser = build_parser(command)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[command]  # type: ignore[no-any-return]
+# -- Compose's verbs --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", sorted(_FAST_OPTIONS))
-def test_fast_tables_match_the_parser(command: str) -> None:
-    """Every option of the argparse form is in the fast reader's tables, with its dest, default and
-    whether it is required: an option added to one only would make the two read argv differently."""
-    options: dict[str, str] = {}
-    defaults: dict[str, object] = {}
-    required: set[str] = set()
-    for action in _subparser(command)._actions:
-        if isinstance(action, argparse._HelpAction):
-            continue
-        if not action.option_strings:
-            assert _FAST_POSITIONAL.get(command) == action.dest
-            required.add(action.dest)
-            continue
-        for option in action.option_strings:
-            options[option] = action.dest
-        if action.required:
-            required.add(action.dest)
-        elif action.default is not argparse.SUPPRESS and not isinstance(action.default, list):
-            defaults[action.dest] = action.default
-        if action.choices is not None:
-            assert all(_FAST_OPTIONS[command][o][1] == tuple(action.choices) for o in action.option_strings)
-    assert {o: dest for o, (dest, _) in _FAST_OPTIONS[command].items()} == options
-    assert _FAST_DEFAULTS[command] == defaults
-    assert set(_FAST_REQUIRED.get(command, ())) == required
+def test_a_verb_and_every_word_after_it_are_composes() -> None:
+    """Words after a verb that look like our options (abbreviated ones too), help, `--`: untouched."""
+    tail = ["-f", "--context", "x", "-p", "y", "--state-dir", "z", "-h", "--help", "--version", "--co", "-n3", "", "-"]
+    args = parse(["--state-dir", "/s", "--context", "far", "-p", "shop", "logs", *tail, "--", "a", "--", "-h"])
+    assert args.compose_args == ["logs", *tail, "--", "a", "--", "-h"]
+    assert (args.state_dir, args.context, args.project, args.after) == ("/s", "far", "shop", [])
+    assert parse(["exec", "web", "sh", "-c", "echo $X"]).compose_args == ["exec", "web", "sh", "-c", "echo $X"]
+    assert parse(["ps"]).compose_args == ["ps"]
 
 
-AVOIDED = ("argparse", "typing", "re", "json", "enum", "gettext", "dataclasses")
+def test_compose_reaches_composes_own_verbs() -> None:
+    assert parse(["-p", "shop", "compose", "run", "--rm", "web", "-p", "8080:80"]).compose_args == [
+        "run", "--rm", "web", "-p", "8080:80"]  # fmt: skip
+    assert parse(["compose", "rm", "-p", "x"]).compose_args == ["rm", "-p", "x"]  # Compose's rm, untouched
+    assert parse(["compose"]).compose_args == []
 
 
-@pytest.mark.parametrize(
-    ("argv", "allowed"),
-    [
-        (["get", "--owner", "t"], ()),
-        (["release", "--owner", "t"], ()),
-        (["ports", "-p", "nope"], ()),
-        (["port", "-p", "nope", "db"], ()),
-    ],
-)
-def test_hot_commands_import_none_of_the_costly_modules(
-    argv: list[str], allowed: tuple[str, ...], tmp_path: Path
+def test_rm_takes_our_options_out_and_keeps_the_rest_in_order() -> None:
+    args = parse(["rm", "-f", "-p", "shop", "--stop", "web", "--context=far", "-v", "--", "x"])
+    assert (args.project, args.context) == ("shop", "far")
+    assert args.compose_args == ["rm", "-f", "--stop", "web", "-v", "--", "x"]
+    assert parse(["rm", "-h"]).compose_args == ["rm", "-h"]  # Compose's help
+    assert parse(["rm", "--proj", "x"]).compose_args == ["rm", "--proj", "x"]  # no abbreviations of ours there
+
+
+def test_rm_without_a_value_for_p_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "freeport-compose rm: argument -p/--project-name: expected one argument" in usage_error(["rm", "-p"], capsys)
+
+
+# -- help and version -------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command_and_every_verb(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What each hot command imports, in a fresh interpreter: none of AVOIDED (each costs a start
-    1-3 ms, with what it pulls in), also when the command fails (`ports` of no such project)."""
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name, command in COMMANDS.items():
+        assert re.search(rf"^  {name} +{re.escape(command.help)}$", out, re.MULTILINE), name
+    listed = re.search(r"VERB is one of\n((?:    .+\n)+)", out)
+    assert listed is not None
+    assert [v.strip() for v in listed.group(1).replace(",", " ").split()] == list(COMPOSE_VERBS)
+    assert max(map(len, out.splitlines())) <= 80  # the tables are laid out by hand: within 80 columns
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_has_its_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse([name, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: freeport-compose {name} [-h] [--context NAME]")
+    assert COMMANDS[name].help in out
+    assert command_parser(name).format_help() == out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"freeport-compose {importlib.metadata.version('freeport-compose')}\n"
+
+
+def test_version_from_the_installed_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "freeport_compose", "--version"], capture_output=True, text=True)
+    assert (out.returncode, out.stdout, out.stderr) == (
+        0,
+        f"freeport-compose {importlib.metadata.version('freeport-compose')}\n",
+        "",
+    )
+
+
+# -- one grammar, made lazily -------------------------------------------------------------------------------
+
+
+def test_every_command_has_a_handler() -> None:
+    assert list(HANDLERS) == list(COMMANDS)
+    assert not set(COMMANDS) & set(COMPOSE_VERBS)
+
+
+def test_only_the_command_being_run_is_declared(monkeypatch: pytest.MonkeyPatch) -> None:
+    declared: list[str] = []
+    for name, command in COMMANDS.items():
+        monkeypatch.setattr(
+            command, "declare", lambda p, name=name, declare=command.declare: (declared.append(name), declare(p))
+        )
+    parse(["--context", "c", "get", "--owner", "x"])
+    parse(["logs", "-f"])
+    assert declared == ["get"]
+
+
+def test_no_private_name_of_argparse() -> None:
+    """The parser uses argparse's documented interface only (a subclass's `error` is documented)."""
+    for path in (SRC / "_argv.py", SRC / "_cli.py"):
+        text = path.read_text()
+        assert not re.search(r"argparse\._|\b_get_formatter|\._actions\b|\._print_message|_signal\b", text), path
+
+
+def test_the_version_is_looked_up_only_when_asked(tmp_path: Path) -> None:
+    """importlib.metadata costs a start ~5 ms: a command that does not print the version does not import it."""
     code = (
         "import sys\n"
-        "before = set(sys.modules)\n"  # what the interpreter starts with (site and its .pth files)
         "from freeport_compose._cli import main\n"
         "main(sys.argv[1:])\n"
-        f"print(' '.join(sorted(m for m in {[m for m in AVOIDED if m not in allowed]!r} "
-        "if m in sys.modules and m not in before)))\n"
+        "print('importlib.metadata' in sys.modules)\n"
     )
     env = {**os.environ, "FREEPORT_STATE_DIR": str(tmp_path / "state")}
-    out = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines()[-1:] in ([], [""])
-    before = subprocess.run(
-        [sys.executable, "-c", "import sys; print(' '.join(sorted(sys.modules)))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert not set(AVOIDED) & set(before)  # else the check above could not see them
+    out = subprocess.run([sys.executable, "-c", code, "get", "--owner", "t"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "False"
+
+
+# -- option values ------------------------------------------------------------------------------------------
+
+
+def test_option_values() -> None:
+    assert _argv.duration_arg("90") == 90
+    assert _argv.duration_arg("2h") == 7200
+    assert _argv.timeout_arg("none") is None
+    assert _argv.timeout_arg("1.5") == 1.5
+    assert _argv.range_arg("20000-20100") == (20000, 20100)
+    assert _argv.ports_arg("5,6,") == [5, 6]
+    for bad in ("0", "-1s", "x", "nanm", "infh"):
+        with pytest.raises(InvalidRangeError):
+            _argv.duration_arg(bad)
+    for bad in ("-1", "nan", "x"):
+        with pytest.raises(InvalidRangeError):
+            _argv.timeout_arg(bad)

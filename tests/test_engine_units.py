@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from freeport_compose._argv import passthrough, rm_globals
+from freeport_compose._argv import parse
 from freeport_compose._error import (
     ComposeError,
     EngineUnreachableError,
@@ -309,13 +309,18 @@ def test_a_project_name_is_one_kind_of_stack(tmp_path: Path, fake: tuple[FakeEng
 
 
 def test_rm_takes_the_project_and_context_after_the_verb() -> None:
-    assert rm_globals({}, ["rm", "-p", "shop", "-f"]) == ({"project": "shop"}, ["rm", "-f"])
-    assert rm_globals({}, ["rm", "--project-name=shop", "--context=far", "web"]) == (
+    def read(*words: str) -> tuple[dict[str, str], list[str]]:
+        args = parse(words)
+        given = {k: getattr(args, k) for k in ("state_dir", "context", "project") if getattr(args, k) is not None}
+        return given, args.compose_args
+
+    assert read("rm", "-p", "shop", "-f") == ({"project": "shop"}, ["rm", "-f"])
+    assert read("rm", "--project-name=shop", "--context=far", "web") == (
         {"project": "shop", "context": "far"}, ["rm", "web"])
-    assert passthrough(["--context", "far", "-p", "shop", "logs", "-f"]) == (
+    assert read("--context", "far", "-p", "shop", "logs", "-f") == (
         {"context": "far", "project": "shop"}, ["logs", "-f"])
-    assert passthrough(["--context=far", "rm", "-p", "shop"]) == ({"context": "far"}, ["rm", "-p", "shop"])
-    assert passthrough(["up", "-f", "x"]) is None
+    assert read("--context=far", "rm", "-p", "shop") == ({"context": "far", "project": "shop"}, ["rm"])
+    assert parse(["up", "-f", "x"]).compose_args is None
 
 
 def test_a_malformed_engine_address_is_one_clear_error(tmp_path: Path) -> None:
@@ -357,23 +362,7 @@ def test_a_holder_is_immutable() -> None:
 
 
 def test_the_command_is_found_behind_abbreviated_options() -> None:
-    from freeport_compose._argv import command_word
-
-    assert command_word(["--state", "ls", "get", "--owner", "x"]) == "get"
-    assert command_word(["--context=far", "ports"]) == "ports"
-    assert command_word(["-h"]) is None
-
-
-def test_query_quoting_is_urllib_quote() -> None:
-    """The engine's query parameters are percent-encoded by hand (no urllib.parse on the hot path),
-    byte for byte as urllib.parse.quote(text, safe="")."""
-    import random
-    from urllib.parse import quote
-
-    from freeport_compose._stacks.engine import _quote
-
-    rng = random.Random(7)
-    alphabet = "abcXYZ019_.-~ /?&=+%#\"'{}[]:,é€\U0001f600\x00\n"
-    for _ in range(2000):
-        text = "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
-        assert _quote(text) == quote(text, safe=""), text
+    assert parse(["--state", "ls", "get", "--owner", "x"]).command == "get"
+    assert parse(["--context=far", "ports"]).command == "ports"
+    with pytest.raises(SystemExit):
+        parse(["-h"])

@@ -101,11 +101,11 @@ def test_ci_examples_use_real_commands(path: Path) -> None:
     calls = [ln.strip().lstrip("- ").removeprefix("run: ") for ln in path.read_text().splitlines()
              if "freeport-compose " in ln and not ln.strip().startswith("#")]
     assert calls
-    from freeport_compose._parser import build_parser
+    from freeport_compose._argv import parse
 
     for call in calls:
         words = call.split("freeport-compose ", 1)[1].replace('"', "").split(">>")[0].split(")")[0].split()
-        build_parser().parse_args(words)  # exits with status 2 on an unknown flag
+        parse(words)  # exits with status 2 on an unknown flag
 
 
 @pytest.mark.docker

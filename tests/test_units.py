@@ -7,9 +7,9 @@ records the argv and working directory it was run with, and exits with a chosen 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
-import dataclasses
 import json
 import os
 import re

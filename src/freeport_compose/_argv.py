@@ -1,42 +1,47 @@
-"""The command line's grammar: what argv says, before anything runs.
+"""The command line's grammar: the only place a command or an option is declared.
 
-The word that names the command, a fast reader of our commands as they are usually typed, the
-values of options (ranges, ports, durations, timeouts) read into Python values or an
-InvalidRangeError, and the pass-through form (`[-p P] VERB ...` for Compose's verbs). The argparse
-form (help, usage errors, whatever the fast reader declines) is _parser.py's.
+Two tables: COMMANDS, ours, each with its help line and the function that declares its arguments;
+COMPOSE_VERBS, Compose's own, passed through for a stack (`freeport-compose [-p P] VERB ...` is
+`docker compose <the stack's options> VERB ...`). The top level's parser (`top_parser`) recognises
+the command word against both and lists both in `--help`; the command's words go to that command's
+parser (`command_parser`), made only for the command being run (all eleven would cost each start
+~5 ms on a slow machine where `get`'s costs ~0.5 ms). `parse(argv)` does both. `range_arg`, `ports_arg`,
+`duration_arg` and `timeout_arg` read option values into Python values, or an InvalidRangeError (the
+CLI's exit code for a bad range, not a usage error).
 
-Guarantees: nothing here runs a command, touches the state dir or prints; the fast reader reads argv
-exactly as the argparse parser would, or declines (None) and leaves it to argparse: it never accepts
-what argparse would refuse, and never reads anything otherwise (tests/test_argv.py holds them to it).
-Nothing here imports `typing`, `re`, `json` or `argparse` (with what they pull in, ~10 ms a start).
+Guarantees: nothing here runs a command or touches the state dir; it prints nothing but argparse's
+help, `--version`'s one line and a usage error (one line, `... (see --help)`, exit code 2); it uses
+no private name of argparse.
 """
 
 from __future__ import annotations
 
-from ._error import InvalidRangeError
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms, with re); mypy knows the idiom
-if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-    from typing import Any
+from ._error import ExitCode, InvalidRangeError
 
+PROG = "freeport-compose"
 FORMATS = ("json", "dotenv", "make", "shell", "env-file", "github")
 
 
 def range_arg(text: str) -> tuple[int, int]:
+    """`A-B` as (A, B), valid ports with A <= B, or an InvalidRangeError."""
     from ._leasing.ranges import parse_range
 
     return parse_range(text, "--range")
 
 
 def ports_arg(text: str) -> list[int]:
+    """`P[,P...]` as valid ports (empty items skipped), or an InvalidRangeError."""
     from ._leasing.ranges import parse_port
 
     return [parse_port(p, "--exclude port") for p in text.split(",") if p.strip()]
 
 
 def duration_arg(text: str) -> float:
-    """`90`, `90s`, `30m`, `2h` or `1d` as seconds."""
+    """`90`, `90s`, `30m`, `2h` or `1d` as a positive, finite number of seconds, or an InvalidRangeError."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
     try:
@@ -49,257 +54,384 @@ def duration_arg(text: str) -> float:
 
 
 def timeout_arg(text: str) -> float | None:
+    """Seconds >= 0, or None (wait forever) for `none`, `inf` or `forever`; else an InvalidRangeError."""
     if text.lower() in ("none", "inf", "forever"):
         return None
     try:
         value = float(text)
     except ValueError:
         raise InvalidRangeError(f"--timeout must be seconds or 'none', not {text!r}") from None
-    if not value >= 0:
+    if not value >= 0:  # also NaN
         raise InvalidRangeError(f"--timeout must be >= 0, not {text!r}")
     return value
 
 
-def command_word(argv: Sequence[str]) -> str | None:
-    """The command of argv (`get` in `--state-dir D get ...`), None before any."""
-    words = iter(argv)
-    for word in words:
-        # argparse takes any unique prefix of an option (`--state` for `--state-dir`): so do we
-        if len(word) > 2 and "=" not in word and any(o.startswith(word) for o in ("--state-dir", "--context")):
-            next(words, None)
-        elif not word.startswith("-"):
-            return word
-    return None
+# -- each command's arguments -----------------------------------------------------------------------
 
+Declare = Callable[[argparse.ArgumentParser], None]
+"""A function that adds one command's arguments to its parser."""
 
-class Args:
-    """Parsed arguments, one attribute each: what argparse.Namespace is, for the fast reader too
-    (argparse fills one as its namespace), so every handler reads one type."""
-
-    def __init__(self, **values: object) -> None:
-        self.__dict__.update(values)
-
-    if TYPE_CHECKING:
-
-        def __getattr__(self, name: str) -> Any: ...
-
-        def __setattr__(self, name: str, value: Any) -> None: ...
-
-
-# Our commands' own options as _parser.py defines them: option -> (dest, how its value is read):
-# "str", "int", "flag" (store_true), "false" (store_false), "append", or the tuple of its choices. Defaults and required
-# options are below. tests/test_argv.py checks these tables against the argparse parser.
-Option = tuple[str, "str | tuple[str, ...]"]  # (dest, how its value is read)
-_CONTEXT: dict[str, Option] = {"--context": ("context", "str")}
-_PROJECT = {"-p": ("project", "str"), "--project-name": ("project", "str")}
-_STACK: dict[str, Option] = {  # _parser._stack_options
-    "-f": ("files", "append"),
-    "--file": ("files", "append"),
-    **_PROJECT,
-    "--project-directory": ("project_directory", "str"),
-    "--profile": ("profiles", "append"),
-    "--env-file": ("env_files", "append"),
-    "--timeout": ("timeout", "str"),
-    "--no-check": ("check", "false"),
-    "--lease-all": ("lease_all", "flag"),
-    "--drop-container-names": ("drop_container_names", "flag"),
-    **_CONTEXT,
-}
-_STACK_DEFAULTS: dict[str, object] = {
-    "project": None,
-    "project_directory": None,
-    "timeout": "30",
-    "check": True,
-    "lease_all": False,
-    "drop_container_names": False,
-}
-_FAST_OPTIONS: dict[str, dict[str, Option]] = {
-    "get": {
-        "--owner": ("owner", "str"),
-        "-n": ("n", "int"),
-        "--range": ("range", "str"),
-        "--contiguous": ("contiguous", "flag"),
-        "--host": ("host", "append"),
-        "--exclude": ("exclude", "append"),
-        "--timeout": ("timeout", "str"),
-        "--format": ("format", ("lines", "json")),
-        **_CONTEXT,
-    },
-    "release": {"--owner": ("owner", "str"), **_CONTEXT},
-    "ports": {**_PROJECT, "--format": ("format", FORMATS), **_CONTEXT},
-    "port": {**_PROJECT, **_CONTEXT},
-    "down": {**_PROJECT, "-v": ("volumes", "flag"), "--volumes": ("volumes", "flag"), **_CONTEXT},
-    "up": {**_STACK, "--wait": ("wait", "flag")},
-    "render": {**_STACK, "-o": ("output", "str"), "--output": ("output", "str"), "--ttl": ("ttl", "str")},
-    "run": {**_STACK, "--keep-volumes": ("keep_volumes", "flag")},
-    "deploy": _STACK,
-    "ls": {"--json": ("json", "flag"), **_CONTEXT},
-    "gc": _CONTEXT,
-}
-_FAST_DEFAULTS: dict[str, dict[str, object]] = {
-    "get": {"n": 1, "range": None, "contiguous": False, "timeout": "30", "format": "lines"},
-    "release": {},
-    "ports": {"project": None, "format": "dotenv"},
-    "port": {"project": None},
-    "down": {"project": None, "volumes": False},
-    "up": {**_STACK_DEFAULTS, "wait": False},
-    "render": {**_STACK_DEFAULTS, "output": None, "ttl": None},
-    "run": {**_STACK_DEFAULTS, "keep_volumes": False},
-    "deploy": _STACK_DEFAULTS,
-    "ls": {"json": False},
-    "gc": {},
-}
-_FAST_REQUIRED = {"get": ("owner",), "release": ("owner",), "port": ("name",)}
-_FAST_POSITIONAL = {"port": "name"}  # the one positional argument, if the command has one
-_FAST_GLOBALS = {"--state-dir": ("state_dir", "str"), **_CONTEXT}
-
-
-def fast_args(argv: Sequence[str]) -> Args | None:
-    """argv of one of our commands read as argparse would read it, or None: for anything unusual (help,
-    a usage error, an abbreviated or attached option such as `--own X` or `-n3`, a value that
-    starts with `-`, `--`), which argparse then reads, with its own messages."""
-    values: dict[str, object] = {"state_dir": None, "context": None}
-    i, command = 0, None
-    while i < len(argv):
-        word = argv[i]
-        if command is None and not word.startswith("-"):
-            command = word
-            if command not in _FAST_OPTIONS:
-                return None
-            values["command"] = command
-            values.update(_FAST_DEFAULTS[command])
-            values.update({dest: [] for dest, how in _FAST_OPTIONS[command].values() if how == "append"})
-            i += 1
-            continue
-        options = _FAST_GLOBALS if command is None else _FAST_OPTIONS[command]
-        name, eq, attached = word.partition("=")
-        if word in options:
-            dest, how = options[word]
-            if how in ("flag", "false"):
-                values[dest] = how == "flag"  # store_true, or store_false (--no-check)
-                i += 1
-                continue
-            if i + 1 >= len(argv):
-                return None
-            value, i = argv[i + 1], i + 2
-        elif eq and name in options and name.startswith("--") and options[name][1] not in ("flag", "false"):
-            (dest, how), value, i = options[name], attached, i + 1
-        elif command is not None and not word.startswith("-") and command in _FAST_POSITIONAL:
-            dest = _FAST_POSITIONAL[command]
-            if dest in values:
-                return None  # a second positional: argparse's "unrecognized arguments"
-            values[dest] = word
-            i += 1
-            continue
-        else:
-            return None
-        if value.startswith("-") or (not value and not eq):
-            return None  # argparse: "expected one argument", or a negative number: its rules, its message
-        if how == "int":
-            try:
-                values[dest] = int(value)  # argparse's type=int, exactly
-            except ValueError:
-                return None
-        elif how == "append":
-            values[dest].append(value)  # type: ignore[attr-defined]
-        elif isinstance(how, tuple) and value not in how:
-            return None
-        else:
-            values[dest] = value
-    if command is None or any(dest not in values for dest in _FAST_REQUIRED.get(command, ())):
-        return None
-    return Args(**values)
-
-
-def split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1 :]
-    return argv, []
-
-
-# Compose's own verbs that freeport-compose passes through for a stack (`up`, `down`, `run`, `port`
-# and `ls` are ours: `freeport-compose compose run ...` reaches Compose's).
-COMPOSE_VERBS = frozenset(
-    (
-        "attach",
-        "build",
-        "commit",
-        "config",
-        "cp",
-        "create",
-        "events",
-        "exec",
-        "export",
-        "images",
-        "kill",
-        "logs",
-        "pause",
-        "ps",
-        "pull",
-        "push",
-        "restart",
-        "rm",  # ours for a Swarm stack of ours (`docker stack rm`), else Compose's
-        "scale",
-        "start",
-        "stats",
-        "stop",
-        "top",
-        "unpause",
-        "version",
-        "wait",
-        "watch",
-    )
+_CONTEXT_HELP = (
+    "docker context of the engine to target (default: $DOCKER_HOST, else $DOCKER_CONTEXT, else the current "
+    "context); `get` and `release` use the machine's own leases unless given"
 )
 
 
-_GLOBALS = {"--state-dir": "state_dir", "-p": "project", "--project-name": "project", "--context": "context"}
+def _context(p: argparse.ArgumentParser) -> None:
+    # Also after the command, as `docker compose` users type it. SUPPRESS: no value unless given
+    # here, so that one given before the command (the top level's) is kept
+    p.add_argument("--context", metavar="NAME", default=argparse.SUPPRESS, help=_CONTEXT_HELP)
 
 
-def passthrough(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
-    """({state_dir, project, context} as given, Compose arguments) when argv is `[--state-dir D]
-    [--context C] [-p P] VERB ...` with a Compose verb of ours to pass through (or `compose
-    ANYTHING`); None for our own commands."""
-    given: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        option = _global(argv, i, _GLOBALS)
-        if option is not None:
-            key, value, used = option
-            given[key] = value
-            i += used
-        elif word == "compose":
-            return given, argv[i + 1 :]
-        elif word in COMPOSE_VERBS:
-            return given, argv[i:]
-        else:
-            return None
-    return None
+def _project(p: argparse.ArgumentParser, help: str = "the stack (default: the one stack made from here)") -> None:
+    # SUPPRESS, as for --context: `-p P COMMAND` keeps P unless the command is given its own
+    p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT", default=argparse.SUPPRESS, help=help)
 
 
-def _global(argv: Sequence[str], i: int, options: Mapping[str, str]) -> tuple[str, str, int] | None:
-    """(its key, its value, words used) if argv[i] is one of `options`, as `--name VALUE` or
-    `--name=VALUE` (not `-p=`: argparse reads that as the value "=..."); None otherwise."""
-    word = argv[i]
-    name, eq, value = word.partition("=")
-    if word in options and i + 1 < len(argv):
-        return options[word], argv[i + 1], 2
-    if eq and name in options and name != "-p":
-        return options[name], value, 1
-    return None
+def _stack_options(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that make a stack (render, up, run, deploy)."""
+    p.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Compose file or template (repeatable, merged in order like `docker compose -f`; default: "
+        "$COMPOSE_FILE, else compose.yaml and its kin here or in a parent directory)",
+    )
+    _project(p, "Compose project name (default: $COMPOSE_PROJECT_NAME, else a unique one)")
+    p.add_argument(
+        "--project-directory", metavar="DIR", help="passed to Compose (default: the directory of the first -f file)"
+    )
+    p.add_argument(
+        "--profile",
+        dest="profiles",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Compose profile to enable (repeatable)",
+    )
+    p.add_argument(
+        "--env-file",
+        dest="env_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="passed to Compose (repeatable)",
+    )
+    p.add_argument(
+        "--timeout",
+        default="30",
+        metavar="SECONDS",
+        help="how long to wait for free ports while the range is exhausted (default 30; 'none': forever)",
+    )
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip checking with `docker compose config` that exactly the leased ports are published",
+    )
+    p.add_argument(
+        "--lease-all",
+        action="store_true",
+        help="with placeholders, lease the fixed host ports too (a file without any is always leased whole)",
+    )
+    p.add_argument(
+        "--drop-container-names",
+        action="store_true",
+        help="reset every `container_name:` (`!reset null` in the override), so copies can run side by side",
+    )
 
 
-def rm_globals(given: dict[str, str], args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """-p/--project-name/--context (also as --name=value) taken out of what follows `rm`."""
-    options = {k: v for k, v in _GLOBALS.items() if k != "--state-dir"}
-    given, rest, i = dict(given), ["rm"], 1
-    while i < len(args):
-        option = _global(args, i, options)
-        if option is None:
-            rest.append(args[i])
-            i += 1
-        else:
-            given[option[0]] = option[1]
-            i += option[2]
-    return given, rest
+def _get(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--owner", required=True, help="name the leases are held under until `release --owner`")
+    p.add_argument("-n", type=int, default=1, help="how many ports (all or nothing; default 1)")
+    p.add_argument(
+        "--range",
+        metavar="A-B",
+        help="inclusive port range (default: $FREEPORT_RANGE, else outside the kernel's ephemeral range)",
+    )
+    p.add_argument("--contiguous", action="store_true", help="one block of consecutive ports")
+    p.add_argument(
+        "--host", action="append", default=[], help="also check the port is free on this address (repeatable)"
+    )
+    p.add_argument("--exclude", action="append", default=[], metavar="P[,P...]", help="ports never to hand out")
+    p.add_argument(
+        "--timeout", default="30", metavar="SECONDS", help="wait this long while the range is exhausted (default 30)"
+    )
+    p.add_argument(
+        "--format", choices=("lines", "json"), default="lines", help="one port per line (default) or a JSON list"
+    )
+
+
+def _release(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--owner", required=True, help="the name given to `get --owner`")
+
+
+def _ls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _gc(p: argparse.ArgumentParser) -> None:
+    pass  # --context only
+
+
+def _render(p: argparse.ArgumentParser) -> None:
+    _stack_options(p)
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="output file (one template) or directory (default: the state dir)"
+    )
+    p.add_argument(
+        "--ttl",
+        metavar="DURATION",
+        help="free the ports after this long (90s, 30m, 2h, 1d) once no container of the stack is left "
+        "(default: held until `down`)",
+    )
+
+
+def _up(p: argparse.ArgumentParser) -> None:
+    _stack_options(p)
+    p.add_argument("--wait", action="store_true", help="wait until services are running/healthy")
+
+
+def _down(p: argparse.ArgumentParser) -> None:
+    _project(p)
+    p.add_argument("-v", "--volumes", action="store_true", help="remove volumes too")
+
+
+def _ports(p: argparse.ArgumentParser) -> None:
+    _project(p)
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="dotenv",
+        help="json ({NAME: port}), dotenv, env-file (docker run --env-file), make, shell (export ...), "
+        "github (appended to $GITHUB_ENV and $GITHUB_OUTPUT)",
+    )
+
+
+def _port(p: argparse.ArgumentParser) -> None:
+    _project(p)
+    p.add_argument("name", help="FREEPORT_1, 1, FREEPORT_db or db")
+
+
+def _run(p: argparse.ArgumentParser) -> None:
+    _stack_options(p)
+    p.add_argument("--keep-volumes", action="store_true", help="do not remove the stack's volumes at the end")
+
+
+def _deploy(p: argparse.ArgumentParser) -> None:
+    _stack_options(p)
+
+
+class Command:
+    """One command of ours: its help line, what declares its arguments, and what follows its `--`
+    (None: it takes no `--`)."""
+
+    __slots__ = ("after", "declare", "help")
+
+    def __init__(self, help: str, declare: Declare, after: str | None = None) -> None:
+        self.help, self.declare, self.after = help, declare, after
+
+
+COMMANDS: dict[str, Command] = {
+    "get": Command("lease ports under an owner name and print them", _get),
+    "release": Command("free every lease held under an owner name", _release),
+    "ls": Command("list leases and stacks", _ls),
+    "gc": Command("free leases whose holder is gone and stacks that no longer exist", _gc),
+    "render": Command("lease ports and write the concrete Compose file(s)", _render),
+    "up": Command(
+        "render and `docker compose up -d`; leases kept until `down`",
+        _up,
+        after="arguments for `docker compose up`",
+    ),
+    "down": Command("`docker compose down` as recorded at `up`, and free the leases", _down),
+    "ports": Command("print a stack's ports, each with the address to reach it on", _ports),
+    "port": Command("print one placeholder's port", _port),
+    "run": Command(
+        "up --wait, run the command after `--`, down; exits with its status",
+        _run,
+        after="the command to run",
+    ),
+    "deploy": Command(
+        "render and `docker stack deploy` (Swarm); leases kept until `rm`",
+        _deploy,
+        after="arguments for `docker stack deploy`",
+    ),
+}
+"""Our commands, in the order --help lists them."""
+
+
+def _rm(p: argparse.ArgumentParser) -> None:
+    # `rm -p NAME`: the project may follow the verb, as `docker stack rm NAME` users type it; the rest is Compose's
+    _project(p)
+    _context(p)
+
+
+COMPOSE_VERBS: dict[str, Declare | None] = {
+    "attach": None,
+    "build": None,
+    "commit": None,
+    "config": None,
+    "cp": None,
+    "create": None,
+    "events": None,
+    "exec": None,
+    "export": None,
+    "images": None,
+    "kill": None,
+    "logs": None,
+    "pause": None,
+    "ps": None,
+    "pull": None,
+    "push": None,
+    "restart": None,
+    "rm": _rm,  # ours for a Swarm stack of ours (`docker stack rm`), else Compose's
+    "scale": None,
+    "start": None,
+    "stats": None,
+    "stop": None,
+    "top": None,
+    "unpause": None,
+    "version": None,
+    "wait": None,
+    "watch": None,
+}
+"""Compose's own verbs, passed through for a stack, each with what declares the options we take out
+of its arguments (None: every word after the verb is Compose's). `up`, `down`, `run`, `port` and `ls`
+are ours: `freeport-compose compose VERB ...` reaches any of Compose's."""
+
+
+# -- the parser ---------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top level's parser, or one command's: a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse's documented hook: one line instead of the usage and `prog: error: message`
+        self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+class _Version(argparse.Action):
+    """`--version`: `freeport-compose <version>` on stdout, exit 0. argparse's own "version" action
+    wants the text when the parser is made, and importlib.metadata would cost every start ~5 ms."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("freeport-compose")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            text = "(not installed)"
+        print(f"{PROG} {text}")  # stdout, as argparse's own --help and --version
+        parser.exit()
+
+
+def top_parser() -> argparse.ArgumentParser:
+    """The top level: its options, then COMMAND (one of COMMANDS, COMPOSE_VERBS or `compose`) and
+    the words after it, unread (the command's parser, or Compose, reads them). Its --help lists
+    every command from the tables, with its help line."""
+    # Raw: the commands' table below is laid out here, not re-flowed into one paragraph
+    parser = _Parser(
+        prog=PROG,
+        description="Leased host ports for Compose stacks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Each long option starts with its own letter: argparse refuses an ambiguous abbreviation
+    # (`--s` of two options) wherever it stands, also among a Compose verb's words
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="state directory (default: $FREEPORT_STATE_DIR, else a private per-user one)"
+    )
+    parser.add_argument("--context", metavar="NAME", help=_CONTEXT_HELP)
+    parser.add_argument(
+        "-p",
+        "--project-name",
+        dest="project",
+        metavar="PROJECT",
+        help="the stack a command is for (also after our commands' name; Compose's commands take it here only)",
+    )
+    parser.add_argument("command", metavar="COMMAND", choices=[*COMMANDS, *COMPOSE_VERBS, "compose"], help="see below")
+    # REMAINDER after the command word: every word that follows, those that look like the top
+    # level's options included, is the command's (the use argparse's documentation gives it:
+    # a final positional after a command name, the outer parser's options before that command)
+    parser.add_argument("words", nargs=argparse.REMAINDER, metavar="ARGS", help=f"the command's: {PROG} COMMAND -h")
+    width = max(map(len, COMMANDS))
+    parser.add_argument_group("commands", "\n".join(f"{n:<{width}}  {c.help}" for n, c in COMMANDS.items()))
+    verbs = list(COMPOSE_VERBS)
+    rows = "\n".join(f"  {', '.join(verbs[i : i + 9])}," for i in range(0, len(verbs), 9))[:-1]  # 9 a line: 80 columns
+    parser.add_argument_group(
+        "Compose's commands, for a stack of ours",
+        f"{PROG} [-p PROJECT] VERB ARGS... is `docker compose VERB ARGS...`\n"
+        "with the stack's files, profiles, env files and project name; every word\n"
+        "after VERB is Compose's. VERB is one of\n"
+        f"{rows}\n"
+        "`rm -p PROJECT` of a Swarm stack of ours is `docker stack rm`;\n"
+        "`compose VERB ARGS...` reaches any of Compose's commands (also run, port, ls).",
+    )
+    return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one command of ours (COMMANDS), or of the options taken out of a Compose verb's
+    words (COMPOSE_VERBS), with its arguments declared. Only the command being run is built."""
+    command = COMMANDS.get(name)
+    if command is None:  # a Compose verb: its help is Compose's, and only the options we declare are ours
+        parser = _Parser(prog=f"{PROG} {name}", add_help=False, allow_abbrev=False)
+        declare = COMPOSE_VERBS[name]
+        if declare is not None:
+            declare(parser)
+        return parser
+    epilog = f"-- ARGS...: {command.after}" if command.after else None
+    parser = _Parser(prog=f"{PROG} {name}", description=command.help, epilog=epilog)
+    _context(parser)
+    command.declare(parser)
+    return parser
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """argv read by the parsers above, or SystemExit: 0 after --help or --version, 2 after a usage
+    error (one line).
+
+    The Namespace has `command`, the top level's options and the command's, each given after the
+    command overriding the same given before it; `after`, the words after the first `--` (`up`,
+    `deploy`: extra arguments; `run`: the command; a usage error for the other commands of ours);
+    `compose_args`, None for our commands, else the arguments to give `docker compose` for a
+    pass-through command: the words typed after `[-p P]`, in order and untouched (the verb and
+    everything after it, a `--` included; `compose` itself left out; `rm`'s -p and --context taken
+    out).
+    """
+    words = list(argv)
+    # `--` ends what our parsers read: what follows is another program's. (argparse's own reading
+    # of `--` has changed between Python versions; a word it never sees cannot be misread.)
+    cut = words.index("--") if "--" in words else len(words)
+    top = top_parser()
+    args = top.parse_args(words[:cut])
+    rest: list[str] = args.words
+    del args.words
+    name = args.command
+    # The command's own options update the top level's: -p and --context only where given after
+    # the command (their default is SUPPRESS)
+    if name not in COMMANDS:
+        unknown = rest
+        if COMPOSE_VERBS.get(name) is not None:  # rm: its -p and --context are ours, the rest Compose's
+            own, unknown = command_parser(name).parse_known_args(rest)
+            vars(args).update(vars(own))
+        verb = [] if name == "compose" else [name]
+        args.compose_args = [*verb, *unknown, *words[cut:]]  # the `--` and what follows, untouched
+        args.after = []
+        return args
+    vars(args).update(vars(command_parser(name).parse_args(rest)))
+    args.compose_args = None
+    args.after = words[cut + 1 :]
+    if args.after and COMMANDS[name].after is None:  # a `--` that ends the line is only the end of options
+        takes = ", ".join(f"`{n}` ({c.after})" for n, c in COMMANDS.items() if c.after)
+        top.error(f"`--` is only for {takes}, not `{name}`")
+    if name == "run" and not args.after:
+        top.error(f"run needs a command after `--`: {PROG} run -f FILE -- CMD ARGS...")
+    return args

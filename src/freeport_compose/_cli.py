@@ -1,9 +1,9 @@
 """The `freeport-compose` command line: dispatch, output, and exit codes. No logic of its own; what
-argv says is read by _argv.py.
+argv says is read by _argv.py, the one parser.
 
-Guarantees: the only module that prints; every FreeportError becomes one `freeport-compose:` line
-and its own exit code; the state dir given with --state-dir is passed down, never put in the
-environment.
+Guarantees: the only module that prints (besides argparse's help, usage errors and --version, in
+_argv.py); every FreeportError becomes one `freeport-compose:` line and its own exit code; the state
+dir given with --state-dir is passed down, never put in the environment.
 """
 
 from __future__ import annotations
@@ -11,39 +11,24 @@ from __future__ import annotations
 import os
 import sys
 import time
+from signal import SIGTERM, signal
+from typing import TYPE_CHECKING, NoReturn
 
-from ._argv import (
-    Args,
-    command_word,
-    duration_arg,
-    fast_args,
-    passthrough,
-    ports_arg,
-    range_arg,
-    rm_globals,
-    split_dashdash,
-    timeout_arg,
-)
+from ._argv import duration_arg, parse, ports_arg, range_arg, timeout_arg
 from ._error import ExitCode, FreeportError, UnknownOwnerError
 
-TYPE_CHECKING = False  # without importing typing: see _argv.py
 if TYPE_CHECKING:  # imported where used: every command pays only for what it needs
+    from argparse import Namespace
     from collections.abc import Callable, Mapping, Sequence
-    from signal import SIGTERM
-    from signal import signal as set_handler
-    from typing import NoReturn
 
     from ._leasing.ranges import PortRange
     from ._leasing.store import LeaseStore, Reclaimed
     from ._stacks.lifecycle import Options
     from ._stacks.state import State
     from ._stacks.target import Engine
-else:  # signal.py wraps _signal's values in enums: `enum` costs every start ~1.5 ms
-    from _signal import SIGTERM
-    from _signal import signal as set_handler
 
 
-def _opts(args: Args) -> Options:
+def _opts(args: Namespace) -> Options:
     """The stack options of a command, found the way Compose finds them where not given (the CLI is
     where the environment is read: the library is handed what it found)."""
     from ._stacks.discovery import compose_files, listed
@@ -67,14 +52,14 @@ def _say(message: str) -> None:
     print(f"freeport-compose: {message}", file=sys.stderr)
 
 
-def _engine(args: Args) -> Engine:
+def _engine(args: Namespace) -> Engine:
     """The engine a command targets: --context, else what Compose would use ($DOCKER_HOST...)."""
     from ._stacks.target import resolve
 
     return resolve(args.context, os.environ)
 
 
-def _state(args: Args) -> State:
+def _state(args: Namespace) -> State:
     from ._stacks.state import State
 
     return State.open(args.state_dir, _engine(args))
@@ -133,7 +118,7 @@ def _to_github(ports: Mapping[str, int], hosts: Mapping[str, str]) -> None:
         _say(f"wrote {len(ports)} port(s) to {path}")
 
 
-def _cmd_get(args: Args, after: list[str]) -> int:
+def _cmd_get(args: Namespace) -> int:
     from ._leasing.allocator import FreePorts
 
     start, stop = range_arg(args.range) if args.range else (None, None)
@@ -166,7 +151,7 @@ def _cmd_get(args: Args, after: list[str]) -> int:
     return 0
 
 
-def _cmd_release(args: Args, after: list[str]) -> int:
+def _cmd_release(args: Namespace) -> int:
     if args.context:
         ports = _state(args).leases.release_owner(args.owner)
     else:
@@ -177,7 +162,7 @@ def _cmd_release(args: Args, after: list[str]) -> int:
     return 0
 
 
-def _cmd_ls(args: Args, after: list[str]) -> int:
+def _cmd_ls(args: Namespace) -> int:
     from ._stacks.overview import overview
     from ._stacks.state import State
 
@@ -254,7 +239,7 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
-def _cmd_gc(args: Args, after: list[str]) -> int:
+def _cmd_gc(args: Namespace) -> int:
     from ._stacks.lifecycle import GcReport, gc
     from ._stacks.state import State
 
@@ -278,7 +263,7 @@ def _cmd_gc(args: Args, after: list[str]) -> int:
     return 0
 
 
-def _cmd_render(args: Args, after: list[str]) -> int:
+def _cmd_render(args: Namespace) -> int:
     from ._stacks.lifecycle import render
 
     ttl = duration_arg(args.ttl) if args.ttl else None
@@ -288,16 +273,16 @@ def _cmd_render(args: Args, after: list[str]) -> int:
     return 0
 
 
-def _cmd_up(args: Args, after: list[str]) -> int:
+def _cmd_up(args: Namespace) -> int:
     from ._stacks.lifecycle import up
 
-    record = up(_state(args), _opts(args), wait=args.wait, extra=after, notify=_say)
+    record = up(_state(args), _opts(args), wait=args.wait, extra=args.after, notify=_say)
     _say(f"project {record.project} is up; `freeport-compose down -p {record.project}` stops it")
     print(format_ports(record.ports, "dotenv"))
     return 0
 
 
-def _cmd_down(args: Args, after: list[str]) -> int:
+def _cmd_down(args: Namespace) -> int:
     from ._stacks.lifecycle import down
     from ._stacks.lookup import find_project
 
@@ -308,7 +293,7 @@ def _cmd_down(args: Args, after: list[str]) -> int:
     return 0
 
 
-def _cmd_ports(args: Args, after: list[str]) -> int:
+def _cmd_ports(args: Namespace) -> int:
     from ._stacks.lookup import find_project, hosts_of, ports_of
 
     state = _state(args)
@@ -321,7 +306,7 @@ def _cmd_ports(args: Args, after: list[str]) -> int:
     return 0
 
 
-def _cmd_port(args: Args, after: list[str]) -> int:
+def _cmd_port(args: Namespace) -> int:
     from ._stacks.lookup import find_project, ports_of
     from ._stacks.names import placeholder_key
 
@@ -335,28 +320,26 @@ def _cmd_port(args: Args, after: list[str]) -> int:
     return 0
 
 
-def _cmd_deploy(args: Args, after: list[str]) -> int:
+def _cmd_deploy(args: Namespace) -> int:
     from ._stacks.swarm import deploy
 
-    record = deploy(_state(args), _opts(args), extra=after, notify=_say)
+    record = deploy(_state(args), _opts(args), extra=args.after, notify=_say)
     _say(f"Swarm stack {record.project} is deployed; `freeport-compose rm -p {record.project}` removes it")
     print(format_ports(record.ports, "dotenv"))
     return 0
 
 
-def _cmd_run(args: Args, after: list[str]) -> int:
+def _cmd_run(args: Namespace) -> int:
     from ._stacks.supervise import run
 
-    if not after:
-        raise _UsageError("run needs a command after `--`: freeport-compose run -f FILE -- CMD ARGS...")
-    return run(_state(args), _opts(args), after, keep_volumes=args.keep_volumes, notify=_say)
+    return run(_state(args), _opts(args), args.after, keep_volumes=args.keep_volumes, notify=_say)
 
 
 class _UsageError(FreeportError):
     exit_code = ExitCode.USAGE
 
 
-COMMANDS: dict[str, Callable[[Args, list[str]], int]] = {
+HANDLERS: dict[str, Callable[[Namespace], int]] = {
     "get": _cmd_get,
     "release": _cmd_release,
     "ls": _cmd_ls,
@@ -369,72 +352,52 @@ COMMANDS: dict[str, Callable[[Args, list[str]], int]] = {
     "run": _cmd_run,
     "deploy": _cmd_deploy,
 }
-"""Each command's handler: (parsed arguments, what followed `--`) -> exit status."""
+"""Each command of _argv.COMMANDS, its handler: parsed arguments -> exit status."""
 
 
 def _terminate(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C: cleanup code runs, leases are freed
 
 
-def _cmd_compose(given: dict[str, str], args: list[str]) -> int:
+def _cmd_compose(args: Namespace) -> int:
     """Pass a Compose command through for a stack: `freeport-compose logs -f web` is `docker compose
     <the stack's options> logs -f web`. `rm` of a Swarm stack of ours is `docker stack rm` and frees
-    its ports."""
+    its ports (`compose rm` is Compose's, always)."""
     from ._stacks.lookup import find_project
-    from ._stacks.state import State
     from ._stacks.supervise import exec_compose
-    from ._stacks.target import resolve
 
-    if args[:1] == ["rm"]:  # `rm -p NAME`: the project may follow the verb, as `docker stack rm NAME` users type it
-        given, args = rm_globals(given, args)
-    state_dir = given.get("state_dir")
-    engine = resolve(given.get("context"), os.environ)
-    state = State.open(os.path.abspath(state_dir) if state_dir else None, engine)
-    project = find_project(state, given.get("project"))
-    if args[:1] == ["rm"]:
+    state = _state(args)
+    project = find_project(state, args.project)
+    words: list[str] = args.compose_args
+    if args.command == "rm":
         from ._stacks.dockerstack import is_swarm_stack
         from ._stacks.swarm import remove
 
         if is_swarm_stack(state, project):
-            if [a for a in args[1:] if a not in ("-f", "--force")]:
+            if [a for a in words[1:] if a not in ("-f", "--force")]:
                 raise _UsageError(
                     f"{project} is a Swarm stack: `rm -p {project}` removes it whole (docker stack rm), "
-                    f"and takes no {' '.join(args[1:])}"
+                    f"and takes no {' '.join(words[1:])}"
                 )
             remove(state, project)
             _say(f"Swarm stack {project} is removed; its ports are free")
             return 0
     sys.stdout.flush()
     sys.stderr.flush()
-    exec_compose(state, project, args)
+    exec_compose(state, project, words)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `freeport-compose` command."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    through = passthrough(words)
-    if through is None:
-        own, after = split_dashdash(words)
-        fast = fast_args(own)  # argparse, which is slower to import than any command here, only for help and errors
-        if fast is None:
-            from ._parser import parse
-
-            word = command_word(own)
-            fast = parse(own, word if word in COMMANDS else None)
-        args = fast
-        if args.state_dir:
-            args.state_dir = os.path.abspath(args.state_dir)
-        if after and args.command not in ("up", "run", "deploy"):
-            _say(
-                f"`--` is only for `up` and `deploy` (extra Compose or docker stack arguments) and `run` (the "
-                f"command), not `{args.command}`"
-            )
-            return ExitCode.USAGE
-    set_handler(SIGTERM, _terminate)
+    """Entry point of the `freeport-compose` command: the exit status (SystemExit for --help,
+    --version and usage errors, from the parser)."""
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.state_dir:
+        args.state_dir = os.path.abspath(args.state_dir)
+    signal(SIGTERM, _terminate)
     try:
-        if through is not None:
-            return _cmd_compose(*through)  # execs Compose, or removes a Swarm stack of ours
-        return COMMANDS[args.command](args, after)
+        if args.compose_args is not None:
+            return _cmd_compose(args)  # execs Compose, or removes a Swarm stack of ours
+        return HANDLERS[args.command](args)
     except FreeportError as e:
         for line in getattr(e, "details", ()):
             print(line, file=sys.stderr)  # why it failed, before the one error line
