@@ -164,3 +164,153 @@ if [ "$(label_of "$POSTGRES_TEST_IMAGE" org.freeport-compose.recipe)" != "$recip
         [ -z "$old" ] || docker rmi "$old" >/dev/null 2>&1 || true
     done
 fi
+
+# 7. More engines on this machine, for tests/test_local_engines.py: rootful Podman, and for an
+#    unprivileged user (freeport-rootless) rootless Podman and rootless Docker, each through its
+#    Docker-compatible socket, each with the busybox test image loaded (no registry is reachable).
+#    FREEPORT_ENGINES picks them (a comma-separated list of podman, rootless-podman, rootless-docker;
+#    "all", the default; "docker" for none of them); CI (CI=true) always sets up all of them.
+#    Needs root (a user, subordinate ids, /dev/net/tun, services under /run).
+ENGINES=${FREEPORT_ENGINES:-all}
+if [ "${CI:-}" = true ]; then ENGINES=all; fi
+wants() { case ",$ENGINES," in *,all,* | *,"$1",*) return 0 ;; *) return 1 ;; esac; }
+ROOTLESS_USER=${FREEPORT_ROOTLESS_USER:-freeport-rootless}
+PODMAN_SOCK=/run/podman/podman.sock
+answers() {  # answers SOCKET: whether an engine answers the Docker API there
+    [ -S "$1" ] && curl -sf --max-time 5 --unix-socket "$1" http://engine/_ping >/dev/null 2>&1
+}
+wait_for() {  # wait_for SOCKET LOG WHAT: up to 60 s for the engine at SOCKET; its log's tail if not
+    for _ in $(seq 1 120); do
+        answers "$1" && return 0
+        sleep 0.5
+    done
+    tail -n 20 "$2" >&2 || true
+    say "$3 did not come up within 60 s (log: $2)"
+    exit 1
+}
+if wants podman || wants rootless-podman || wants rootless-docker; then
+    if [ "$(id -u)" -ne 0 ]; then
+        say "skipping Podman and the rootless engines: they need root to set up (FREEPORT_ENGINES=docker to silence this)"
+        ENGINES=docker
+    fi
+fi
+if wants podman || wants rootless-podman || wants rootless-docker; then
+    need_pkgs=()
+    for pkg in podman rootlesskit slirp4netns uidmap fuse-overlayfs curl; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$pkg")
+    done
+    if [ ${#need_pkgs[@]} -gt 0 ]; then
+        say "installing ${need_pkgs[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    fi
+    # Podman's default open-files and (rootful) process limits are above the hard limits of many
+    # machines and CI runners: every container would fail to start with "error setting rlimit
+    # type 7 (or 6): operation not permitted". Set them within this machine's hard limits.
+    nofile=$(ulimit -Hn)
+    if [ "$nofile" = unlimited ] || [ "$nofile" -gt 65536 ]; then nofile=65536; fi
+    # Podman's service lowers its own process limit to 32768 where the hard limit is higher (measured:
+    # hard 96369, service 32768), and a container cannot get more than the service has.
+    nproc=$(ulimit -Hu)
+    if [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; then nproc=32768; fi
+    conf_changed=()  # the owners (root: "") whose containers.conf changed: their services restart
+    containers_conf() {  # containers_conf FILE [OWNER]: default_ulimits within the hard limits
+        local want="[containers]
+default_ulimits = [\"nofile=$nofile:$nofile\", \"nproc=$nproc:$nproc\"]"
+        if [ "$(cat "$1" 2>/dev/null)" != "$want" ]; then
+            # The user's directories made as the user: Podman writes more below ~/.config.
+            if [ -n "${2:-}" ]; then runuser -u "$2" -- mkdir -p "$(dirname "$1")"; else mkdir -p "$(dirname "$1")"; fi
+            printf '%s\n' "$want" >"$1"
+            [ -z "${2:-}" ] || chown "$2:$2" "$1"
+            conf_changed+=("${2:-root}")
+        fi
+    }
+    containers_conf /etc/containers/containers.conf
+fi
+
+restart_if_changed() {  # restart_if_changed OWNER PIDFILE SOCKET: stop a service whose config changed
+    case " ${conf_changed[*]:-} " in *" $1 "*) ;; *) return 0 ;; esac
+    # A service reads containers.conf when it starts: one started before the change keeps failing.
+    if [ -f "$2" ] && answers "$3"; then
+        say "restarting the service on $3 (its containers.conf changed)"
+        kill "$(cat "$2")" 2>/dev/null || true
+        for _ in $(seq 1 40); do answers "$3" || break; sleep 0.25; done
+    fi
+}
+
+if wants podman; then
+    restart_if_changed root /run/podman/freeport-service.pid "$PODMAN_SOCK"
+    if ! answers "$PODMAN_SOCK"; then
+        # /run/podman must exist before the service starts: it does not make the socket's directory.
+        mkdir -p /run/podman
+        log=/var/log/freeport-podman.log
+        say "starting rootful Podman's service on $PODMAN_SOCK (log: $log)"
+        # setsid: the service must outlive the process group of whoever ran this script; its pid
+        # kept so a later run can restart exactly it.
+        setsid sh -c "nohup podman system service --time=0 unix://$PODMAN_SOCK >$log 2>&1 & echo \$! >/run/podman/freeport-service.pid"
+        wait_for "$PODMAN_SOCK" "$log" "Podman's service"
+    fi
+    if ! podman image exists "$TEST_IMAGE"; then
+        say "loading $TEST_IMAGE into rootful Podman"
+        docker save "$TEST_IMAGE" | podman load -q >/dev/null
+    fi
+fi
+
+if wants rootless-podman || wants rootless-docker; then
+    if ! id -u "$ROOTLESS_USER" >/dev/null 2>&1; then
+        say "creating the unprivileged user $ROOTLESS_USER"
+        useradd --create-home --shell /bin/sh "$ROOTLESS_USER"
+    fi
+    ruid=$(id -u "$ROOTLESS_USER")
+    rhome=$(getent passwd "$ROOTLESS_USER" | cut -d: -f6)
+    # Subordinate ids: a user namespace maps the containers' users onto them.
+    grep -q "^$ROOTLESS_USER:" /etc/subuid 2>/dev/null || usermod --add-subuids 200000-265535 "$ROOTLESS_USER"
+    grep -q "^$ROOTLESS_USER:" /etc/subgid 2>/dev/null || usermod --add-subgids 200000-265535 "$ROOTLESS_USER"
+    # Rootless networking (slirp4netns, rootlesskit) opens /dev/net/tun as that user.
+    if [ ! -c /dev/net/tun ]; then
+        mkdir -p /dev/net
+        mknod /dev/net/tun c 10 200
+    fi
+    [ "$(stat -c %a /dev/net/tun)" = 666 ] || chmod 666 /dev/net/tun
+    rrun=/run/user/$ruid  # its XDG_RUNTIME_DIR, as a login would make it
+    if [ ! -d "$rrun" ]; then
+        mkdir -p "$rrun"
+        chown "$ROOTLESS_USER:$ROOTLESS_USER" "$rrun"
+        chmod 700 "$rrun"
+    fi
+    as_user() {  # as_user CMD...: CMD as the unprivileged user, in its own session
+        runuser -u "$ROOTLESS_USER" -- env -i HOME="$rhome" USER="$ROOTLESS_USER" XDG_RUNTIME_DIR="$rrun" \
+            PATH=/usr/share/docker.io/contrib:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@"
+    }
+    containers_conf "$rhome/.config/containers/containers.conf" "$ROOTLESS_USER"
+fi
+
+if wants rootless-podman; then
+    sock=$rrun/podman/podman.sock
+    restart_if_changed "$ROOTLESS_USER" "$rrun/podman/freeport-service.pid" "$sock"
+    if ! answers "$sock"; then
+        log=$rrun/freeport-podman.log
+        say "starting rootless Podman's service for $ROOTLESS_USER on $sock (log: $log)"
+        as_user mkdir -p "$rrun/podman"
+        as_user setsid sh -c "nohup podman system service --time=0 unix://$sock >$log 2>&1 & echo \$! >$rrun/podman/freeport-service.pid"
+        wait_for "$sock" "$log" "rootless Podman's service"
+    fi
+    if ! as_user podman image exists "$TEST_IMAGE"; then
+        say "loading $TEST_IMAGE into $ROOTLESS_USER's Podman"
+        docker save "$TEST_IMAGE" | as_user podman load -q >/dev/null
+    fi
+fi
+
+if wants rootless-docker; then
+    sock=$rrun/docker.sock
+    if ! answers "$sock"; then
+        log=$rrun/freeport-dockerd.log
+        say "starting rootless dockerd for $ROOTLESS_USER on $sock (log: $log)"
+        as_user setsid sh -c "nohup dockerd-rootless.sh >$log 2>&1 &"
+        wait_for "$sock" "$log" "rootless dockerd"
+    fi
+    if ! as_user docker -H "unix://$sock" image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
+        say "loading $TEST_IMAGE into $ROOTLESS_USER's rootless Docker"
+        docker save "$TEST_IMAGE" | as_user docker -H "unix://$sock" load -q >/dev/null
+    fi
+fi

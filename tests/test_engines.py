@@ -123,29 +123,54 @@ def test_ports_the_engine_published_are_never_handed_out(engine: SecondEngine, t
     ok(fpc("down", "-p", "fpc-eng-pub", env=env))
 
 
-def test_leases_for_one_engine_do_not_block_another(engine: SecondEngine, tmp_path: Path,
-                                                    free_block: Callable[[int], int]) -> None:
+def test_leases_for_an_engine_elsewhere_do_not_block_this_machine(engine: SecondEngine, tmp_path: Path,
+                                                                  free_block: Callable[[int], int]) -> None:
     first = free_block(2)
-    env = {**engine.env, "FREEPORT_RANGE": f"{first}-{first + 1}"}
-    ok(fpc("render", "-f", template(tmp_path, "a", "b"), "-p", "fpc-eng-a", env=env))
+    # By its TLS context the engine is elsewhere (tcp to another address): a lease store of its own.
+    env = {**context_env(engine), "FREEPORT_RANGE": f"{first}-{first + 1}", "DOCKER_CONTEXT": CONTEXT}
+    ok(run_fpc("render", "-f", template(tmp_path, "a", "b"), "-p", "fpc-eng-a", env=env))
     assert set(leased(env, "fpc-eng-a").values()) == {first, first + 1}
     # the machine's own leases (plain `get`, the default engine) are another store: both free there
     got = ok(fpc("get", "--owner", "fpc-local", "-n", "2", "--range", f"{first}-{first + 1}"))
     assert sorted(map(int, got.stdout.split())) == [first, first + 1]
-    # ... while for the second engine they are taken
-    result = fpc("render", "-f", template(tmp_path, "c"), "-p", "fpc-eng-b", "--timeout", "0", env=env)
+    # ... while for the engine elsewhere they are taken
+    result = run_fpc("render", "-f", template(tmp_path, "c"), "-p", "fpc-eng-b", "--timeout", "0", env=env)
     assert_error(result, ExitCode.NO_FREE_PORT)
-    listing = ls_json()
+    listing = json.loads(ok(run_fpc("ls", "--json", env=context_env(engine))).stdout)
     engines = {(x["owner"], x["engine"]) for x in listing["leases"]}
     assert ("fpc-local", "unix:///var/run/docker.sock") in engines
-    assert ("fpc-eng-a", engine.sock) in engines
-    assert [(s["project"], s["engine"]) for s in listing["stacks"]] == [("fpc-eng-a", engine.sock)]
-    table = ok(fpc("ls")).stdout
-    assert any(line.startswith("fpc-eng-a") and engine.sock in line for line in table.splitlines())
+    assert ("fpc-eng-a", engine.tcp) in engines
+    assert [(s["project"], s["engine"]) for s in listing["stacks"]] == [("fpc-eng-a", engine.tcp)]
     # asked on the default engine, the stack is unknown there, and the error says where it is
-    assert_error(fpc("ports", "-p", "fpc-eng-a"), ExitCode.UNKNOWN_OWNER,
-                 f"is on the engine at {engine.sock}: give DOCKER_HOST={engine.sock}")
+    assert_error(run_fpc("ports", "-p", "fpc-eng-a", env=context_env(engine)), ExitCode.UNKNOWN_OWNER,
+                 f"is on the engine at {engine.tcp}: give --context {CONTEXT}")
+    ok(run_fpc("down", "-p", "fpc-eng-a", env=env))
+    ok(fpc("release", "--owner", "fpc-local"))
+
+
+def test_an_engine_on_a_unix_socket_leases_from_the_machines_store(engine: SecondEngine, tmp_path: Path,
+                                                                    free_block: Callable[[int], int]) -> None:
+    """A unix socket is this machine's engine (issue 20): its leases and the default engine's (and
+    plain `get`'s) are one store, so neither hands out a port the other holds; its stack records
+    stay its own, and each lease is listed once, under its engine."""
+    first = free_block(2)
+    env = {**engine.env, "FREEPORT_RANGE": f"{first}-{first + 1}"}
+    ok(fpc("render", "-f", template(tmp_path, "a"), "-p", "fpc-eng-a", env=env))
+    got = ok(fpc("get", "--owner", "fpc-local", "-n", "1", "--range", f"{first}-{first + 1}"))
+    assert set(leased(env, "fpc-eng-a").values()) | {int(got.stdout)} == {first, first + 1}
+    result = fpc("render", "-f", template(tmp_path, "c"), "-p", "fpc-eng-b", "--timeout", "0", env=env)
+    assert_error(result, ExitCode.NO_FREE_PORT)
+    # the same project name on the default engine is another stack: it never reuses those leases
+    result = fpc("render", "-f", template(tmp_path, "a"), "-p", "fpc-eng-a", "--timeout", "0",
+                 env={"FREEPORT_RANGE": f"{first}-{first + 1}"})
+    assert_error(result, ExitCode.NO_FREE_PORT)
+    listing = ls_json()
+    engines = sorted((x["owner"], x["engine"]) for x in listing["leases"])
+    assert engines == [("fpc-eng-a", engine.sock), ("fpc-local", "unix:///var/run/docker.sock")]
+    assert [(s["project"], s["engine"]) for s in listing["stacks"]] == [("fpc-eng-a", engine.sock)]
     ok(fpc("down", "-p", "fpc-eng-a", env=env))
+    assert leased(env, "fpc-eng-a") == {}
+    assert ok(fpc("ls", "--json")).stdout.count('"fpc-local"') == 1  # the other engine's down left it
     ok(fpc("release", "--owner", "fpc-local"))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 
 from .._error import StateDirError
@@ -23,8 +24,12 @@ def orphaned_leases(ports_path: str) -> dict[int, int]:
     """{port: pid} of flocks that live processes hold on lock files of a deleted ports_path.
 
     Linux only (/proc): flocks listed in /proc/locks, matched by device and inode with the holders'
-    open files whose path reads `<ports_path>/<port>.lock (deleted)`.
+    open files whose path reads `<ports_path>/<port>.lock (deleted)`. Elsewhere (macOS, the BSDs,
+    a Linux without /proc) nothing can list another process's flocks: {} (no adoption), so a state
+    dir deleted under live process leases lets their ports be leased again there.
     """
+    if not sys.platform.startswith("linux"):
+        return {}
     try:
         with open("/proc/locks") as f:
             lines = f.read().splitlines()

@@ -2,12 +2,18 @@
 
 Guarantees:
 - `Holder` names a process by pid *and* start time, so a reused pid is never taken for a dead holder.
+- Where start times cannot be read (no /proc: macOS, the BSDs, a container without it), a holder
+  is alive while its pid is (`kill(pid, 0)`: ESRCH is dead, EPERM is alive): never judged dead
+  for want of a start time, at the price of a reused pid keeping a dead holder's lease until that
+  process ends. (A start time from `sysctl kern.proc.pid` is not read: its struct layout differs
+  per system and release.)
 - After `fork()`, the child has its own pid here at once, and has closed (never unlocked) every lock
   descriptor whose flock is one of the parent's leases, including those another thread was opening
   or closing at that instant: the child can neither free the parent's ports nor keep them leased
   after the parent dies. This module holds the package's only fork handler.
 
-May touch: /proc/<pid>/stat (read), descriptors registered with `track`/`in_flight`.
+May touch: /proc/<pid>/stat (read), signal 0 to a holder's pid, descriptors registered with
+`track`/`in_flight`.
 """
 
 from __future__ import annotations
@@ -120,11 +126,40 @@ def holder_of(pid: int) -> Holder:
     return Holder(pid, process_start_time(pid), hostname())
 
 
+def start_times_readable() -> bool:
+    """Whether this system shows processes' start times (Linux's /proc). Asked each time (a stat):
+    a test, or a container, may mount /proc after this module was imported."""
+    return os.path.exists("/proc/self/stat")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists, by signal 0: ESRCH is none; EPERM is one we may not
+    signal, so one that exists (another user's)."""
+    if pid <= 0:
+        return False  # kill(0) and kill(-1) name process groups, not a process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False  # EINVAL and the like: no process it could name
+    return True
+
+
 def holder_alive(holder: Holder) -> bool | None:
-    """Whether the holder process still runs; None when it ran on another host and we cannot tell."""
+    """Whether the holder process still runs; None when it ran on another host and we cannot tell.
+
+    By pid and start time where start times can be read; else by the pid alone (see the module's
+    docstring). Without that fallback every holder read as dead on a system without /proc, and
+    `gc` killed a live `run`'s stack and freed the leases of live processes.
+    """
     if holder.host != current_holder().host:
         return None
     started = process_start_time(holder.pid)
+    if started is None and not start_times_readable():
+        return pid_alive(holder.pid)
     return started is not None and (holder.start_time is None or started == holder.start_time)
 
 

@@ -4,7 +4,8 @@ Guarantees: a PortRange holds only valid ports (1-65535) as sorted disjoint inte
 60k-port range costs nothing; `shuffled` visits every candidate exactly once; the default range
 keeps clear of the kernel's ephemeral and reserved ports, read live (at most once a second).
 
-May touch: reads /proc/sys/net/ipv4/ip_local_port_range and ip_local_reserved_ports.
+May touch: reads /proc/sys/net/ipv4/ip_local_port_range and ip_local_reserved_ports (Linux); the
+net.inet.ip.portrange sysctls where there is no /proc (macOS, the BSDs).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import bisect
 import os
 import random
+import sys
 import time
 from collections.abc import Iterable, Iterator
 
@@ -191,12 +193,41 @@ def read_proc(path: str) -> bytes:
 
 
 def kernel_ephemeral_range() -> Interval:
-    """The kernel's ephemeral range (Docker picks random host ports there too), read live."""
+    """The kernel's ephemeral range (Docker picks random host ports there too), read live: Linux's
+    /proc/sys/net/ipv4/ip_local_port_range; on macOS and the BSDs `sysctl
+    net.inet.ip.portrange.first/last`. Where neither can be read, the system's default: Linux's
+    32768-60999, else IANA's 49152-65535 (macOS's default). Without the sysctl, a Mac's default
+    range would be Linux's, and leases would land where macOS hands out ephemeral ports."""
     try:
         lo, hi = (int(x) for x in read_proc(_PROC_EPHEMERAL).split())
         return lo, hi
     except (OSError, ValueError):
-        return 32768, 60999  # Linux's default, for systems without /proc
+        pass
+    if sys.platform.startswith("linux"):
+        return 32768, 60999  # Linux's default, for a Linux without /proc
+    lo_, hi_ = _sysctl_int("net.inet.ip.portrange.first"), _sysctl_int("net.inet.ip.portrange.last")
+    if lo_ is not None and hi_ is not None and 0 < lo_ <= hi_ < 65536:
+        return lo_, hi_
+    return 49152, 65535
+
+
+def _sysctl_int(name: str) -> int | None:
+    """An integer sysctl by name (sysctlbyname(3): macOS, the BSDs), None where there is none.
+    ctypes imported here: only a system without /proc gets this far."""
+    import ctypes
+    import ctypes.util
+
+    found = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(found)
+        sysctlbyname = libc.sysctlbyname
+    except (OSError, AttributeError):
+        return None
+    value = ctypes.c_int(0)
+    size = ctypes.c_size_t(ctypes.sizeof(value))
+    if sysctlbyname(name.encode(), ctypes.byref(value), ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
+        return None
+    return value.value
 
 
 def kernel_reserved_ports() -> list[Interval]:

@@ -261,7 +261,21 @@ def is_dead_temporary(name: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
+    """Whether the writer of a temporary may still be writing it: its pid exists (signal 0: ESRCH
+    none, EPERM another user's). Not /proc/PID: on a system without /proc every writer read as
+    dead, and a live writer's temporary was swept from under it. A reused pid keeps a dead
+    writer's temporary until the next sweep after that process ends: harmless."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def _is_dir(name: str, dir_fd: int) -> bool:

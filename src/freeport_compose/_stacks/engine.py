@@ -49,6 +49,14 @@ class _Answered(Exception):
         super().__init__(message)
         self.status, self.message = status, message
 
+    @property
+    def absent(self) -> bool:
+        """The engine has no such API, or none usable here: 503 (Docker, no Swarm manager here) or
+        404 (an engine without that endpoint at all: Podman's Docker-compatible API has no
+        /services). Either way there is nothing of that kind on this engine to count. Without the
+        404, every query of Podman's Swarm endpoints failed `up` and `render` with exit 7."""
+        return self.status in (404, 503)
+
 
 def _unreachable(engine: Engine, why: str) -> EngineUnreachableError:
     return EngineUnreachableError(f"no Docker engine answers at {engine.address}: {why}")
@@ -233,9 +241,11 @@ def published_ports(engine: Engine) -> frozenset[int]:
         try:
             services = get("/services", {})
         except _Answered as e:
-            if e.status != 503:
+            if not e.absent:
                 raise _failed(engine, "/services", e) from None
-            services = []  # no Swarm, a worker, a locked manager: its containers are all it can tell
+            # No Swarm, a worker, a locked manager, an engine with no Swarm API (Podman): its
+            # containers are all it can tell.
+            services = []
     ports = {int(p["PublicPort"]) for c in containers for p in c.get("Ports") or [] if p.get("PublicPort")}
     for s in services:
         for p in (s.get("Endpoint") or {}).get("Ports") or []:
@@ -252,10 +262,13 @@ def swarm_stacks(engine: Engine) -> dict[str, int]:
         with _api(engine) as get:
             services = get("/services", _filters(label=STACK_LABEL))
     except _Answered as e:
-        if e.status != 503:
+        if not e.absent:
             raise _failed(engine, "/services", e) from None
         error = NotSwarmManagerError(f"the engine at {engine.address} is not a Swarm manager: {e.message}")
-        error.inactive = "swarm init" in e.message  # "... Use \"docker swarm init\" or \"docker swarm join\" ..."
+        # "... Use \"docker swarm init\" or \"docker swarm join\" ..." (503), or an engine with no
+        # Swarm API at all (404: Podman): in no Swarm, so it has no stacks. A worker or a locked
+        # manager (503 without that hint) cannot tell: its stacks may well exist.
+        error.inactive = e.status == 404 or "swarm init" in e.message
         raise error from None
     counts: dict[str, int] = {}
     for s in services:

@@ -67,15 +67,24 @@ class Engine(NamedTuple):
 
     @property
     def is_default(self) -> bool:
-        """The machine's own engine at the default socket: its leases are the state dir's own, shared
-        with plain FreePort() (both publish on this machine)."""
+        """The machine's own engine at the default socket: its stack records are the state dir's own
+        (any other engine's are in engines/<key>/), and its projects own their leases by their bare
+        names. Its leases are the machine's store, as those of every engine `on_this_machine` are."""
         return self.address == DEFAULT_ADDRESS or self.canonical == Engine(DEFAULT_ADDRESS).canonical
 
     @property
     def on_this_machine(self) -> bool:
         """Whether its published ports bind here (a unix socket or loopback TCP), so the local bind
-        probe means something for it. For an engine elsewhere a port busy here may be free there,
-        and the reverse: only the engine's own published ports count."""
+        probe means something for it, and its leases are the machine's lease store (the state dir's
+        own, shared with plain FreePort() and every other engine on this machine: they all publish
+        in one port space). For an engine elsewhere a port busy here may be free there, and the
+        reverse: only the engine's own published ports count, and its leases are its own.
+
+        Told from the address alone (resolving reads no engine): a unix socket is this machine's
+        wherever it lives (Docker's, rootless Docker's, Podman's, Docker Desktop's, Colima's: they
+        all publish on this machine, Desktop and Colima through their port forwarding). A unix
+        socket forwarded from another host (`ssh -L`) would be taken as local: name such an engine
+        by its ssh:// or tcp:// address instead."""
         if self.address.startswith(("unix://", "npipe://", "fd://")):
             return True
         parts = _split(self.address)
@@ -90,8 +99,10 @@ class Engine(NamedTuple):
 
     @property
     def key(self) -> str:
-        """The directory name of its leases below the state dir ("" for the default engine): one
-        lease store per address, so a lease for one engine does not block another."""
+        """The directory name of its stack records below the state dir, engines/<key> ("" for the
+        default engine: the state dir itself), one per address. For an engine elsewhere that
+        directory holds its leases too, so a lease for it does not block this machine's ports; an
+        engine on this machine leases from the machine's store (see `on_this_machine`)."""
         if self.is_default:
             return ""
         return _sha256(self.canonical)[:20]
