@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-quick lint bench demo clean
+.PHONY: install test test-quick lint bench bench-quick demo clean
 
 install:
 	bash scripts/setup.sh
@@ -20,8 +20,12 @@ lint: install
 	$(VENV)/bin/ruff format --check src
 	$(VENV)/bin/mypy
 
+# Writes docs/benchmarks.md (~10 min); bench-quick: a short run, written to benchmarks/results/.
 bench: install
 	$(PY) benchmarks/run_all.py
+
+bench-quick: install
+	$(PY) benchmarks/run_all.py --quick
 
 demo: install
 	$(VENV)/bin/freeport-compose run -f examples/demo/compose.yml -- sh examples/demo/check.sh

@@ -7,10 +7,12 @@ Scenarios, all measured in one run:
      per-port cost measured inside each process, and ports handed to two processes at once;
   c) flat as leases grow: FreePort(range)+release with 10 vs 10,000 named leases held in the range;
   d) fresh processes: the first FreePort() after import against ephemeral-port-reserve's first
-     reserve(); b) again with processes spawned for every round; whole commands' time and max RSS.
+     reserve(); b) again with processes spawned for every round.
 
-Prints a Markdown section on stdout (progress goes to stderr). Everything freeport writes goes to a
-private FREEPORT_STATE_DIR that is removed at the end. Only loopback and wildcard binds are made.
+Prints its report (see _common.py) on stdout; progress goes to stderr. Everything freeport writes goes
+to a private FREEPORT_STATE_DIR that is removed at the end. Only loopback and wildcard binds are made;
+freeport's ranges lie outside 32768-60999 (portpicker, ephemeral-port-reserve and bind(0) pick where
+they pick: the kernel's ephemeral range).
 """
 
 from __future__ import annotations
@@ -43,13 +45,19 @@ from filelock import FileLock, Timeout
 import freeport_compose
 from _common import (
     WILDCARDS,
+    Report,
     count_free,
+    exit_on_sigterm,
     find_free_block,
-    machine_line,
+    kernel_ephemeral,
     median,
+    paired_ratio,
     parse_args,
     percentile,
+    prepare_environ,
     progress,
+    ratio_text,
+    shielded,
     table,
     time_wait_sockets,
     us,
@@ -302,7 +310,7 @@ def scenario_uncontended(cfg: Config, lock_root: str) -> Uncontended:
 # -- b) contended -------------------------------------------------------------------------------------
 
 Task = tuple[str, int, int, str, int]  # tool, range lo, range hi, lock dir, ports to take
-Report = tuple[list[int], list[float], list[float], list[str]]  # ports, wall and CPU s per allocation, errors
+WorkerReport = tuple[list[int], list[float], list[float], list[str]]  # ports, wall and CPU s per allocation, errors
 
 
 def worker(conn: Connection, barrier: Barrier) -> None:
@@ -367,10 +375,10 @@ class Pool:
             raise RuntimeError(f"a worker gave no answer in {WAIT:g} s")
         return conn.recv()
 
-    def run(self, task: Task) -> list[Report]:
+    def run(self, task: Task) -> list[WorkerReport]:
         for conn in self.conns:
             conn.send(task)
-        reports: list[Report] = [self._recv(conn) for conn in self.conns]
+        reports: list[WorkerReport] = [self._recv(conn) for conn in self.conns]
         if any("barrier broken" in errors for *_, errors in reports):
             raise RuntimeError(f"{task[0]}: a worker failed to reach a barrier: {reports}")
         return reports
@@ -399,7 +407,7 @@ class Contended:
     out_of_range: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     errors: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, tool: str, reports: Sequence[Report]) -> None:
+    def add(self, tool: str, reports: Sequence[WorkerReport]) -> None:
         """One round's reports of `tool`'s processes: their times, duplicates, errors, strays."""
         across, within = count_duplicates(reports)
         self.duplicates[tool] += across
@@ -412,7 +420,7 @@ class Contended:
                 self.out_of_range[tool] += sum(not self.lo <= p <= self.hi for p in ports)
 
 
-def count_duplicates(reports: Sequence[Report]) -> tuple[int, int]:
+def count_duplicates(reports: Sequence[WorkerReport]) -> tuple[int, int]:
     """(ports also handed to another process, ports handed twice to the same process) in one round."""
     holders: dict[int, set[int]] = defaultdict(set)
     for index, (ports, *_) in enumerate(reports):
@@ -472,22 +480,15 @@ class Leases:
     def row(self, held: int, kind: str) -> LeaseRow:
         return next(r for r in self.rows if r.held == held and r.kind == kind)
 
-    def ratio(self, kind: str) -> float:
-        """Per-port cost with many leases held over that with few (medians)."""
-        return median(self.row(HELD_MANY, kind).per_port) / median(self.row(HELD_FEW, kind).per_port)
-
-
-def kernel_ephemeral_lo() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+    def net(self, row: LeaseRow) -> float:
+        """The row's per-port cost over the bare syscalls' in the same pass (the median of the
+        repetitions' own ratios: the two ran back to back in each), which takes the load out."""
+        return paired_ratio(row.per_port, self.row(row.held, REFERENCE).per_port)
 
 
 def choose_lease_range() -> tuple[int, int, int]:
     """A range below the kernel's ephemeral range with >= 10,000 + 1,000 + the control block free."""
-    hi = min(32767, kernel_ephemeral_lo() - 1)
+    hi = min(32767, kernel_ephemeral()[0] - 1)
     need = HELD_MANY + 1000 + CONTROL_RANGE
     for lo in (20000, 16000, 12000, 10000, 5000):
         if hi - lo + 1 < need:
@@ -581,9 +582,8 @@ def scenario_leases(cfg: Config, lock_root: str) -> Leases:
     return result
 
 
-# -- d) fresh processes, and start-up -----------------------------------------------------------------
+# -- d) fresh processes -------------------------------------------------------------------------------
 
-FPC = os.path.join(os.path.dirname(sys.executable), "freeport-compose")
 FIRST_CODE = {
     FREEPORT: "from freeport_compose import FreePort as take",
     EPHEMERAL: "from ephemeral_port_reserve import reserve as take",
@@ -601,55 +601,26 @@ class Fresh:
     first: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # seconds, first call
     second: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     contended: Contended | None = None  # 16 fresh processes x 6 ports, first call included
-    whole: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # whole-process seconds
-    rss: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # max RSS, KiB
     # Ports of the default range with a lock file in the bench's state dir (most made by c)), and all of them.
     with_lock_file: int = 0
     default_range: int = 0
 
 
-GNU_TIME = "/usr/bin/time"
-
-
-def run_measured(cmd: list[str]) -> tuple[float, int, str]:
-    """(wall seconds, max RSS in KiB, stdout) of a child process.
-
-    The RSS is GNU time's (%M): a child's ru_maxrss counts the memory of the process it was forked
-    from, and ours is this bench, far bigger than the commands measured; time's own is ~2 MiB.
-    """
-    with tempfile.NamedTemporaryFile("r") as rss_file:
-        t0 = time.perf_counter()
-        done = subprocess.run([GNU_TIME, "-f", "%M", "-o", rss_file.name, *cmd], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, check=True)  # fmt: skip
-        seconds = time.perf_counter() - t0
-        rss = int(rss_file.read().split()[-1])
-    return seconds, rss, done.stdout.decode()
-
-
 def scenario_fresh(cfg: Config, lock_root: str, contended_range: tuple[int, int]) -> Fresh:
     result = Fresh()
-    n = 6 if cfg.quick else 20
-    progress(f"d) fresh processes: first call x {n} per tool; start-up of whole commands x {n}")
+    n = 6 if cfg.quick else 40
+    progress(f"c) done; d) fresh processes: first call x {n} per tool")
     default = freeport_compose.PortRange.default()
     names = set(os.listdir(os.path.join(os.environ["FREEPORT_STATE_DIR"], "ports")))
     result.default_range = len(default)
     result.with_lock_file = sum(f"{lo + k}.lock" in names for lo, hi in default.intervals for k in range(hi - lo + 1))
     for _ in range(n):  # interleaved, so drift hits every tool alike
         for tool, imp in FIRST_CODE.items():
-            _, _, out = run_measured([sys.executable, "-c", FIRST_TIMER.format(imp=imp)])
+            out = subprocess.run([sys.executable, "-c", FIRST_TIMER.format(imp=imp)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, check=True, timeout=WAIT).stdout  # fmt: skip
             first, second = map(float, out.split())
             result.first[tool].append(first)
             result.second[tool].append(second)
-        commands = {
-            "`python -c pass`": [sys.executable, "-c", "pass"],
-            "`python -c 'import freeport_compose'`": [sys.executable, "-c", "import freeport_compose"],
-            "`freeport-compose get --owner X`": [FPC, "get", "--owner", "bench-startup"],
-            "`freeport-compose release --owner X`": [FPC, "release", "--owner", "bench-startup"],
-        }
-        for label, cmd in commands.items():
-            seconds, rss, _ = run_measured(cmd)
-            result.whole[label].append(seconds)
-            result.rss[label].append(rss)
     lo, hi = contended_range
     rounds = 2 if cfg.quick else 8
     contended = Contended(lo, hi, rounds, time_wait_sockets())
@@ -668,269 +639,156 @@ def scenario_fresh(cfg: Config, lock_root: str, contended_range: tuple[int, int]
 
 # -- report -------------------------------------------------------------------------------------------
 
+TITLE_A = "Allocator a): uncontended, one process"
+TITLE_B = f"Allocator b): contended, {PROCS} processes x {PER_PROC} ports in a {CONTENDED_RANGE}-port range"
+TITLE_C = "Allocator c): flat as leases grow"
+TITLE_D1 = "Allocator d): a fresh process's first call"
+TITLE_D2 = f"Allocator d): contended, {PROCS} fresh processes x {PER_PROC} ports"
+NO_GOAL = ["-", "-"]
+
 
 def tw(count: int | None) -> str:
     return "?" if count is None else f"{count:,}"
-
-
-def verdict(ok: bool, miss: str = "") -> str:
-    return "met" if ok else f"**NOT met**{' (' + miss + ')' if miss else ''}"
 
 
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def render_targets(a: Uncontended, b: Contended, c: Leases, d: Fresh) -> list[str]:
-    ratio_a = a.paired_ratio(FREEPORT, BARE)
-    wall_fp, wall_eph = mean(b.times[FREEPORT]), mean(b.times[EPHEMERAL])
-    cpu_fp, cpu_eph = mean(b.cpu[FREEPORT]), mean(b.cpu[EPHEMERAL])
-    dups = b.duplicates[FREEPORT] + b.repeats[FREEPORT]
-    fails = len(b.errors[FREEPORT]) + b.out_of_range[FREEPORT]
-    ratio_c, ratio_ctl, drift = c.ratio(RANGE), c.ratio(CONTROL), c.ratio(REFERENCE)
-    rows = [
-        [
-            "b) zero duplicates for freeport",
-            f"{dups} duplicates, {fails} failed allocations in {b.rounds} rounds",
-            verdict(dups == 0 and fails == 0),
-        ],
-        [
-            "b) contended per-port cost <= ephemeral-port-reserve's (mean wall time)",
-            f"freeport {us(wall_fp)} µs vs {us(wall_eph)} µs (CPU time: {us(cpu_fp)} vs {us(cpu_eph)} µs)",
-            verdict(wall_fp <= wall_eph, f"{(wall_fp / wall_eph - 1) * 100:.0f}% slower"),
-        ],
-        [
-            f"a) uncontended within {UNCONTENDED_LIMIT:g}x bare syscalls",
-            f"{ratio_a:.2f}x ({us(median(a.per_port[FREEPORT]))} vs {us(median(a.per_port[BARE]))} µs)",
-            verdict(ratio_a <= UNCONTENDED_LIMIT, f"{(ratio_a / UNCONTENDED_LIMIT - 1) * 100:.1f}% over"),
-        ],
-        [
-            f"c) flat as leases grow: 10k/10 ratio near 1 (taken as <= {FLAT_LIMIT:g})",
-            f"{ratio_c:.2f}x in the leases' range ({ratio_c / drift:.2f}x net of the load drift: bare syscalls "
-            f"{drift:.2f}x); {ratio_ctl:.2f}x in the control range",
-            verdict(ratio_c <= FLAT_LIMIT, f"{ratio_c:.2f}x > {FLAT_LIMIT:g}x"),
-        ],
-    ]
-    first_fp, first_eph = median(d.first[FREEPORT]), median(d.first[EPHEMERAL])
-    rows.append(
-        [
-            "d) a fresh process's first `FreePort()` <= ephemeral-port-reserve's first `reserve()` (medians)",
-            f"{us(first_fp)} vs {us(first_eph)} µs ({first_fp / first_eph:.2f}x)",
-            verdict(first_fp <= first_eph, f"{first_fp / first_eph:.2f}x"),
-        ]
-    )
-    assert d.contended is not None
-    fresh = d.contended
-    fresh_fp, fresh_eph = mean(fresh.times[FREEPORT]), mean(fresh.times[EPHEMERAL])
-    fresh_dups = fresh.duplicates[FREEPORT] + fresh.repeats[FREEPORT]
-    fresh_fails = len(fresh.errors[FREEPORT]) + fresh.out_of_range[FREEPORT]
-    rows += [
-        [
-            "d) fresh processes: contended per-port cost <= ephemeral-port-reserve's (mean wall time)",
-            f"freeport {us(fresh_fp)} µs vs {us(fresh_eph)} µs ({fresh_fp / fresh_eph:.2f}x)",
-            verdict(fresh_fp <= fresh_eph, f"{fresh_fp / fresh_eph:.2f}x"),
-        ],
-        [
-            "d) fresh processes: zero duplicates for freeport",
-            f"{fresh_dups} duplicates, {fresh_fails} failed allocations in {fresh.rounds} rounds",
-            verdict(fresh_dups == 0 and fresh_fails == 0),
-        ],
-    ]
-    return ["### Targets", "", table(["target", "measured", "verdict"], rows), ""]
-
-
-def render_uncontended(cfg: Config, a: Uncontended) -> list[str]:
-    bare = median(a.per_port[BARE])
+def report_uncontended(out: Report, cfg: Config, a: Uncontended) -> None:
     rows = []
     for name in (FREEPORT, BARE, BARE_C, RECIPE, PORTPICKER, EPHEMERAL, BIND_ZERO):
         runs = a.per_port[name]
-        spread = f"{us(min(runs))}-{us(max(runs))}"
-        rows.append([name, us(median(runs)), spread, f"{median(runs) / bare:.2f}x"])
-    headers = ["tool", "µs/port (median)", "min-max over reps", "vs bare"]
-    return [
-        f"### a) Uncontended, 1 process (range {a.lo}-{a.hi} where a tool takes one)",
-        "",
-        f"Per-port cost of allocate + release, median of {cfg.reps} interleaved repetitions of "
-        f"{cfg.per_rep} ({cfg.ephemeral_per_rep} for ephemeral-port-reserve, each of whose ports sits in "
-        f"TIME_WAIT for a minute; {tw(a.time_wait)} TIME_WAIT sockets on the machine at the start). freeport "
-        "is `FreePort(start, stop)` + `.release()`; portpicker's release is `return_port()`; the recipe's is "
-        "`FileLock.release()`.",
-        "",
-        table(headers, rows, [False, True, True, True]),
-        "",
-        f"freeport / bare = **{a.paired_ratio(FREEPORT, BARE):.2f}x** (median of the per-repetition ratios; "
-        f"target <= {UNCONTENDED_LIMIT:g}x); against the bare syscalls through `_socket`, "
-        f"{a.paired_ratio(FREEPORT, BARE_C):.2f}x.",
-        "",
-    ]
+        ratio = a.paired_ratio(name, BARE)
+        goal = NO_GOAL
+        if name == FREEPORT:
+            limit = f"<= {UNCONTENDED_LIMIT:.2f}x"
+            goal = [limit, out.target(TITLE_A, f"`FreePort(start, stop)` + release: {limit} the bare syscalls",
+                                      ratio_text(ratio), ratio <= UNCONTENDED_LIMIT)]  # fmt: skip
+        rows.append([name, us(median(runs)), f"{us(min(runs))}-{us(max(runs))}", ratio_text(ratio), *goal])
+    out.section(
+        TITLE_A,
+        f"Per-port cost of allocate + release in one process (range {a.lo}-{a.hi} for the tools that take "
+        f"one): {cfg.reps} repetitions of {cfg.per_rep} ({cfg.ephemeral_per_rep} for ephemeral-port-reserve, "
+        "each of whose ports sits in TIME_WAIT for a minute), the tools interleaved within each repetition; "
+        "medians over the repetitions. *vs bare* is the median of each repetition's own ratio to the bare "
+        "syscalls freeport cannot avoid. Releases: freeport's `.release()`, portpicker's `return_port()`, "
+        f"the recipe's `FileLock.release()`. {tw(a.time_wait)} TIME_WAIT sockets on the machine at the start.",
+        table(["tool", "µs/port", "min-max", "vs bare", "goal", "verdict"], rows,
+              [False, True, True, True, False, False]),
+    )  # fmt: skip
 
 
-def render_contended(b: Contended) -> list[str]:
+def contended_rows(out: Report, title: str, b: Contended, tools: Sequence[str]) -> list[list[str]]:
+    """One row per tool; freeport's carries the goals (no duplicate, no failure; mean wall time per port
+    at most ephemeral-port-reserve's)."""
+    base = mean(b.times[EPHEMERAL])
     rows = []
-    for name in TAKERS:
-        times = b.times[name]
-        failed = str(len(b.errors[name]))
-        if b.out_of_range[name]:
-            failed += f" (+{b.out_of_range[name]} out of range)"
-        rows.append(
-            [
-                name,
-                HOLDS[name],
-                us(mean(times)),
-                us(percentile(times, 0.5)) if times else "-",
-                us(percentile(times, 0.99)) if times else "-",
-                us(mean(b.cpu[name])),
-                str(b.duplicates[name]),
-                str(b.repeats[name]),
-                failed,
-            ]
-        )
-    headers = [
-        "tool",
-        "holds",
-        "µs/port mean",
-        "p50",
-        "p99",
-        "CPU µs/port mean",
-        "duplicates",
-        "repeats in one process",
-        "failed",
-    ]
-    out = [
-        f"### b) Contended: {PROCS} processes x {PER_PROC} ports, {CONTENDED_RANGE}-port range {b.lo}-{b.hi}",
-        "",
-        f"{b.rounds} rounds (plus one warm-up round, not counted), tools interleaved round by round. In each "
-        "round all processes start at a barrier, take their ports one by one and hold them until every "
-        "process is done (second barrier). Per-port cost: each allocation's wall time, measured inside its "
-        "process (CPU time: that process's CPU time for it). Duplicates: ports handed to two processes at "
-        f"once, summed over rounds. {tw(b.time_wait)} TIME_WAIT sockets on the machine at the start (those "
-        "of ephemeral-port-reserve crowd the kernel's ephemeral range, where bind(0) and portpicker pick). "
-        "Only freeport and the recipe use the range; the others pick where they "
-        "pick and hold nothing, so nothing stops them from handing a port out twice.",
-        "",
-        table(headers, rows, [False, False, True, True, True, True, True, True, True]),
-        "",
-    ]
-    failures = sorted({e for errors in b.errors.values() for e in errors})
-    if failures:
-        out += ["Failures: " + "; ".join(failures[:5]), ""]
-    return out
+    for name in tools:
+        samples = b.times[name]
+        dups = str(b.duplicates[name]) + (f" (+{b.repeats[name]} in one process)" if b.repeats[name] else "")
+        failed = len(b.errors[name]) + b.out_of_range[name]
+        goal = NO_GOAL
+        if name == FREEPORT:
+            ratio = mean(samples) / base
+            exact = b.duplicates[name] + b.repeats[name] == 0 and failed == 0
+            goal = [
+                "0 duplicates, 0 failed; <= 1.00x",
+                out.target(title, "freeport: no port handed out twice, no allocation failed",
+                           f"{b.duplicates[name] + b.repeats[name]} duplicates, {failed} failed", exact)
+                + " / "
+                + out.target(title, "freeport: mean µs/port <= ephemeral-port-reserve's", ratio_text(ratio),
+                             ratio <= 1.0),
+            ]  # fmt: skip
+        rows.append([name, HOLDS[name], us(mean(samples)), us(percentile(samples, 0.5)) if samples else "-",
+                     us(percentile(samples, 0.99)) if samples else "-", us(mean(b.cpu[name])),
+                     ratio_text(mean(samples) / base), dups, str(failed), *goal])  # fmt: skip
+    return rows
 
 
-def render_leases(cfg: Config, c: Leases) -> list[str]:
+CONTENDED_HEADERS = ["tool", "holds", "µs/port mean", "p50", "p99", "CPU µs/port mean", "vs ephemeral-port-reserve",
+                     "duplicates", "failed", "goal", "verdict"]  # fmt: skip
+CONTENDED_RIGHT = [False, False, True, True, True, True, True, True, True, False, False]
+
+
+def report_contended(out: Report, b: Contended) -> None:
+    out.section(
+        TITLE_B,
+        f"Range {b.lo}-{b.hi}; {b.rounds} rounds (after one warm-up round), the tools interleaved round by "
+        "round, the processes started once and reused. In each round all processes start at a barrier, "
+        "take their ports one by one and hold them until every process is done. Per-port cost: each "
+        "allocation's wall time inside its process (CPU time: that process's CPU time for it), over every "
+        "allocation of the rounds; *vs ephemeral-port-reserve* compares the means. Duplicates: ports handed "
+        "to two processes at once, summed over the rounds. Only freeport and the recipe take the range; the "
+        f"others hold nothing, so nothing stops them from handing a port out twice. {tw(b.time_wait)} "
+        "TIME_WAIT sockets on the machine at the start.",
+        table(CONTENDED_HEADERS, contended_rows(out, TITLE_B, b, list(TAKERS)), CONTENDED_RIGHT),
+        "; ".join(sorted({e for errors in b.errors.values() for e in errors})[:5]),
+    )
+
+
+def report_leases(out: Report, cfg: Config, c: Leases) -> None:
     rows = []
     for row in c.rows:
-        base = c.row(HELD_FEW, row.kind)
-        rows.append(
-            [
-                f"{row.held:,}",
-                row.text,
-                f"{row.free:,}",
-                "-" if row.candidates is None else f"{row.candidates:.2f}",
-                us(median(row.per_port)),
-                f"{median(row.per_port) / median(base.per_port):.2f}x",
-            ]
-        )
-    headers = [
-        "leases held",
-        "allocating from",
-        "free in it",
-        "lock files tried",
-        "µs/port (median)",
-        "vs 10 held",
-    ]
-    return [
-        f"### c) Flat as leases grow (range {c.lo}-{c.hi}, {c.free_at_start:,} ports free at the start)",
-        "",
-        f"`FreePort(start, stop)` + `.release()` with named leases (`owner={HELD_OWNER!r}`) held in the "
-        f"range; median of {cfg.reps} repetitions of {cfg.lease_per_rep}. Every port's lock file was created "
-        f"beforehand ({c.touch_seconds:.1f} s), as in a state dir in use. The control range lies inside the "
-        "leases' range but no lease is put in it: it shows the cost of the store's size alone, while the "
-        "leases' range also fills up. Lock files tried per allocation were counted in a separate, untimed "
-        "pass. The bare-syscalls rows do not depend on the leases: they show how the machine's load moved "
-        "between the two measurements.",
-        "",
-        table(headers, rows, [True, False, True, True, True, True]),
-        "",
-        f"Taking the other {HELD_MANY - HELD_FEW:,} named leases (one `FreePorts` call) took "
-        f"{c.hold_seconds:.1f} s; `release_owner({HELD_OWNER!r})` freed {c.released:,} in "
-        f"{c.release_seconds:.1f} s.",
-        "",
-    ]
+        few = c.row(HELD_FEW, row.kind)
+        raw = median(row.per_port) / median(few.per_port)
+        net = c.net(row) / c.net(few)
+        goal = NO_GOAL
+        if row.held == HELD_MANY and row.kind == RANGE:
+            limit = f"<= {FLAT_LIMIT:.2f}x"
+            goal = [limit, out.target(TITLE_C, f"10,000 leases held: {limit} the cost with 10 (net of the load)",
+                                      ratio_text(net), net <= FLAT_LIMIT)]  # fmt: skip
+        rows.append([f"{row.held:,}", row.text, f"{row.free:,}",
+                     "-" if row.candidates is None else f"{row.candidates:.2f}", us(median(row.per_port)),
+                     ratio_text(c.net(row)), ratio_text(raw), "-" if row.kind == REFERENCE else ratio_text(net),
+                     *goal])  # fmt: skip
+    out.section(
+        TITLE_C,
+        f"`FreePort(start, stop)` + `.release()` in {c.lo}-{c.hi} ({c.free_at_start:,} ports free at the "
+        f"start) with {HELD_FEW} and then {HELD_MANY:,} named leases held in that range: two passes, each "
+        f"{cfg.reps} repetitions of {cfg.lease_per_rep} allocations from the range, from the control range (a "
+        "part of the range that holds no lease: the store's size alone) and of the bare syscalls (which do "
+        "not depend on the leases), interleaved; medians. The two passes cannot be interleaved, so the "
+        "verdict takes the load out: *vs bare* is the median of each repetition's own ratio to the bare "
+        "syscalls, and *vs 10 held, net* compares those. Every port's lock file exists beforehand, as in a "
+        "state dir in use. Lock files tried per allocation: counted in a separate, untimed pass. Taking "
+        f"the other {HELD_MANY - HELD_FEW:,} leases (one `FreePorts` call) took {c.hold_seconds:.1f} s; "
+        f"`release_owner()` freed {c.released:,} in {c.release_seconds:.1f} s.",
+        table(["leases held", "allocating from", "free in it", "lock files tried", "µs/port", "vs bare",
+               "vs 10 held", "vs 10 held, net", "goal", "verdict"], rows,
+              [True, False, True, True, True, True, True, True, False, False]),
+    )  # fmt: skip
 
 
-def render_fresh(d: Fresh) -> list[str]:
+def report_fresh(out: Report, d: Fresh) -> None:
     assert d.contended is not None
-    first_rows = [
-        [name, us(median(d.first[name])), us(min(d.first[name])), us(max(d.first[name])), us(median(d.second[name]))]
-        for name in FIRST_CODE
-    ]
-    whole_rows = [
-        [label, f"{median(times) * 1e3:.1f}", f"{median(times) / median(d.whole['`python -c pass`']):.2f}x",
-         f"{max(d.rss[label]) / 1024:.1f}"]
-        for label, times in d.whole.items()
-    ]  # fmt: skip
-    fresh = d.contended
-    contended_rows = []
-    for name in (FREEPORT, EPHEMERAL):
-        times = fresh.times[name]
-        contended_rows.append(
-            [
-                name,
-                us(mean(times)),
-                us(percentile(times, 0.5)),
-                us(percentile(times, 0.99)),
-                us(mean(fresh.cpu[name])),
-                str(fresh.duplicates[name]),
-                str(len(fresh.errors[name])),
-            ]
-        )
+    rows = []
+    for name in FIRST_CODE:
+        first = d.first[name]
+        ratio = paired_ratio(first, d.first[EPHEMERAL])
+        goal = NO_GOAL
+        if name == FREEPORT:
+            goal = ["<= 1.00x", out.target(TITLE_D1, "a fresh process's first `FreePort()` <= the first `reserve()`",
+                                           ratio_text(ratio), ratio <= 1.0)]  # fmt: skip
+        rows.append([name, us(median(first)), f"{us(min(first))}-{us(max(first))}", us(median(d.second[name])),
+                     ratio_text(ratio), *goal])  # fmt: skip
     runs = len(d.first[FREEPORT])
-    return [
-        "### d) Fresh processes",
-        "",
-        f"First call after import, each in a new interpreter ({runs} each, interleaved); the second call "
-        "for comparison. freeport's uses the default range and the bench's state dir, where "
-        f"{d.with_lock_file:,} of the range's {d.default_range:,} ports have a lock file (most made by c)); "
-        "a sweep passes over up to 3 candidates without one before it creates one (~25-50 µs on ext4).",
-        "",
-        table(["tool", "first call µs (median)", "min", "max", "second call µs (median)"], first_rows,
-              [False, True, True, True, True]),
-        "",
-        f"Whole processes ({runs} each, interleaved; wall time from spawn to exit, through GNU time, which "
-        "gives the max RSS):",
-        "",
-        table(["command", "ms (median)", "vs python -c pass", "max RSS MiB"], whole_rows,
-              [False, True, True, True]),
-        "",
-        f"{PROCS} processes x {PER_PROC} ports in {fresh.lo}-{fresh.hi}, {fresh.rounds} rounds, the "
-        "processes spawned anew for every round and tool: each one's first allocation is its first call "
-        "after import. Measured as in b).",
-        "",
-        table(["tool", "µs/port mean", "p50", "p99", "CPU µs/port mean", "duplicates", "failed"], contended_rows,
-              [False, True, True, True, True, True, True]),
-        "",
-    ]  # fmt: skip
-
-
-def render(
-    cfg: Config, a: Uncontended, b: Contended, c: Leases, d: Fresh, seconds: float, load: tuple[float, float]
-) -> str:
-    mode = "quick run (`--quick`)" if cfg.quick else "full run"
-    out = [
-        "## Allocator",
-        "",
-        f"{machine_line()} {mode}, {seconds:.0f} s; 1-minute load average {load[0]:.2f} at the start, "
-        f"{load[1]:.2f} at the end (anything else running skews these timings). A private FREEPORT_STATE_DIR "
-        "(removed afterwards); portpicker without a portserver; only loopback and wildcard binds.",
-        "",
-    ]
-    out += render_targets(a, b, c, d)
-    out += render_uncontended(cfg, a)
-    out += render_contended(b)
-    out += render_leases(cfg, c)
-    out += render_fresh(d)
-    return "\n".join(out)
+    out.section(
+        TITLE_D1,
+        f"The first call after import, each in a new interpreter ({runs} of each, interleaved), and the "
+        "second call beside it; medians. *vs ephemeral-port-reserve* is the median of each pair's own ratio. "
+        "freeport's call takes the default range with the bench's state dir, where "
+        f"{d.with_lock_file:,} of the range's {d.default_range:,} ports have a lock file (left by c)).",
+        table(["tool", "first call µs", "min-max", "second call µs", "vs ephemeral-port-reserve", "goal",
+               "verdict"], rows, [False, True, True, True, True, False, False]),
+    )  # fmt: skip
+    fresh = d.contended
+    out.section(
+        TITLE_D2,
+        f"As b), range {fresh.lo}-{fresh.hi}, {fresh.rounds} rounds, but with the processes spawned anew for "
+        "every round and tool: each one's first allocation is its first call after import.",
+        table(CONTENDED_HEADERS, contended_rows(out, TITLE_D2, fresh, list(FIRST_CODE)), CONTENDED_RIGHT),
+    )
 
 
 # -- main ---------------------------------------------------------------------------------------------
@@ -949,27 +807,40 @@ def wait_for_time_wait_to_drain(limit: int = 2000, patience: float = 65.0) -> No
 
 def main() -> int:
     args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
+    exit_on_sigterm()
     cfg = Config.make(args.quick)
-    for var in ("FREEPORT_RANGE", "FREEPORT_SHARED", "PORTSERVER_ADDRESS"):
-        os.environ.pop(var, None)
     state = tempfile.mkdtemp(prefix="freeport-bench-state-")  # mode 0700
     locks = tempfile.mkdtemp(prefix="freeport-bench-locks-")
-    os.environ["FREEPORT_STATE_DIR"] = state  # inherited by the spawned workers
+    prepare_environ(state)  # FREEPORT_STATE_DIR, inherited by the spawned workers
     if not cfg.quick:
         wait_for_time_wait_to_drain()
-    load_start = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    out = Report("allocator")
     try:
         a = scenario_uncontended(cfg, locks)
         b = scenario_contended(cfg, locks, avoid=(a.lo, a.hi))
         c = scenario_leases(cfg, locks)
         d = scenario_fresh(cfg, os.path.join(locks, "recipe-b"), (b.lo, b.hi))
     finally:
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(locks, ignore_errors=True)
-    seconds = time.perf_counter() - t0
-    progress(f"c) done in {seconds:.0f} s total")
-    print(render(cfg, a, b, c, d, seconds, (load_start, os.getloadavg()[0])))
+        with shielded():
+            with contextlib.suppress(freeport_compose.FreeportError):
+                freeport_compose.release_owner(HELD_OWNER)
+            shutil.rmtree(state, ignore_errors=True)
+            shutil.rmtree(locks, ignore_errors=True)
+    progress("d) done")
+    report_uncontended(out, cfg, a)
+    report_contended(out, b)
+    report_leases(out, cfg, c)
+    report_fresh(out, d)
+    out.raw = {
+        "a_per_port": a.per_port,
+        "b_times": b.times,
+        "b_cpu": b.cpu,
+        "c": [{"held": r.held, "kind": r.kind, "per_port": r.per_port} for r in c.rows],
+        "d_first": d.first,
+        "d_second": d.second,
+        "d_times": d.contended.times if d.contended else {},
+    }
+    out.emit()
     return 0
 
 

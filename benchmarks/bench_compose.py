@@ -1,23 +1,51 @@
-"""Benchmark: `freeport-compose up` against plain `docker compose up -d` of the same stack, and
-`render` of a 100-placeholder template including interpreter start. Prints a Markdown section.
+"""Benchmark: Compose commands through freeport-compose against docker compose itself, in wall time.
 
-Needs the engine, Compose v2 and the test image of scripts/setup.sh.
+- up: `freeport-compose up` of a 3-service template against `docker compose up -d` of the same
+  stack with fixed ports, each brought down (untimed) before the next;
+- ps: the pass-through `freeport-compose -p P ps` against `docker compose ps` given the same project
+  name, project directory and files, on a stack that is up;
+- render: `freeport-compose render` of a 100-placeholder template, interpreter start included.
+
+Rounds run each side once, in a shuffled order; a ratio's verdict is the median over rounds of each
+round's own ratio, so the engine's drift over the run cancels within a round. Needs the engine,
+Compose v2 and the local test image of scripts/setup.sh (never pulled). Every stack is brought down
+and every lease freed at the end, also when a round fails; everything freeport writes goes to a
+private FREEPORT_STATE_DIR, removed at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _common import (
+    Report,
+    Usage,
+    bench_env,
+    exit_on_sigterm,
+    median,
+    ms,
+    output,
+    paired_ratio,
+    parse_args,
+    progress,
+    quiet,
+    ratio_text,
+    run_child,
+    shielded,
+    table,
+)
 
 FPC = str(Path(sys.executable).with_name("freeport-compose"))
 IMAGE = os.environ.get("FREEPORT_TEST_IMAGE", "freeport-test-busybox:latest")
+UP_LIMIT = 1.05
+PS_LIMIT = 1.10
+RENDER_LIMIT = 0.3  # seconds
 SERVICES = ("web", "api", "cache")
 SERVICE = """  {name}:
     image: {image}
@@ -29,138 +57,207 @@ SERVICE = """  {name}:
     ports:
       - "127.0.0.1:{port}:8080"
 """
+UP_TITLE = "`freeport-compose up` against `docker compose up -d`"
+PS_TITLE = "Pass-through `freeport-compose -p P ps` against `docker compose ps`"
+RENDER_TITLE = "`freeport-compose render` of 100 placeholders"
 
 
 def stack(ports: dict[str, str]) -> str:
-    body = "".join(SERVICE.format(name=n, image=IMAGE, port=ports[n]) for n in SERVICES)
-    return "services:\n" + body
+    return "services:\n" + "".join(SERVICE.format(name=n, image=IMAGE, port=ports[n]) for n in SERVICES)
 
 
-RSS: dict[str, list[int]] = {}  # max RSS in KiB per command label, from GNU time (%M)
+def s(seconds: float) -> str:
+    return f"{seconds:.3f}"
 
 
-def timed(cmd: list[str], env: dict[str, str], rss_label: str | None = None) -> float:
-    """Wall seconds of cmd; with rss_label, run through GNU time and keep its max RSS (the largest
-    process of the command's tree, docker compose included; a child's ru_maxrss would count this
-    bench's own memory, which it was forked from)."""
-    measure = rss_label is not None and os.path.exists("/usr/bin/time")
-    with tempfile.NamedTemporaryFile("r") as rss_file:
-        prefix = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] if measure else []
-        start = time.perf_counter()
-        subprocess.run([*prefix, *cmd], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        took = time.perf_counter() - start
-        if measure and rss_label is not None:
-            RSS.setdefault(rss_label, []).append(int(rss_file.read().split()[-1]))
-    return took
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}"
 
 
-def quiet(cmd: list[str], env: dict[str, str]) -> None:
-    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+class Bench:
+    def __init__(self, work: Path, quick: bool) -> None:
+        self.work = work
+        self.quick = quick
+        self.env = bench_env(str(work / "state"))
+        tag = f"fpcbench-{os.getpid()}"
+        self.plain, self.up, self.ps, self.render = (f"{tag}-{k}" for k in ("plain", "up", "ps", "render"))
+        self.docker = ["docker", "compose", "--project-directory", str(work)]
+        self.template = work / "template.yml"
+        self.template.write_text(stack({n: f"$<FREEPORT_{n}>" for n in SERVICES}))
 
+    def cleanup(self) -> None:
+        """Every stack down and every lease freed, whatever state a failure left them in."""
+        for project in (self.up, self.ps, self.render):
+            quiet([FPC, "down", "-p", project], self.env)
+        for project in (self.plain, self.up, self.ps, self.render):
+            quiet(["docker", "compose", "-p", project, "down", "--remove-orphans"], self.env)
+            quiet([FPC, "release", "--owner", project], self.env)
 
-def main() -> int:
-    quick = "--quick" in sys.argv
-    rounds = 4 if quick else 24
-    work = Path(tempfile.mkdtemp(prefix="fpc-bench-"))
-    state = work / "state"
-    env = {**os.environ, "FREEPORT_STATE_DIR": str(state)}
-    try:
-        template = work / "template.yml"
-        template.write_text(stack({n: f"$<FREEPORT_{n}>" for n in SERVICES}))
+    def bench_up(self, report: Report) -> None:
+        rounds = 3 if self.quick else 24
+        progress(f"up: {rounds} rounds of plain / freeport-compose / --no-check")
         # The plain stack gets fixed ports leased for the whole run, so both sides bind free ports.
-        held = subprocess.run([FPC, "get", "--owner", "bench-plain", "-n", str(len(SERVICES))],
-                              env=env, capture_output=True, text=True, check=True).stdout.split()
-        plain = work / "plain.yml"
-        plain.write_text(stack(dict(zip(SERVICES, held, strict=True))))
-        docker = ["docker", "compose", "--project-directory", str(work)]
-        plain_times, fpc_times, fast_times = [], [], []
-        for i in range(rounds + 1):  # round 0 warms caches and is dropped
-            sides = ["plain", "fpc", "fast"]
-            random.shuffle(sides)  # so that drift and warm caches favour no side
+        held = output([FPC, "get", "--owner", self.plain, "-n", str(len(SERVICES))], self.env).split()
+        plain_file = self.work / "plain.yml"
+        plain_file.write_text(stack(dict(zip(SERVICES, held, strict=True))))
+        plain = "`docker compose up -d` (the stack with fixed ports)"
+        fpc = "`freeport-compose up` (lease + render + up, `compose config` check beside it)"
+        fast = "`freeport-compose up --no-check`"
+        usage: dict[str, list[Usage]] = {plain: [], fpc: [], fast: []}
+        for i in range(rounds + 1):  # round 0 warms the caches and is dropped
+            sides = list(usage)
+            random.shuffle(sides)
             took = {}
             for side in sides:
-                if side == "plain":
-                    took[side] = timed([*docker, "-p", "bench-plain", "-f", str(plain), "up", "-d"], env, side)
-                    quiet([*docker, "-p", "bench-plain", "-f", str(plain), "down"], env)
+                if side == plain:
+                    took[side] = run_child([*self.docker, "-p", self.plain, "-f", str(plain_file), "up", "-d"],
+                                           self.env)  # fmt: skip
+                    run_child([*self.docker, "-p", self.plain, "-f", str(plain_file), "down"], self.env)
                 else:
-                    extra = ["--no-check"] if side == "fast" else []
-                    took[side] = timed([FPC, "up", "-p", "bench-fpc", "-f", str(template), *extra], env, side)
-                    quiet([FPC, "down", "-p", "bench-fpc"], env)
+                    extra = ["--no-check"] if side == fast else []
+                    took[side] = run_child([FPC, "up", "-p", self.up, "-f", str(self.template), *extra], self.env)
+                    run_child([FPC, "down", "-p", self.up], self.env)
             if i:
-                plain_times.append(took["plain"])
-                fpc_times.append(took["fpc"])
-                fast_times.append(took["fast"])
-        quiet([FPC, "release", "--owner", "bench-plain"], env)
+                for side in sides:
+                    usage[side].append(took[side])
+        quiet([FPC, "release", "--owner", self.plain], self.env)
+        rows = []
+        base = [u.wall for u in usage[plain]]
+        for label, runs in usage.items():
+            wall = [u.wall for u in runs]
+            ratio = paired_ratio(wall, base)
+            goal, cell = "-", "-"
+            if label == fpc:
+                goal = f"<= {UP_LIMIT:.2f}x"
+                cell = report.target(UP_TITLE, f"`freeport-compose up`: wall time {goal} `docker compose up -d`'s",
+                                     ratio_text(ratio), ratio <= UP_LIMIT)  # fmt: skip
+            rows.append([label, s(median(wall)), spread(wall), ms(median([u.cpu for u in runs])), ratio_text(ratio),
+                         ratio_text(median(wall) / median(base)), goal, cell])  # fmt: skip
+        report.section(
+            UP_TITLE,
+            f"A {len(SERVICES)}-service stack of the local busybox image (each an httpd on a published "
+            f"loopback port); {rounds} rounds, each running the three sides once in a shuffled order, each "
+            "side's stack brought down again (untimed) before the next. Wall time from spawn to exit; CPU "
+            "time of the command and every process it waited for (`wait4`), for information. *vs plain* "
+            "is the median of each round's own ratio (the verdict); the ratio of the medians is beside it.",
+            table(["command", "wall s", "min-max s", "CPU ms", "vs plain", "ratio of the medians", "goal",
+                   "verdict"], rows, [False, True, True, True, True, True, False, False]),
+        )  # fmt: skip
+        report.raw["up"] = {label: [u.__dict__ for u in runs] for label, runs in usage.items()}
 
-        # ports and port, whole processes, against `python -c pass`: a rendered stack is what they read.
-        quiet([FPC, "render", "-p", "bench-ports", "-f", str(template), "--no-check"], env)
-        lookups = {
-            "`python -c pass`": [sys.executable, "-c", "pass"],
-            "`freeport-compose ports -p P`": [FPC, "ports", "-p", "bench-ports"],
-            "`freeport-compose port -p P web`": [FPC, "port", "-p", "bench-ports", "web"],
-        }
-        lookup_times: dict[str, list[float]] = {label: [] for label in lookups}
-        for i in range(rounds * 2 + 1):
-            for label, cmd in lookups.items():  # interleaved: drift hits each alike
-                t = timed(cmd, env)
-                if i:
-                    lookup_times[label].append(t)
-        quiet([FPC, "down", "-p", "bench-ports"], env)
+    def bench_ps(self, report: Report) -> None:
+        rounds = 10 if self.quick else 60
+        progress(f"ps: {rounds} rounds of freeport-compose -p P ps / docker compose ps")
+        run_child([FPC, "up", "-p", self.ps, "-f", str(self.template), "--no-check"], self.env)
+        # The project directory and files of the stack as Compose recorded them on its containers.
+        ids = output(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.ps}"]).split()
+        labels = json.loads(output(["docker", "inspect", "--format", "{{json .Config.Labels}}", ids[0]]))
+        files = labels["com.docker.compose.project.config_files"].split(",")
+        directory = labels["com.docker.compose.project.working_dir"]
+        head = ["docker", "compose", "--project-name", self.ps, "--project-directory", directory]
+        for f in files:
+            head += ["--file", f]
+        plain = "`docker compose -p P --project-directory D -f F ps`"
+        fpc = "`freeport-compose -p P ps`"
+        commands = {plain: [*head, "ps"], fpc: [FPC, "-p", self.ps, "ps"]}
+        # Both must answer the same: the stack's containers.
+        listed = {label: sorted(output([*cmd, "-q"], self.env).split()) for label, cmd in commands.items()}
+        if listed[plain] != listed[fpc] or len(listed[fpc]) != len(SERVICES):
+            raise RuntimeError(f"ps: the two commands list different containers: {listed}")
+        usage: dict[str, list[Usage]] = {label: [] for label in commands}
+        for i in range(rounds + 1):  # round 0 warms the caches and is dropped
+            order = list(commands)
+            random.shuffle(order)
+            took = {label: run_child(commands[label], self.env) for label in order}
+            if i:
+                for label in commands:
+                    usage[label].append(took[label])
+        run_child([FPC, "down", "-p", self.ps], self.env)
+        base = [u.wall for u in usage[plain]]
+        rows = []
+        for label, runs in usage.items():
+            wall = [u.wall for u in runs]
+            ratio = paired_ratio(wall, base)
+            goal, cell = "-", "-"
+            if label == fpc:
+                goal = f"<= {PS_LIMIT:.2f}x"
+                cell = report.target(PS_TITLE, f"`freeport-compose -p P ps`: wall time {goal} `docker compose ps`'s",
+                                     ratio_text(ratio), ratio <= PS_LIMIT)  # fmt: skip
+            rows.append([label, ms(median(wall)), f"{ms(min(wall))}-{ms(max(wall))}", ms(median([u.cpu for u in runs])),
+                         ratio_text(ratio), ratio_text(median(wall) / median(base)), goal, cell])  # fmt: skip
+        report.section(
+            PS_TITLE,
+            f"The {len(SERVICES)}-service stack up (`freeport-compose up`); `docker compose` is given the "
+            "project name, project directory and files Compose recorded on the stack's containers, which "
+            "is what the pass-through runs (both list the same containers, checked first). "
+            f"{rounds} rounds, each running both once in a shuffled order. Wall time from spawn to exit; CPU "
+            "time of the command and every process it waited for, for information. *vs plain* is the median "
+            "of each round's own ratio (the verdict); the ratio of the medians is beside it.",
+            table(["command", "wall ms", "min-max ms", "CPU ms", "vs plain", "ratio of the medians", "goal",
+                   "verdict"], rows, [False, True, True, True, True, True, False, False]),
+        )  # fmt: skip
+        report.raw["ps"] = {label: [u.__dict__ for u in runs] for label, runs in usage.items()}
 
-        big = work / "big.yml"
+    def bench_render(self, report: Report) -> None:
+        rounds = 5 if self.quick else 30
+        progress(f"render: {rounds} rounds of a 100-placeholder template, with and without the check")
+        big = self.work / "big.yml"
         lines = ["services:", "  app:", f"    image: {IMAGE}", "    pull_policy: never", "    ports:"]
         lines += [f'      - "127.0.0.1:$<FREEPORT_{i}>:{10000 + i}"' for i in range(1, 101)]
         big.write_text("\n".join(lines) + "\n")
-        render_times: dict[str, list[float]] = {"--no-check": [], "with `compose config` check": []}
-        for i in range(rounds * 2 + 1):
-            for label, extra in (("--no-check", ["--no-check"]), ("with `compose config` check", [])):
-                out = work / "rendered.yml"
-                t = timed([FPC, "render", "-p", "bench-render", "-f", str(big), "-o", str(out), *extra], env)
-                quiet([FPC, "release", "--owner", "bench-render"], env)
+        out = self.work / "rendered.yml"
+        fast = "`freeport-compose render`, `--no-check`"
+        checked = "`freeport-compose render`, with the `compose config` check"
+        sides = {fast: ["--no-check"], checked: []}
+        usage: dict[str, list[Usage]] = {label: [] for label in sides}
+        for i in range(rounds + 1):  # round 0 warms the caches and is dropped
+            order = list(sides)
+            random.shuffle(order)
+            for label in order:
+                cmd = [FPC, "render", "-p", self.render, "-f", str(big), "-o", str(out), *sides[label]]
+                took = run_child(cmd, self.env)
+                run_child([FPC, "release", "--owner", self.render], self.env)
                 if i:
-                    render_times[label].append(t)
-    finally:
-        quiet(["docker", "compose", "-p", "bench-plain", "down"], env)
-        quiet(["docker", "compose", "-p", "bench-fpc", "down"], env)
-        shutil.rmtree(work, ignore_errors=True)
+                    usage[label].append(took)
+        rows = []
+        for label, runs in usage.items():
+            wall = [u.wall for u in runs]
+            goal, cell = "-", "-"
+            if label == fast:
+                goal = f"<= {RENDER_LIMIT:.3f} s"
+                cell = report.target(RENDER_TITLE, f"`render --no-check` of 100 placeholders: wall time {goal}",
+                                     f"{median(wall):.3f} s", median(wall) <= RENDER_LIMIT)  # fmt: skip
+            rows.append([label, s(median(wall)), spread(wall), ms(median([u.cpu for u in runs])), goal, cell])
+        report.section(
+            RENDER_TITLE,
+            "One service publishing 100 ports, each a placeholder: lease 100 ports and write the concrete "
+            f"file, interpreter start included. {rounds} rounds, each running both once in a shuffled order, "
+            "the leases freed (untimed) after each. Wall time from spawn to exit (the goal); CPU time of "
+            "the command and every process it waited for, for information.",
+            table(["command", "wall s", "min-max s", "CPU ms", "goal", "verdict"], rows,
+                  [False, True, True, True, False, False]),
+        )  # fmt: skip
+        report.raw["render"] = {label: [u.__dict__ for u in runs] for label, runs in usage.items()}
 
-    med_plain = statistics.median(plain_times)
-    # The verdict: the median of each round's own ratio. A round runs the three sides back to back (in
-    # a shuffled order), so the engine's drift over the run (its up times spread over +-20% here)
-    # cancels within a round instead of landing on whichever side's median it happens to hit.
-    ratio = statistics.median(f / p for f, p in zip(fpc_times, plain_times, strict=True))
-    ratio_of_medians = statistics.median(fpc_times) / med_plain
-    print("## Compose\n")
-    print(f"{len(SERVICES)}-service stack, {rounds} rounds, medians of wall time; {os.cpu_count()} cores, "
-          f"Python {sys.version.split()[0]}. Max RSS: the largest process of the command's tree (GNU time's "
-          "%M; docker compose's own included), over the rounds.\n")
-    print("| command | median | min | max | max RSS |")
-    print("|---|---|---|---|---|")
-    for label, side, times in (
-            ("`docker compose up -d` (fixed ports)", "plain", plain_times),
-            ("`freeport-compose up` (lease + render + up, with the config check beside it)", "fpc", fpc_times),
-            ("`freeport-compose up --no-check`", "fast", fast_times)):
-        rss = f"{max(RSS[side]) / 1024:.1f} MiB" if side in RSS else "-"
-        print(f"| {label} | {statistics.median(times):.3f} s | {min(times):.3f} s | {max(times):.3f} s | {rss} |")
-    for label, times in render_times.items():
-        print(f"| `freeport-compose render` 100 placeholders, {label} | {statistics.median(times):.3f} s "
-              f"| {min(times):.3f} s | {max(times):.3f} s | - |")
-    render_med = statistics.median(render_times["--no-check"])
-    fast = statistics.median(f / p for f, p in zip(fast_times, plain_times, strict=True))
-    print(f"\n- up / plain, median of the rounds' ratios: **{ratio:.2f}x** (target <= 1.05x): "
-          f"{'met' if ratio <= 1.05 else 'NOT met'}; ratio of the medians {ratio_of_medians:.2f}x; "
-          f"with --no-check: {fast:.2f}x")
-    print(f"- render of 100 placeholders incl. interpreter start: **{render_med:.3f} s** (target <= 0.3 s): "
-          f"{'met' if render_med <= 0.3 else 'NOT met'}\n")
-    base = statistics.median(lookup_times["`python -c pass`"])
-    print(f"Reading a stack's ports, whole processes ({rounds * 2} each, interleaved, medians):\n")
-    print("| command | ms | vs python -c pass |")
-    print("|---|---:|---:|")
-    for label, times in lookup_times.items():
-        print(f"| {label} | {statistics.median(times) * 1e3:.1f} | {statistics.median(times) / base:.2f}x |")
-    worst = max(statistics.median(t) / base for label, t in lookup_times.items() if "freeport" in label)
-    print(f"\n- ports and port: at most **{worst:.2f}x** `python -c pass` (target <= 2.5x): "
-          f"{'met' if worst <= 2.5 else 'NOT met'}\n")
+
+def main() -> int:
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
+    exit_on_sigterm()
+    report = Report("compose")
+    if quiet(["docker", "image", "inspect", IMAGE]) != 0:
+        progress(f"no local image {IMAGE} (or no engine answers): run scripts/setup.sh")
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="fpc-bench-compose-"))
+    bench = Bench(work, args.quick)
+    try:
+        bench.bench_up(report)
+        bench.bench_ps(report)
+        bench.bench_render(report)
+    finally:
+        with shielded():
+            bench.cleanup()
+            shutil.rmtree(work, ignore_errors=True)
+    report.emit()
     return 0
 
 
