@@ -50,7 +50,13 @@ def test_get_with_its_defaults() -> None:
         "exclude": [],
         "timeout": "30",
         "format": "lines",
+        "files": [],
+        "profiles": [],
+        "env_files": [],
+        "project_directory": None,
+        "compose_globals": [],
         "compose_args": None,
+        "compose_extra": [],
         "after": [],
     }
 
@@ -67,13 +73,13 @@ def test_every_option_of_get() -> None:
 def test_stack_options() -> None:
     args = parse(
         ["up", "-f", "a.yml", "--file=b.yml", "-p", "demo", "--no-check", "--wait", "--profile", "x", "--env-file",
-         "e", "--project-directory", "/w", "--lease-all", "--drop-container-names", "--timeout", "5"]
+         "e", "--project-directory", "/w", "--lease-all", "--drop-container-names", "--lease-timeout", "5"]
     )  # fmt: skip
-    assert (args.files, args.project, args.check, args.wait, args.profiles) == (
+    assert (args.files, args.project, args.check, args.compose_extra, args.profiles) == (
         ["a.yml", "b.yml"],
         "demo",
         False,
-        True,
+        ["--wait"],  # Compose's
         ["x"],
     )
     assert (args.env_files, args.project_directory, args.lease_all, args.drop_container_names) == (
@@ -82,7 +88,7 @@ def test_stack_options() -> None:
         True,
         True,
     )
-    assert args.timeout == "5"
+    assert args.lease_timeout == "5"
     render = parse(["render", "-o", "out", "--ttl", "2h", "-f", "t.yml"])
     assert (render.output, render.ttl, render.files, render.check) == ("out", "2h", ["t.yml"], True)
     assert parse(["run", "-f", "t.yml", "--keep-volumes", "--", "true"]).keep_volumes
@@ -91,7 +97,7 @@ def test_stack_options() -> None:
     port = parse(["port", "FREEPORT_db", "-p", "demo"])
     assert (port.name, port.project) == ("FREEPORT_db", "demo")
     assert parse(["ports", "--format", "make"]).format == "make"
-    assert parse(["ls", "--json"]).json
+    assert parse(["leases", "--json"]).json
     assert parse(["gc"]).command == "gc"
 
 
@@ -105,34 +111,71 @@ def test_context_and_project_before_or_after_the_command(option: str) -> None:
     assert getattr(parse(["ports"]), dest) is None
 
 
-def test_abbreviated_options_and_attached_values() -> None:
-    args = parse(["--state", "d", "get", "--own", "a", "-n3", "--contig"])
+def test_no_abbreviations_and_attached_values() -> None:
+    """As in Compose, an option is written whole: `--state` is no `--state-dir`, and a word like
+    `--pro` after a Compose verb is Compose's, never an ambiguous abbreviation of ours."""
+    args = parse(["--state-dir", "d", "get", "--owner=a", "-n3", "--contiguous"])
     assert (args.state_dir, args.owner, args.n, args.contiguous) == ("d", "a", 3, True)
     assert parse(["ports", "-pdemo"]).project == "demo"
+    assert parse(["logs", "--pro", "--a", "--c"]).compose_args == ["logs", "--pro", "--a", "--c"]
 
 
 def test_what_follows_dashdash() -> None:
     up = parse(["up", "-f", "x.yml", "--", "--scale", "web=2", "--", "-h"])
-    assert (up.files, up.after) == (["x.yml"], ["--scale", "web=2", "--", "-h"])  # only the first `--` is ours
+    assert (up.files, up.after) == (["x.yml"], [])
+    assert up.compose_extra == ["--", "--scale", "web=2", "--", "-h"]  # Compose's own `--`, to Compose as it is
     run = parse(["run", "-f", "t.yml", "--", "sh", "-c", "exit 3"])
     assert run.after == ["sh", "-c", "exit 3"]
     assert parse(["deploy", "--", "--prune"]).after == ["--prune"]
 
 
 def test_a_dashdash_that_ends_the_line_is_only_the_end_of_options() -> None:
-    assert parse(["ls", "--"]).after == []
+    assert parse(["leases", "--"]).after == []
     assert parse(["up", "--"]).after == []
 
 
-def test_the_top_levels_long_options_cannot_be_ambiguous_abbreviations() -> None:
-    """argparse refuses an ambiguous abbreviation of the top level's options anywhere on the line,
-    among a Compose verb's words too: no two of them may share their first letter."""
-    options = [
-        line.strip().split("  ")[0] for line in _argv.top_parser().format_help().splitlines() if line.startswith("  -")
-    ]
-    long = [name for option in options for name in re.findall(r"--([a-z][a-z-]*)", option)]
-    assert len(long) >= 4
-    assert len({name[0] for name in long}) == len(long), long
+def test_composes_global_options_before_the_command() -> None:
+    """`docker compose -f a.yml --profile x -p shop up -d web` means the same with us in its place:
+    the files, profiles, env files and project directory choose the stack; the others go to Compose."""
+    args = parse(["-f", "a.yml", "--profile", "x", "--env-file", "e", "--project-directory", "/w", "-p", "shop",
+                  "--ansi", "never", "--dry-run", "up", "-d", "-f", "b.yml", "web"])  # fmt: skip
+    assert (args.files, args.profiles, args.env_files, args.project_directory) == (
+        ["a.yml", "b.yml"],
+        ["x"],
+        ["e"],
+        "/w",
+    )
+    assert (args.project, args.compose_globals, args.compose_extra) == ("shop", ["--ansi", "never", "--dry-run"],
+                                                                         ["-d", "web"])  # fmt: skip
+    ps = parse(["-f", "a.yml", "--progress", "plain", "ps", "-a"])
+    assert (ps.files, ps.compose_globals, ps.compose_args) == (["a.yml"], ["--progress", "plain"], ["ps", "-a"])
+
+
+def test_up_and_down_take_composes_options_and_services() -> None:
+    up = parse(["up", "-d", "--build", "--wait-timeout", "10", "--no-deps", "web", "db", "-p", "app"])
+    assert (up.command, up.project, up.compose_extra) == ("up", "app", ["-d", "--build", "--wait-timeout", "10",
+                                                                          "--no-deps", "web", "db"])  # fmt: skip
+    assert parse(["up", "--no-recreat"]).compose_extra == ["--no-recreat"]  # Compose says what is wrong with it
+    down = parse(["down", "--rmi", "all", "-v", "web", "-t", "0"])
+    assert (down.volumes, down.compose_extra) == (True, ["--rmi", "all", "web", "-t", "0"])
+
+
+def test_run_and_port_in_composes_form_are_composes() -> None:
+    ours = parse(["run", "-f", "t.yml", "--", "pytest", "-x"])
+    assert (ours.compose_args, ours.after, ours.files) == (None, ["pytest", "-x"], ["t.yml"])
+    theirs = parse(["-p", "app", "run", "--rm", "-p", "8080:80", "web", "echo", "-p"])
+    assert (theirs.project, theirs.compose_args) == ("app", ["run", "--rm", "-p", "8080:80", "web", "echo", "-p"])
+    assert parse(["run", "web", "--", "ls"]).compose_args == ["run", "web", "--", "ls"]
+    assert parse(["port", "db"]).compose_args is None
+    assert parse(["port", "web", "80"]).compose_args == ["port", "web", "80"]
+    assert parse(["port", "--protocol", "udp", "web", "53"]).compose_args == ["port", "--protocol", "udp", "web", "53"]
+
+
+def test_detached_is_read_as_compose_reads_it() -> None:
+    for words in (["-d"], ["--detach"], ["--wait"], ["-dV"], ["--build", "-d", "web"], ["--wait=true"]):
+        assert _argv._detached(words), words
+    for words in ([], ["web"], ["--build"], ["-V"], ["--", "-d"], ["--abort-on-container-exit"]):
+        assert not _argv._detached(words), words
 
 
 @pytest.mark.parametrize(
@@ -140,7 +183,7 @@ def test_the_top_levels_long_options_cannot_be_ambiguous_abbreviations() -> None
     [
         ([], "required: COMMAND"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
-        (["--bogus", "ls"], "unrecognized arguments: --bogus"),
+        (["--bogus", "leases"], "unrecognized arguments: --bogus"),
         (["get"], "freeport-compose get: the following arguments are required: --owner"),
         (["get", "--owner", "a", "-n", "x"], "invalid int value: 'x'"),
         (["get", "--owner", "a", "extra"], "unrecognized arguments: extra"),
@@ -148,12 +191,11 @@ def test_the_top_levels_long_options_cannot_be_ambiguous_abbreviations() -> None
         (["get", "--owner", "a", "--state-dir", "d"], "unrecognized arguments: --state-dir d"),
         (["ports", "--format", "xml"], "invalid choice: 'xml'"),
         (["port"], "required: name"),
-        (["port", "a", "b"], "unrecognized arguments: b"),
         (["up", "--no-check=1"], "ignored explicit argument '1'"),
-        (["ls", "--", "x"], "`--` is only for `up`"),
+        (["leases", "--", "x"], "`--` is only for `up`"),
         (["get", "--owner", "x", "--", "-n", "2"], "not `get`"),
-        (["run", "-f", "t.yml"], "run needs a command after `--`"),
         (["run", "-f", "t.yml", "--"], "run needs a command after `--`"),
+        (["--state", "leases"], "unrecognized arguments: --state"),
     ],
 )
 def test_usage_errors_are_one_line(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,11 +206,15 @@ def test_usage_errors_are_one_line(argv: list[str], fragment: str, capsys: pytes
 
 
 def test_a_verb_and_every_word_after_it_are_composes() -> None:
-    """Words after a verb that look like our options (abbreviated ones too), help, `--`: untouched."""
-    tail = ["-f", "--context", "x", "-p", "y", "--state-dir", "z", "-h", "--help", "--version", "--co", "-n3", "", "-"]
+    """Words after a verb that look like our options, help, `--`: untouched; but for our -p and
+    --context before the verb's first other word (Compose has none there: it refuses them)."""
+    tail = ["web", "-f", "--context", "x", "-p", "y", "--state-dir", "z", "-h", "--help", "--version", "-n3", "", "-"]
     args = parse(["--state-dir", "/s", "--context", "far", "-p", "shop", "logs", *tail, "--", "a", "--", "-h"])
     assert args.compose_args == ["logs", *tail, "--", "a", "--", "-h"]
     assert (args.state_dir, args.context, args.project, args.after) == ("/s", "far", "shop", [])
+    near = parse(["-p", "far", "logs", "-f", "-p", "near", "--context=c", "web", "-p", "x"])
+    assert (near.project, near.context, near.compose_args) == ("near", "c", ["logs", "-f", "web", "-p", "x"])
+    assert parse(["commit", "-p", "web"]).compose_args == ["commit", "-p", "web"]  # Compose's own -p: --pause
     assert parse(["exec", "web", "sh", "-c", "echo $X"]).compose_args == ["exec", "web", "sh", "-c", "echo $X"]
     assert parse(["ps"]).compose_args == ["ps"]
 
@@ -181,15 +227,12 @@ def test_compose_reaches_composes_own_verbs() -> None:
 
 
 def test_rm_takes_our_options_out_and_keeps_the_rest_in_order() -> None:
-    args = parse(["rm", "-f", "-p", "shop", "--stop", "web", "--context=far", "-v", "--", "x"])
+    args = parse(["rm", "-f", "-p", "shop", "--stop", "--context=far", "web", "-v", "--", "x"])
     assert (args.project, args.context) == ("shop", "far")
     assert args.compose_args == ["rm", "-f", "--stop", "web", "-v", "--", "x"]
     assert parse(["rm", "-h"]).compose_args == ["rm", "-h"]  # Compose's help
     assert parse(["rm", "--proj", "x"]).compose_args == ["rm", "--proj", "x"]  # no abbreviations of ours there
-
-
-def test_rm_without_a_value_for_p_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "freeport-compose rm: argument -p/--project-name: expected one argument" in usage_error(["rm", "-p"], capsys)
+    assert parse(["rm", "-p"]).compose_args == ["rm", "-p"]  # no value: Compose says what is wrong
 
 
 # -- help and version -------------------------------------------------------------------------------------
@@ -214,7 +257,7 @@ def test_help_lists_every_command_and_every_verb(
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_every_command_has_its_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        parse([name, "--help"])
+        parse([name, "--help"])  # ours also for `run` and `port`, which name Compose's forms
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: freeport-compose {name} [-h] [--context NAME]")

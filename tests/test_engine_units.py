@@ -320,7 +320,7 @@ def test_rm_takes_the_project_and_context_after_the_verb() -> None:
     assert read("--context", "far", "-p", "shop", "logs", "-f") == (
         {"context": "far", "project": "shop"}, ["logs", "-f"])
     assert read("--context=far", "rm", "-p", "shop") == ({"context": "far", "project": "shop"}, ["rm"])
-    assert parse(["up", "-f", "x"]).compose_args is None
+    assert parse(["up", "-d", "-f", "x"]).compose_args is None
 
 
 def test_a_malformed_engine_address_is_one_clear_error(tmp_path: Path) -> None:
@@ -361,8 +361,8 @@ def test_a_holder_is_immutable() -> None:
     assert hash(h) == hash(Holder(1, 2, "h"))
 
 
-def test_the_command_is_found_behind_abbreviated_options() -> None:
-    assert parse(["--state", "ls", "get", "--owner", "x"]).command == "get"
+def test_the_command_is_found_behind_the_top_levels_options() -> None:
+    assert parse(["--state-dir", "leases", "get", "--owner", "x"]).command == "get"
     assert parse(["--context=far", "ports"]).command == "ports"
     with pytest.raises(SystemExit):
         parse(["-h"])

@@ -53,16 +53,16 @@ def duration_arg(text: str) -> float:
     return value
 
 
-def timeout_arg(text: str) -> float | None:
+def timeout_arg(text: str, option: str = "--timeout") -> float | None:
     """Seconds >= 0, or None (wait forever) for `none`, `inf` or `forever`; else an InvalidRangeError."""
     if text.lower() in ("none", "inf", "forever"):
         return None
     try:
         value = float(text)
     except ValueError:
-        raise InvalidRangeError(f"--timeout must be seconds or 'none', not {text!r}") from None
+        raise InvalidRangeError(f"{option} must be seconds or 'none', not {text!r}") from None
     if not value >= 0:  # also NaN
-        raise InvalidRangeError(f"--timeout must be >= 0, not {text!r}")
+        raise InvalidRangeError(f"{option} must be >= 0, not {text!r}")
     return value
 
 
@@ -88,27 +88,31 @@ def _project(p: argparse.ArgumentParser, help: str = "the stack (default: the on
     p.add_argument("-p", "--project-name", dest="project", metavar="PROJECT", default=argparse.SUPPRESS, help=help)
 
 
-def _stack_options(p: argparse.ArgumentParser) -> None:
-    """The options of the commands that make a stack (render, up, run, deploy)."""
+def _files(p: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
+    """Compose's own options that choose a stack's files, as Compose has them (before the command, and
+    for our commands after it too). SUPPRESS after the command: what is given there adds to what was
+    given before it (parse() joins them)."""
     p.add_argument(
         "-f",
         "--file",
         dest="files",
         action="append",
-        default=[],
+        default=default,
         metavar="FILE",
         help="Compose file or template (repeatable, merged in order like `docker compose -f`; default: "
         "$COMPOSE_FILE, else compose.yaml and its kin here or in a parent directory)",
     )
-    _project(p, "Compose project name (default: $COMPOSE_PROJECT_NAME, else a unique one)")
     p.add_argument(
-        "--project-directory", metavar="DIR", help="passed to Compose (default: the directory of the first -f file)"
+        "--project-directory",
+        default=None if default is not argparse.SUPPRESS else argparse.SUPPRESS,
+        metavar="DIR",
+        help="Compose's working directory (default: the directory of the first -f file)",
     )
     p.add_argument(
         "--profile",
         dest="profiles",
         action="append",
-        default=[],
+        default=default,
         metavar="NAME",
         help="Compose profile to enable (repeatable)",
     )
@@ -116,12 +120,38 @@ def _stack_options(p: argparse.ArgumentParser) -> None:
         "--env-file",
         dest="env_files",
         action="append",
-        default=[],
+        default=default,
         metavar="FILE",
-        help="passed to Compose (repeatable)",
+        help="Compose's env file (repeatable; default: .env in the project directory)",
     )
+
+
+# Compose's global options that choose nothing of ours: given to Compose as they were typed.
+COMPOSE_GLOBALS: dict[str, str] = {  # option -> "value" (takes one) or "flag"
+    "--ansi": "value",
+    "--progress": "value",
+    "--parallel": "value",
+    "--compatibility": "flag",
+    "--dry-run": "flag",
+    "--all-resources": "flag",
+}
+
+
+class _Forward(argparse.Action):
+    """One of COMPOSE_GLOBALS: kept, as typed, in `compose_globals` for Compose's command line."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, *given: Any) -> None:
+        values, option = given[0], given[1]
+        words = [option] if self.nargs == 0 else [option, values]
+        namespace.compose_globals = [*getattr(namespace, "compose_globals", []), *words]
+
+
+def _stack_options(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that make a stack (render, up, run, deploy)."""
+    _files(p)
+    _project(p, "Compose project name (default: Compose's: $COMPOSE_PROJECT_NAME, the files' name:, the directory)")
     p.add_argument(
-        "--timeout",
+        "--lease-timeout",
         default="30",
         metavar="SECONDS",
         help="how long to wait for free ports while the range is exhausted (default 30; 'none': forever)",
@@ -169,11 +199,15 @@ def _release(p: argparse.ArgumentParser) -> None:
     p.add_argument("--owner", required=True, help="the name given to `get --owner`")
 
 
-def _ls(p: argparse.ArgumentParser) -> None:
+def _leases(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _gc(p: argparse.ArgumentParser) -> None:
+    pass  # --context only
+
+
+def _doctor(p: argparse.ArgumentParser) -> None:
     pass  # --context only
 
 
@@ -191,13 +225,13 @@ def _render(p: argparse.ArgumentParser) -> None:
 
 
 def _up(p: argparse.ArgumentParser) -> None:
-    _stack_options(p)
-    p.add_argument("--wait", action="store_true", help="wait until services are running/healthy")
+    _stack_options(p)  # every other option and every service name is Compose's `up`'s
 
 
 def _down(p: argparse.ArgumentParser) -> None:
     _project(p)
     p.add_argument("-v", "--volumes", action="store_true", help="remove volumes too")
+    # every other option (--rmi, -t, --remove-orphans) and service name is Compose's `down`'s
 
 
 def _ports(p: argparse.ArgumentParser) -> None:
@@ -213,7 +247,10 @@ def _ports(p: argparse.ArgumentParser) -> None:
 
 def _port(p: argparse.ArgumentParser) -> None:
     _project(p)
-    p.add_argument("name", help="FREEPORT_1, 1, FREEPORT_db or db")
+    p.add_argument(
+        "name",
+        help="FREEPORT_1, 1, FREEPORT_db, db, or a service with one port (`port SERVICE PRIVATE_PORT` is Compose's)",
+    )
 
 
 def _run(p: argparse.ArgumentParser) -> None:
@@ -238,19 +275,20 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "get": Command("lease ports under an owner name and print them", _get),
     "release": Command("free every lease held under an owner name", _release),
-    "ls": Command("list leases and stacks", _ls),
+    "leases": Command("list leases and stacks", _leases),
     "gc": Command("free leases whose holder is gone and stacks that no longer exist", _gc),
+    "doctor": Command("which engine, lease store and Compose are used; what is missing", _doctor),
     "render": Command("lease ports and write the concrete Compose file(s)", _render),
     "up": Command(
-        "render and `docker compose up -d`; leases kept until `down`",
+        "Compose's `up` on leased ports (its options, services); until `down`",
         _up,
-        after="arguments for `docker compose up`",
+        after="given to Compose's `up` after its `--`; every option not listed above is Compose's `up`'s",
     ),
-    "down": Command("`docker compose down` as recorded at `up`, and free the leases", _down),
+    "down": Command("Compose's `down` of every profile's services, then free the leases", _down),
     "ports": Command("print a stack's ports, each with the address to reach it on", _ports),
-    "port": Command("print one placeholder's port", _port),
+    "port": Command("print one port (`port SERVICE PRIVATE_PORT`: Compose's)", _port),
     "run": Command(
-        "up --wait, run the command after `--`, down; exits with its status",
+        "-- CMD: up --wait, CMD with the ports, down (run SERVICE: Compose's)",
         _run,
         after="the command to run",
     ),
@@ -263,44 +301,90 @@ COMMANDS: dict[str, Command] = {
 """Our commands, in the order --help lists them."""
 
 
-def _rm(p: argparse.ArgumentParser) -> None:
-    # `rm -p NAME`: the project may follow the verb, as `docker stack rm NAME` users type it; the rest is Compose's
-    _project(p)
-    _context(p)
+COMPOSE_VERBS: tuple[str, ...] = (
+    "attach",
+    "build",
+    "commit",
+    "config",
+    "cp",
+    "create",
+    "events",
+    "exec",
+    "export",
+    "images",
+    "kill",
+    "logs",
+    "ls",
+    "pause",
+    "ps",
+    "pull",
+    "push",
+    "restart",
+    "rm",  # of a Swarm stack of ours: `docker stack rm`
+    "scale",
+    "start",
+    "stats",
+    "stop",
+    "top",
+    "unpause",
+    "version",
+    "wait",
+    "watch",
+)
+"""Compose's own verbs, passed through for a stack: `freeport-compose [-p P] VERB ...` is `docker
+compose <the stack's files and project> VERB ...`. `up`, `down`, `port` and `run` are ours and
+Compose's at once: ours add to Compose's meaning (see COMMANDS); `run SERVICE ...` and `port SERVICE
+PRIVATE_PORT` are Compose's, on the stack's leased ports."""
+
+# Compose's verbs whose own `-p` is something else (`run -p`: --publish, `commit -p`: --pause):
+# there `-p` after the verb stays Compose's.
+_OWN_P = frozenset(("run", "commit"))
+# Compose's verbs that need no project at all: always given to Compose as typed.
+PROJECTLESS = frozenset(("ls", "version"))
 
 
-COMPOSE_VERBS: dict[str, Declare | None] = {
-    "attach": None,
-    "build": None,
-    "commit": None,
-    "config": None,
-    "cp": None,
-    "create": None,
-    "events": None,
-    "exec": None,
-    "export": None,
-    "images": None,
-    "kill": None,
-    "logs": None,
-    "pause": None,
-    "ps": None,
-    "pull": None,
-    "push": None,
-    "restart": None,
-    "rm": _rm,  # ours for a Swarm stack of ours (`docker stack rm`), else Compose's
-    "scale": None,
-    "start": None,
-    "stats": None,
-    "stop": None,
-    "top": None,
-    "unpause": None,
-    "version": None,
-    "wait": None,
-    "watch": None,
-}
-"""Compose's own verbs, passed through for a stack, each with what declares the options we take out
-of its arguments (None: every word after the verb is Compose's). `up`, `down`, `run`, `port` and `ls`
-are ours: `freeport-compose compose VERB ...` reaches any of Compose's."""
+def _verb_options(verb: str, words: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Our `-p PROJECT` and `--context NAME` given after a Compose verb, before its first other word
+    (Compose itself has no `-p` there: `ps -p app` is refused by Compose, so taking it changes no
+    line Compose accepts); (what was taken, the verb's words without it). Taken only up to the first
+    word that is not an option: after `exec SERVICE` or `run SERVICE` every word is the command's."""
+    names = (
+        {"--context": "context"}
+        if verb in _OWN_P
+        else {"-p": "project", "--project-name": "project", "--context": "context"}
+    )
+    taken: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if not word.startswith("-") or word == "--":
+            rest += words[i:]
+            break
+        name, eq, value = word.partition("=")
+        if word in names and i + 1 < len(words):
+            taken[names[word]] = words[i + 1]
+            i += 2
+            continue
+        if eq and name in names and name.startswith("--"):
+            taken[names[name]] = value
+        else:
+            rest.append(word)
+        i += 1
+    return taken, rest
+
+
+def _detached(words: Sequence[str]) -> bool:
+    """Whether Compose's `up` arguments run it in the background: -d/--detach (also in a cluster of
+    its one-letter flags, `-dV`), or --wait, which implies it."""
+    for word in words:
+        if word == "--":
+            return False
+        if word in ("-d", "--detach", "--wait") or word.startswith(("--detach=true", "--wait=true")):
+            return True
+        if word.startswith("-") and not word.startswith("--") and "d" in word and set(word[1:]) <= set("dVwy"):
+            return True
+    return False
 
 
 # -- the parser ---------------------------------------------------------------------------------------
@@ -333,17 +417,19 @@ class _Version(argparse.Action):
 
 
 def top_parser() -> argparse.ArgumentParser:
-    """The top level: its options, then COMMAND (one of COMMANDS, COMPOSE_VERBS or `compose`) and
-    the words after it, unread (the command's parser, or Compose, reads them). Its --help lists
-    every command from the tables, with its help line."""
+    """The top level: its options (ours, and Compose's global options as Compose's users type them
+    before the command), then COMMAND (one of COMMANDS, COMPOSE_VERBS or `compose`) and the words after
+    it, unread (the command's parser, or Compose, reads them). Its --help lists every command from the
+    tables, with its help line."""
     # Raw: the commands' table below is laid out here, not re-flowed into one paragraph
+    # Not abbreviated, as Compose's own options are not: with abbreviations argparse would read (or
+    # refuse as ambiguous) a word like `--pro` anywhere on the line, a Compose verb's words included
     parser = _Parser(
         prog=PROG,
-        description="Leased host ports for Compose stacks.",
+        description="Leased host ports for Compose stacks; `docker compose`'s command lines.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
-    # Each long option starts with its own letter: argparse refuses an ambiguous abbreviation
-    # (`--s` of two options) wherever it stands, also among a Compose verb's words
     parser.add_argument("--version", action=_Version, help="print the version and exit")
     parser.add_argument(
         "--state-dir", metavar="DIR", help="state directory (default: $FREEPORT_STATE_DIR, else a private per-user one)"
@@ -354,8 +440,17 @@ def top_parser() -> argparse.ArgumentParser:
         "--project-name",
         dest="project",
         metavar="PROJECT",
-        help="the stack a command is for (also after our commands' name; Compose's commands take it here only)",
+        help="the stack a command is for (also after the command, where Compose's command has no -p of its own)",
     )
+    _files(parser, default=[])
+    for option, kind in COMPOSE_GLOBALS.items():
+        parser.add_argument(
+            option,
+            action=_Forward,
+            nargs=0 if kind == "flag" else None,
+            default=argparse.SUPPRESS,  # nothing of its own in the Namespace: `compose_globals` has it
+            help="given to Compose as it is",
+        )
     parser.add_argument("command", metavar="COMMAND", choices=[*COMMANDS, *COMPOSE_VERBS, "compose"], help="see below")
     # REMAINDER after the command word: every word that follows, those that look like the top
     # level's options included, is the command's (the use argparse's documentation gives it:
@@ -367,44 +462,52 @@ def top_parser() -> argparse.ArgumentParser:
     rows = "\n".join(f"  {', '.join(verbs[i : i + 9])}," for i in range(0, len(verbs), 9))[:-1]  # 9 a line: 80 columns
     parser.add_argument_group(
         "Compose's commands, for a stack of ours",
-        f"{PROG} [-p PROJECT] VERB ARGS... is `docker compose VERB ARGS...`\n"
-        "with the stack's files, profiles, env files and project name; every word\n"
-        "after VERB is Compose's. VERB is one of\n"
+        f"{PROG} [OPTIONS] VERB ARGS... is `docker compose VERB ARGS...`\n"
+        "with the stack's files, profiles, env files and project name, on its\n"
+        "leased ports; every word after VERB is Compose's. VERB is one of\n"
         f"{rows}\n"
         "`rm -p PROJECT` of a Swarm stack of ours is `docker stack rm`;\n"
-        "`compose VERB ARGS...` reaches any of Compose's commands (also run, port, ls).",
+        "`compose VERB ARGS...` reaches any of Compose's commands as they are.",
     )
     return parser
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
-    """The parser of one command of ours (COMMANDS), or of the options taken out of a Compose verb's
-    words (COMPOSE_VERBS), with its arguments declared. Only the command being run is built."""
-    command = COMMANDS.get(name)
-    if command is None:  # a Compose verb: its help is Compose's, and only the options we declare are ours
-        parser = _Parser(prog=f"{PROG} {name}", add_help=False, allow_abbrev=False)
-        declare = COMPOSE_VERBS[name]
-        if declare is not None:
-            declare(parser)
-        return parser
+    """The parser of one command of ours (COMMANDS), with its arguments declared. Only the command
+    being run is built. Not abbreviated: a Compose option of `up` or `down` (`--no-deps`) must never
+    be read as a prefix of one of ours."""
+    command = COMMANDS[name]
     epilog = f"-- ARGS...: {command.after}" if command.after else None
-    parser = _Parser(prog=f"{PROG} {name}", description=command.help, epilog=epilog)
+    parser = _Parser(prog=f"{PROG} {name}", description=command.help, epilog=epilog, allow_abbrev=False)
     _context(parser)
     command.declare(parser)
     return parser
+
+
+_JOINED = ("files", "profiles", "env_files")  # given before and after the command: both count, in order
+
+
+def _merge(args: argparse.Namespace, own: argparse.Namespace) -> None:
+    for key, value in vars(own).items():
+        if key in _JOINED:
+            setattr(args, key, [*getattr(args, key, []), *value])
+        else:
+            setattr(args, key, value)
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """argv read by the parsers above, or SystemExit: 0 after --help or --version, 2 after a usage
     error (one line).
 
-    The Namespace has `command`, the top level's options and the command's, each given after the
-    command overriding the same given before it; `after`, the words after the first `--` (`up`,
-    `deploy`: extra arguments; `run`: the command; a usage error for the other commands of ours);
-    `compose_args`, None for our commands, else the arguments to give `docker compose` for a
-    pass-through command: the words typed after `[-p P]`, in order and untouched (the verb and
-    everything after it, a `--` included; `compose` itself left out; `rm`'s -p and --context taken
-    out).
+    The Namespace has `command`, the top level's options and the command's (-f, --profile and
+    --env-file given before and after the command joined; any other given after it overriding the
+    same before it); `compose_globals`, Compose's own global options as typed; `after`, the words
+    after the first `--`; `compose_args`: None for a command of ours, else the words to give
+    `docker compose` after the stack's options: the verb and its words, untouched but for our `-p`
+    and `--context` taken from before its first other word. `up` and `down` have `compose_extra`:
+    what of their words is Compose's (options and services), to give Compose's own `up` or `down`.
+    `run SERVICE ...` and `port SERVICE PRIVATE_PORT` are Compose's (command `run`/`port`,
+    `compose_args` set).
     """
     words = list(argv)
     # `--` ends what our parsers read: what follows is another program's. (argparse's own reading
@@ -412,26 +515,50 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     cut = words.index("--") if "--" in words else len(words)
     top = top_parser()
     args = top.parse_args(words[:cut])
+    if not hasattr(args, "compose_globals"):
+        args.compose_globals = []
     rest: list[str] = args.words
     del args.words
     name = args.command
-    # The command's own options update the top level's: -p and --context only where given after
-    # the command (their default is SUPPRESS)
-    if name not in COMMANDS:
-        unknown = rest
-        if COMPOSE_VERBS.get(name) is not None:  # rm: its -p and --context are ours, the rest Compose's
-            own, unknown = command_parser(name).parse_known_args(rest)
-            vars(args).update(vars(own))
-        verb = [] if name == "compose" else [name]
-        args.compose_args = [*verb, *unknown, *words[cut:]]  # the `--` and what follows, untouched
-        args.after = []
+    args.after = []
+    if name in COMMANDS and not _composes(name, rest, cut < len(words)):
+        own, compose = command_parser(name).parse_known_args(rest)
+        if compose and name not in ("up", "down"):
+            top.error(f"{name}: unrecognized arguments: {' '.join(compose)}")
+        _merge(args, own)
+        args.compose_args = None
+        args.compose_extra = compose
+        args.after = words[cut + 1 :]
+        if name == "up" and cut < len(words):  # Compose's own `--`: what follows is its services
+            args.compose_extra = [*compose, *words[cut:]]
+            args.after = []
+        elif args.after and COMMANDS[name].after is None:
+            takes = ", ".join(f"`{n}` ({c.after})" for n, c in COMMANDS.items() if c.after)
+            top.error(f"`--` is only for {takes}, not `{name}`")
+        if name == "run" and not args.after:
+            top.error(f"run needs a command after `--`: {PROG} run -f FILE -- CMD ARGS...")
         return args
-    vars(args).update(vars(command_parser(name).parse_args(rest)))
-    args.compose_args = None
-    args.after = words[cut + 1 :]
-    if args.after and COMMANDS[name].after is None:  # a `--` that ends the line is only the end of options
-        takes = ", ".join(f"`{n}` ({c.after})" for n, c in COMMANDS.items() if c.after)
-        top.error(f"`--` is only for {takes}, not `{name}`")
-    if name == "run" and not args.after:
-        top.error(f"run needs a command after `--`: {PROG} run -f FILE -- CMD ARGS...")
+    # A Compose verb, or `run`/`port` in Compose's form: our -p and --context taken, the rest Compose's
+    taken, verb_words = _verb_options(name, rest)
+    vars(args).update(taken)
+    # what a stack leased for Compose's `run SERVICE` or `create` is made with: the defaults of ours
+    vars(args).update(lease_timeout="30", check=True, lease_all=False, drop_container_names=False)
+    verb = [] if name == "compose" else [name]
+    args.compose_args = [*verb, *verb_words, *words[cut:]]  # the `--` and what follows, untouched
     return args
+
+
+def _composes(name: str, words: Sequence[str], dashdash: bool) -> bool:
+    """Whether `run` or `port` is given in Compose's form: `run [OPTIONS] SERVICE [COMMAND]` (ours is
+    `run [OPTIONS] -- CMD`), `port [OPTIONS] SERVICE PRIVATE_PORT` (ours: `port NAME`)."""
+    if any(w in ("-h", "--help") for w in words):
+        return False  # our help, which names Compose's form too
+    if name == "run":
+        if not dashdash:
+            return True  # ours needs its `--`
+        _, unknown = command_parser(name).parse_known_args(list(words))
+        return bool(unknown)  # a service, or an option of Compose's run, before the `--`
+    if name == "port":
+        _, unknown = command_parser(name).parse_known_args(list(words))
+        return bool(unknown)
+    return False

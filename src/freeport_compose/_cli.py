@@ -40,7 +40,7 @@ def _opts(args: Namespace) -> Options:
         project_directory=args.project_directory,
         profiles=listed(args.profiles, os.environ, "COMPOSE_PROFILES"),
         env_files=listed(args.env_files, os.environ, "COMPOSE_ENV_FILES"),
-        timeout=timeout_arg(args.timeout),
+        timeout=timeout_arg(args.lease_timeout, "--lease-timeout"),
         check=args.check,
         lease_all=args.lease_all,
         drop_container_names=args.drop_container_names,
@@ -162,7 +162,7 @@ def _cmd_release(args: Namespace) -> int:
     return 0
 
 
-def _cmd_ls(args: Namespace) -> int:
+def _cmd_leases(args: Namespace) -> int:
     from ._stacks.overview import overview
     from ._stacks.state import State
 
@@ -274,30 +274,56 @@ def _cmd_render(args: Namespace) -> int:
 
 
 def _cmd_up(args: Namespace) -> int:
+    """`up` as Compose's: detached with -d/--wait (ours then says the ports), else attached: the
+    stack is leased and checked here, then this process becomes Compose's `up` in the foreground
+    (its logs, its Ctrl-C, its exit status); the leases stay until `down` either way."""
+    from ._argv import _detached
     from ._stacks.lifecycle import up
 
-    record = up(_state(args), _opts(args), wait=args.wait, extra=args.after, notify=_say)
+    extra: list[str] = args.compose_extra
+    state = _state(args)
+    if not _detached(extra):
+        from ._stacks.supervise import exec_compose
+
+        record = up(state, _opts(args), extra=extra, launch=False, notify=_say)
+        _say(f"project {record.project}: " + " ".join(f"{k}={v}" for k, v in record.ports.items()))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        exec_compose(state, record.project, [*args.compose_globals, "up", *extra])
+    record = up(state, _opts(args), extra=extra, notify=_say)
     _say(f"project {record.project} is up; `freeport-compose down -p {record.project}` stops it")
     print(format_ports(record.ports, "dotenv"))
     return 0
 
 
-def _cmd_down(args: Namespace) -> int:
-    from ._stacks.lifecycle import down
+def _project_of(args: Namespace, state: State) -> str:
+    """The project a command of ours means (lookup.find_project), or UnknownOwnerError."""
     from ._stacks.lookup import find_project
 
+    project = find_project(
+        state, args.project, args.files, project_directory=args.project_directory, env_files=args.env_files
+    )
+    if project is None:
+        raise UnknownOwnerError("no stack here: give -p PROJECT (see `freeport-compose leases`)")
+    return project
+
+
+def _cmd_down(args: Namespace) -> int:
+    from ._stacks.lifecycle import down
+
     state = _state(args)
-    project = find_project(state, args.project)
-    down(state, project, volumes=args.volumes)
-    _say(f"project {project} is down; its ports are free")
+    project = _project_of(args, state)
+    record = down(state, project, volumes=args.volumes, extra=args.compose_extra)
+    if record is not None:
+        _say(f"project {project} is down; its ports are free")
     return 0
 
 
 def _cmd_ports(args: Namespace) -> int:
-    from ._stacks.lookup import find_project, hosts_of, ports_of
+    from ._stacks.lookup import hosts_of, ports_of
 
     state = _state(args)
-    project = find_project(state, args.project)
+    project = _project_of(args, state)
     ports, hosts = ports_of(state, project), hosts_of(state, project)
     if args.format == "github":
         _to_github(ports, hosts)
@@ -307,17 +333,23 @@ def _cmd_ports(args: Namespace) -> int:
 
 
 def _cmd_port(args: Namespace) -> int:
-    from ._stacks.lookup import find_project, ports_of
-    from ._stacks.names import placeholder_key
+    from ._stacks.lookup import port_name, ports_of
 
     state = _state(args)
-    project = find_project(state, args.project)
+    project = _project_of(args, state)
     ports = ports_of(state, project)
-    name = placeholder_key(args.name)
-    if name not in ports:
-        raise UnknownOwnerError(f"stack {project!r} has no placeholder {name} (it has {', '.join(ports)})")
-    print(ports[name])
+    print(ports[port_name(ports, args.name)])
     return 0
+
+
+def _cmd_doctor(args: Namespace) -> int:
+    from ._stacks.doctor import doctor
+
+    findings = doctor(args.state_dir, args.context)
+    width = max(len(f.what) for f in findings)
+    for f in findings:
+        print(f"{'ok ' if f.ok else 'NO '} {f.what:<{width}}  {f.found}")
+    return 0 if all(f.ok for f in findings) else 1
 
 
 def _cmd_deploy(args: Namespace) -> int:
@@ -342,8 +374,9 @@ class _UsageError(FreeportError):
 HANDLERS: dict[str, Callable[[Namespace], int]] = {
     "get": _cmd_get,
     "release": _cmd_release,
-    "ls": _cmd_ls,
+    "leases": _cmd_leases,
     "gc": _cmd_gc,
+    "doctor": _cmd_doctor,
     "render": _cmd_render,
     "up": _cmd_up,
     "down": _cmd_down,
@@ -359,25 +392,43 @@ def _terminate(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C: cleanup code runs, leases are freed
 
 
+# Compose's verbs that make containers: on a stack of ours, or one leased for them first (as `up`
+# leases), never on the file's own fixed ports.
+_MAKES_CONTAINERS = frozenset(("run", "create"))
+
+
 def _cmd_compose(args: Namespace) -> int:
-    """Pass a Compose command through for a stack: `freeport-compose logs -f web` is `docker compose
-    <the stack's options> logs -f web`. `rm` of a Swarm stack of ours is `docker stack rm` and frees
-    its ports (`compose rm` is Compose's, always)."""
+    """A Compose command line, for a stack: `freeport-compose logs -f web` is `docker compose <the
+    stack's options> logs -f web`. Where no stack of ours answers, it is Compose's as typed (a
+    project Compose started, `version`, `ls`), except `run SERVICE` and `create`, which lease the
+    stack first. `rm` of a Swarm stack of ours is `docker stack rm` and frees its ports."""
+    from ._argv import PROJECTLESS
     from ._stacks.lookup import find_project
     from ._stacks.supervise import exec_compose
 
+    words: list[str] = [*args.compose_globals, *args.compose_args]
+    verb = args.compose_args[0] if args.compose_args else ""
     state = _state(args)
-    project = find_project(state, args.project)
-    words: list[str] = args.compose_args
-    if args.command == "rm":
+    project = None
+    if verb not in PROJECTLESS and args.command != "compose":
+        project = find_project(
+            state, args.project, args.files, project_directory=args.project_directory, env_files=args.env_files
+        )
+    if project is not None and state.stacks.load(project) is None and verb in _MAKES_CONTAINERS:
+        from ._stacks.lifecycle import render
+
+        render(state, _opts(args), notify=_say)  # its ports leased, its files written: then Compose's verb
+    if project is None or state.stacks.load(project) is None:
+        _exec_plain(args, state, words)
+    if verb == "rm":
         from ._stacks.dockerstack import is_swarm_stack
         from ._stacks.swarm import remove
 
         if is_swarm_stack(state, project):
-            if [a for a in words[1:] if a not in ("-f", "--force")]:
+            if [a for a in args.compose_args[1:] if a not in ("-f", "--force")]:
                 raise _UsageError(
                     f"{project} is a Swarm stack: `rm -p {project}` removes it whole (docker stack rm), "
-                    f"and takes no {' '.join(words[1:])}"
+                    f"and takes no {' '.join(args.compose_args[1:])}"
                 )
             remove(state, project)
             _say(f"Swarm stack {project} is removed; its ports are free")
@@ -385,6 +436,34 @@ def _cmd_compose(args: Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     exec_compose(state, project, words)
+
+
+def _exec_plain(args: Namespace, state: State, words: list[str]) -> NoReturn:
+    """Become `docker compose` with the global options as the user typed them: no stack of ours is
+    concerned, so the command line is Compose's alone (on the engine the command targets)."""
+    from ._stacks.compose import Compose
+
+    given: list[str] = []
+    for f in args.files:
+        given += ["--file", f]
+    for p in args.profiles:
+        given += ["--profile", p]
+    for e in args.env_files:
+        given += ["--env-file", e]
+    if args.project_directory:
+        given += ["--project-directory", args.project_directory]
+    if args.project:
+        given += ["--project-name", args.project]
+    compose = Compose.find(state.engine)
+    argv = [*compose.command, *given, *words]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv[0], argv, compose.env or os.environ)  # noqa: S606 (an argument list, never a shell string)
+    except OSError as e:
+        from ._error import ComposeNotFoundError
+
+        raise ComposeNotFoundError(f"cannot run {argv[0]!r}: {e.strerror or e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -402,6 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in getattr(e, "details", ()):
             print(line, file=sys.stderr)  # why it failed, before the one error line
         _say(str(e))
+        from ._error import ComposeError
+
+        if isinstance(e, ComposeError) and e.returncode > 0:
+            return e.returncode  # Compose's own exit status, as `docker compose` would have exited
         return int(e.exit_code)
     except KeyboardInterrupt:
         _say("interrupted")

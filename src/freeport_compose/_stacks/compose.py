@@ -224,7 +224,7 @@ class Compose:
             args.append("--wait")
         return self._run([*args, *extra], keep_fds=keep_fds)
 
-    def down(self, project: ComposeProject | str, *, volumes: bool = False) -> Result:
+    def down(self, project: ComposeProject | str, *, volumes: bool = False, extra: Sequence[str] = ()) -> Result:
         """`down --remove-orphans`: stop and remove the stack's containers and networks, those of
         every profile (`--profile *`: a service another `up --profile` started is the stack's too);
         -v: volumes too.
@@ -238,6 +238,7 @@ class Compose:
         args = [*head, "down", "--remove-orphans"]
         if volumes:
             args.append("--volumes")
+        args += extra  # Compose's own options of `down` (--rmi, -t) and service names, as given
         if isinstance(project, ComposeProject):
             return self._run(args)
         # Name-only mode runs in an empty directory so that no compose.yml lying in the cwd is read.
@@ -245,6 +246,12 @@ class Compose:
 
         with tempfile.TemporaryDirectory(prefix="freeport-") as empty:
             return self._run(args, cwd=empty)
+
+    def accepts(self, verb: str, args: Sequence[str]) -> Result:
+        """Whether Compose's `verb` takes these options, asked without running it: `VERB ARGS --help`
+        (its command-line parser refuses an unknown or malformed option before it reads `--help`).
+        For a verb that stops or removes things: a typo must fail before anything is touched."""
+        return self._run([verb, *args, "--help"], capture_stdout=True, tee=False)
 
     def ps(self, project: ComposeProject) -> str:
         """`ps --all`: the stack's containers as Compose shows them (for an error message)."""

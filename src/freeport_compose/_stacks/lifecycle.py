@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 
-from .._error import ComposeError, FreeportError, InvalidNameError, UnknownOwnerError
+from .._error import ComposeError, FreeportError, InvalidNameError
 from .._leasing.allocator import DEFAULT_TIMEOUT
 from .check import BackgroundCheck
 from .compose import Compose, ComposeProject, Result
@@ -35,7 +35,7 @@ from .plan import Plan
 from .reclaim import ask, left_of, settle_failed, unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
-from .state import State, elsewhere
+from .state import State
 from .target import Engine
 
 PORT_RETRIES = 3  # how often `up` re-leases ports that something outside our leases grabbed
@@ -227,9 +227,14 @@ def up(
     extra: Sequence[str] = (),
     compose: Compose | None = None,
     status: StackStatus = StackStatus.UP,
+    launch: bool = True,
     notify: Notify = silent,
 ) -> StackRecord:
     """Lease and write as render does, then `docker compose up --detach`; the leases stay until `down`.
+
+    `launch=False`: everything but Compose's `up` (and the check made before, not beside it), for a
+    caller that runs `up` itself in the foreground (an attached `up`: its logs, its Ctrl-C); the
+    stack is recorded as up.
 
     If something outside our leases grabbed a leased port in the meantime, those names get new
     ports and `up` is retried (PORT_RETRIES times). If `up` fails, the stack is brought down and its
@@ -247,6 +252,10 @@ def up(
 
     def start(current: Attempt) -> Result:
         record = current.record
+        if not launch:
+            if opts.check:
+                plan.verify(compose, record.compose_project(), dict(record.ports))
+            return Result(0, "")
         verify = partial(plan.verify, compose, record.compose_project(), dict(record.ports), beside=True)
         check = BackgroundCheck(verify) if opts.check else None
         current.started = True
@@ -353,9 +362,14 @@ def down_until_gone(engine: Engine, compose: Compose, project: ComposeProject, r
         time.sleep(0.2 * (retry + 1))
 
 
-def down(state: State, project: str, *, volumes: bool = False, compose: Compose | None = None) -> StackRecord | None:
+def down(
+    state: State, project: str, *, volumes: bool = False, extra: Sequence[str] = (), compose: Compose | None = None
+) -> StackRecord | None:
     """`docker compose down` with the files, profiles and env files recorded at `up`, then the
-    project's leases freed. UnknownOwnerError if the project has neither record nor leases.
+    project's leases freed. `extra`: Compose's own options of `down` and service names, given to it
+    as they are; with services named, the stack keeps its ports while any container of it is left.
+    A project we have neither record nor leases of is Compose's alone: `docker compose -p PROJECT
+    down` (by its containers' labels; Compose says so and succeeds where it has nothing).
 
     If Compose fails, the ports are freed only when the engine says no container of the stack is
     left: a container still there (or one the engine could not be asked about: with a restart
@@ -363,24 +377,29 @@ def down(state: State, project: str, *, volumes: bool = False, compose: Compose 
     `stopping` for `down` or `gc` to finish.
     """
     check_project(project)
+    if extra:  # Compose's own options: refused before anything is stopped, as Compose refuses them
+        compose = compose or Compose.find(state.engine)
+        checked = compose.accepts("down", [w for w in extra if w != "--"])
+        if not checked.ok:
+            raise ComposeError(f"docker compose down failed: {checked.last_line()}", checked.returncode)
     with state.stacks.locked(project):
         record = state.stacks.load(project)
         if record is None:
-            if state.leases.owner_ports(project) is None:
-                raise UnknownOwnerError(
-                    f"no stack or lease named {project!r} (see `freeport-compose ls`){elsewhere(state, project)}"
-                )
-            if _containers_left(state.engine, project):  # its record is lost, not its containers (labels)
-                result = (compose or Compose.find(state.engine)).down(project, volumes=volumes)
+            ours = state.leases.owner_ports(project) is not None
+            if not ours or _containers_left(state.engine, project):  # its record is lost, not its containers (labels)
+                result = (compose or Compose.find(state.engine)).down(project, volumes=volumes, extra=extra)
                 if not result.ok:
                     raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
-            release(state.leases, project)
+            if ours:
+                release(state.leases, project)
             return None
-        _down_locked(state, record, volumes=volumes, compose=compose)
+        _down_locked(state, record, volumes=volumes, compose=compose, extra=extra)
     return record
 
 
-def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: Compose | None) -> None:
+def _down_locked(
+    state: State, record: StackRecord, *, volumes: bool, compose: Compose | None, extra: Sequence[str] = ()
+) -> None:
     """down() of a stack whose project lock the caller holds."""
     project = record.project
     if record.swarm:
@@ -392,8 +411,13 @@ def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: C
             target: ComposeProject | str = record.compose_project()
             if not all(os.path.exists(f) for f in record.compose_files):
                 target = project  # a file went missing: Compose finds the stack by its labels
-            result = compose.down(target, volumes=volumes)
-            if result.ok and target != project and _containers_left(state.engine, project):
+            result = compose.down(target, volumes=volumes, extra=extra)
+            if not result.ok:
+                raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
+            if _names_services(extra):
+                if _containers_left(state.engine, project) != 0:
+                    return  # the other services still run: the stack keeps its record and its ports
+            elif target != project and _containers_left(state.engine, project):
                 # Something of the project outlived a down by its files (a service its files no
                 # longer have, or one Compose would not take down for its profile): by its labels, as
                 # plain `docker compose down -p` does. Its ports stay ours until none is left.
@@ -410,6 +434,19 @@ def _down_locked(state: State, record: StackRecord, *, volumes: bool, compose: C
             raise
         release(state.leases, project)
         state.stacks.forget(project)
+
+
+# Compose's options of `down` that take a value: the word after one is no service name.
+_DOWN_VALUES = frozenset(("--rmi", "-t", "--timeout"))
+
+
+def _names_services(extra: Sequence[str]) -> bool:
+    """Whether Compose's `down` words name services (a partial down), not only options."""
+    words = list(extra)
+    for i, word in enumerate(words):
+        if not word.startswith("-") and (i == 0 or words[i - 1] not in _DOWN_VALUES):
+            return True
+    return False
 
 
 def _containers_left(engine: Engine, project: str) -> int | None:

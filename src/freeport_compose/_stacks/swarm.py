@@ -187,6 +187,6 @@ def remove(state: State, project: str) -> StackRecord:
     with state.stacks.locked(project):
         record = state.stacks.load(project)
         if record is None or not record.swarm:
-            raise UnknownOwnerError(f"no Swarm stack named {project!r} (see `freeport-compose ls`)")
+            raise UnknownOwnerError(f"no Swarm stack named {project!r} (see `freeport-compose leases`)")
         remove_locked(state, record)
     return record
