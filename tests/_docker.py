@@ -174,8 +174,22 @@ def ok(result: Result[str]) -> Result[str]:
     return exits(result, 0)
 
 
+COMPOSE_STATUS = 1
+"""The exit status of `docker compose` itself when it fails (which ours then is, as Compose's would be)."""
+
+
+def assert_compose_error(result: Result[str], code: int, *fragments: str) -> None:
+    """A line Compose itself refused (our process became Compose): Compose's exit status, no traceback,
+    nothing of ours but warnings, and every fragment somewhere on stderr."""
+    exits(result, code)
+    own = [ln for ln in result.stderr.splitlines() if ln.startswith("freeport-compose") and "warning:" not in ln]
+    assert own == [], result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, f"{fragment!r} not in {result.stderr!r}"
+
+
 def assert_error(result: Result[str], code: int, *fragments: str, usage: bool = False) -> str:
-    """The documented error shape (README, "Exit codes"): exit `code`, no traceback, nothing on stdout,
+    """The documented error shape (docs/cli.md, "Exit codes"): exit `code`, no traceback, nothing on stdout,
     and stderr ending in one error line that holds every fragment; returns that line.
 
     The error line is `freeport-compose: ...`, and no other line of ours (warnings aside) comes
@@ -199,9 +213,9 @@ def assert_error(result: Result[str], code: int, *fragments: str, usage: bool = 
 
 
 def ls_json(state: str | Path | None = None, user: int | None = None) -> dict[str, Any]:
-    """`freeport-compose ls --json` of the state dir `state` (default: $FREEPORT_STATE_DIR), as `user`."""
+    """`freeport-compose leases --json` of the state dir `state` (default: $FREEPORT_STATE_DIR), as `user`."""
     env = None if state is None else {"FREEPORT_STATE_DIR": str(state)}
-    out: dict[str, Any] = json.loads(ok(fpc("ls", "--json", env=env, user=user)).stdout)
+    out: dict[str, Any] = json.loads(ok(fpc("leases", "--json", env=env, user=user)).stdout)
     return out
 
 

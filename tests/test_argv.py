@@ -160,6 +160,17 @@ def test_up_and_down_take_composes_options_and_services() -> None:
     assert (down.volumes, down.compose_extra) == (True, ["--rmi", "all", "web", "-t", "0"])
 
 
+def test_a_command_that_is_none_of_ours_is_composes() -> None:
+    """Compose says what it makes of it (`unknown docker command`, its own status), as to `docker compose`."""
+    assert parse(["frobnicate", "-x"]).compose_args == ["frobnicate", "-x"]
+    assert parse(["volumes"]).compose_args == ["volumes"]
+
+
+def test_our_run_without_its_dashdash_is_a_usage_error_not_composes(capsys: pytest.CaptureFixture[str]) -> None:
+    """An option Compose's `run` has not (-f) makes the line ours: its missing `--` is said as ours."""
+    assert "run needs a command after `--`" in usage_error(["run", "-f", "t.yml", "-p", "x"], capsys)
+
+
 def test_run_and_port_in_composes_form_are_composes() -> None:
     ours = parse(["run", "-f", "t.yml", "--", "pytest", "-x"])
     assert (ours.compose_args, ours.after, ours.files) == (None, ["pytest", "-x"], ["t.yml"])
@@ -182,7 +193,6 @@ def test_detached_is_read_as_compose_reads_it() -> None:
     ("argv", "fragment"),
     [
         ([], "required: COMMAND"),
-        (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["--bogus", "leases"], "unrecognized arguments: --bogus"),
         (["get"], "freeport-compose get: the following arguments are required: --owner"),
         (["get", "--owner", "a", "-n", "x"], "invalid int value: 'x'"),

@@ -30,9 +30,11 @@ from typing import Any
 import pytest
 
 from _docker import (
+    COMPOSE_STATUS,
     FPC,
     IMAGE,
     NOBODY,
+    assert_compose_error,
     assert_engine_clean,
     assert_error,
     assert_no_traceback,
@@ -89,6 +91,7 @@ class Case:
     state: str = "ok"  # ok | symlink | other-uid | world-writable | unwritable | nobody
     unreadable: str = ""  # this file is made root-only 0600 (the case runs as nobody)
     usage: bool = False  # an argparse error: its own `prog: message (see --help)` line
+    compose: bool = False  # Compose's own refusal (we became Compose): its status, its message
     docker: bool = False  # reaches Compose/the engine: needs them; containers are checked
     cwd_work: bool = False  # run in {work} instead of the test's directory
 
@@ -132,7 +135,7 @@ CASES: dict[str, Case] = {
                                    files={"t.yml": with_port("$<FREEPORT_a-b>:80")}),
     "placeholder-in-key": render(code=T, out="new", fragment="t.yml:10:8: placeholder $<FREEPORT_1> in a mapping key",
                                  files={"t.yml": VALID + '    labels:\n      "$<FREEPORT_1>": x\n'}),
-    "placeholder-in-second-file": Case(("up", "-f", "{work}/t.yml", "-f", "{work}/u.yml", "-p", "{project}"), T,
+    "placeholder-in-second-file": Case(("up", "-d", "-f", "{work}/t.yml", "-f", "{work}/u.yml", "-p", "{project}"), T,
                                        "u.yml:1:27: unclosed placeholder",
                                        files={"t.yml": VALID, "u.yml": 'services: {web: {ports: ["$<FREEPORT_x"]}}\n'}),
     # --- empty and shapeless templates ---------------------------------------------------------
@@ -144,9 +147,9 @@ CASES: dict[str, Case] = {
         fragment="t.yml:9:9: $<FREEPORT_1> is published here (api:8080/tcp) and at {work}/t.yml:5:9 (web:8080/tcp)",
         files={"t.yml": "services:\n  web:\n    image: x\n    ports:\n      - \"$<FREEPORT_1>:8080\"\n"
                         "  api:\n    image: x\n    ports:\n      - \"$<FREEPORT_1>:8080\"\n"}),
-    "no-compose-file": Case(("up", "-p", "{project}"), T, "no Compose file found: looked for compose.yaml",
+    "no-compose-file": Case(("up", "-d", "-p", "{project}"), T, "no Compose file found: looked for compose.yaml",
                             cwd_work=True),
-    "compose-rejects-the-file": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.COMPOSE_FAILED,
+    "compose-rejects-the-file": Case(("up", "-d", "-f", "{work}/t.yml", "-p", "{project}"), COMPOSE_STATUS,
                                      "docker compose config failed: ", docker=True,
                                      files={"t.yml": VALID.replace('"$<FREEPORT_web>:80"', '"8080:80"').replace(
                                          "    pull_policy: never\n", "    pull_policy: sometimes-maybe\n")}),
@@ -162,7 +165,7 @@ CASES: dict[str, Case] = {
                              files={"t.yml": 'services:\n  web:\n    ports: "$<FREEPORT_1>:80"\n'}),
     # --- files that cannot be read ---------------------------------------------------------------
     "missing-file": render("nope.yml", code=T, out="new", fragment="nope.yml:1:1: no such file"),
-    "missing-file-up": Case(("up", "-f", "{work}/nope.yml", "-p", "{project}"), T, "nope.yml:1:1: no such file"),
+    "missing-file-up": Case(("up", "-d", "-f", "{work}/nope.yml", "-p", "{project}"), T, "nope.yml:1:1: no such file"),
     "directory-as-file": render("adir", code=T, fragment="adir:1:1: is a directory", files={"adir": None}),
     "unreadable-file": render(code=T, out="new", fragment="t.yml:1:1: cannot read: Permission denied",
                               files={"t.yml": VALID}, unreadable="t.yml", state="nobody"),
@@ -191,15 +194,16 @@ CASES: dict[str, Case] = {
     "host-not-an-address": Case(("get", "--owner", "x", "--host", "999.1.1.1"), ExitCode.INVALID_RANGE,
                                 "'999.1.1.1' is not an IPv4 or IPv6 address"),
     "timeout-not-a-number": Case(("get", "--owner", "x", "--timeout", "soon"), ExitCode.INVALID_RANGE, "'soon'"),
-    "timeout-negative": Case(("render", "-f", "{work}/t.yml", "-p", "{project}", "-o", "{out}", "--timeout", "-1"),
-                             ExitCode.INVALID_RANGE, "--timeout must be >= 0", files={"t.yml": VALID}, out="file"),
+    "timeout-negative": Case(
+        ("render", "-f", "{work}/t.yml", "-p", "{project}", "-o", "{out}", "--lease-timeout", "-1"),
+        ExitCode.INVALID_RANGE, "--lease-timeout must be >= 0", files={"t.yml": VALID}, out="file",
+    ),
     "output-parent-missing": Case(
         ("render", "-f", "{work}/t.yml", "-p", "{project}", "-o", "{work}/no/such/dir/out.yml"),
         ExitCode.OUTPUT, "cannot write", files={"t.yml": VALID},
     ),
     # --- unknown owners, projects and placeholders ---------------------------------------------
-    "down-unknown-project": Case(("down", "-p", "{project}"), ExitCode.UNKNOWN_OWNER, "no stack or lease named"),
-    "down-nothing-here": Case(("down",), ExitCode.UNKNOWN_OWNER, "no stack of freeport-compose here", cwd_work=True),
+    "down-nothing-here": Case(("down",), ExitCode.UNKNOWN_OWNER, "no stack here: give -p PROJECT", cwd_work=True),
     "ports-unknown-project": Case(("ports", "-p", "{project}", "--format", "json"), ExitCode.UNKNOWN_OWNER,
                                   "no stack named"),
     "port-unknown-project": Case(("port", "-p", "{project}", "web"), ExitCode.UNKNOWN_OWNER, "no stack named"),
@@ -211,9 +215,9 @@ CASES: dict[str, Case] = {
     "project-space": Case(("down", "-p", "my stack"), ExitCode.INVALID_NAME, "project name 'my stack' is invalid"),
     "project-dash-first": Case(("ports", "--project-name=-rf"), ExitCode.INVALID_NAME, "project name '-rf'"),
     "project-path": Case(("port", "-p", "../x", "web"), ExitCode.INVALID_NAME, "project name '../x'"),
-    "project-too-long": Case(("up", "-f", "{work}/t.yml", "-p", "a" * 64), ExitCode.INVALID_NAME, "is invalid",
+    "project-too-long": Case(("up", "-d", "-f", "{work}/t.yml", "-p", "a" * 112), ExitCode.INVALID_NAME, "is invalid",
                              files={"t.yml": VALID}),
-    "project-from-env": Case(("up", "-f", "{work}/t.yml"), ExitCode.INVALID_NAME, "project name 'Bad;Name'",
+    "project-from-env": Case(("up", "-d", "-f", "{work}/t.yml"), ExitCode.INVALID_NAME, "project name 'Bad;Name'",
                              files={"t.yml": VALID}, env={"COMPOSE_PROJECT_NAME": "Bad;Name"}),
     "owner-space": Case(("get", "--owner", "my owner"), ExitCode.INVALID_NAME, "owner name 'my owner' is invalid"),
     "owner-path": Case(("release", "--owner", "../etc"), ExitCode.INVALID_NAME, "owner name '../etc'"),
@@ -221,19 +225,19 @@ CASES: dict[str, Case] = {
     "owner-hidden": Case(("get", "--owner", ".x"), ExitCode.INVALID_NAME, "owner name '.x'"),
     "owner-too-long": Case(("get", "--owner", "o" * 129), ExitCode.INVALID_NAME, "is invalid"),
     # --- Compose and the engine --------------------------------------------------------------------
-    "no-compose": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.COMPOSE_MISSING,
+    "no-compose": Case(("up", "-d", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.COMPOSE_MISSING,
                        "/nonexistent/compose", files={"t.yml": VALID},
                        env={"FREEPORT_COMPOSE": "/nonexistent/compose"}),
     "compose-not-executable": Case(("run", "-f", "{work}/t.yml", "-p", "{project}", "--", "true"),
                                    ExitCode.COMPOSE_MISSING, "t.yml", files={"t.yml": VALID},
                                    env={"FREEPORT_COMPOSE": "{work}/t.yml"}),
-    "engine-unreachable-up": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.ENGINE_UNREACHABLE,
+    "engine-unreachable-up": Case(("up", "-d", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.ENGINE_UNREACHABLE,
                                   "no Docker engine answers", files={"t.yml": VALID},
                                   env={"DOCKER_HOST": "unix:///tmp/nonexistent.sock"}, docker=True),
     "engine-unreachable-run": Case(("run", "-f", "{work}/t.yml", "-p", "{project}", "--", "true"),
                                    ExitCode.ENGINE_UNREACHABLE, "no Docker engine answers", files={"t.yml": VALID},
                                    env={"DOCKER_HOST": "unix:///tmp/nonexistent.sock"}, docker=True),
-    "unknown-context-up": Case(("--context", "fpc-nosuch", "up", "-f", "{work}/t.yml", "-p", "{project}"),
+    "unknown-context-up": Case(("--context", "fpc-nosuch", "up", "-d", "-f", "{work}/t.yml", "-p", "{project}"),
                                ExitCode.UNKNOWN_CONTEXT, "docker context 'fpc-nosuch' does not exist",
                                files={"t.yml": VALID}, env={"DOCKER_CONFIG": "{work}"}),
     "unknown-context-env-ports": Case(("ports", "-p", "{project}"), ExitCode.UNKNOWN_CONTEXT,
@@ -245,29 +249,29 @@ CASES: dict[str, Case] = {
     "deploy-not-a-swarm-manager": Case(("deploy", "-f", "{work}/t.yml", "-p", "{project}"),
                                        ExitCode.NOT_SWARM_MANAGER, "is not a Swarm manager",
                                        files={"t.yml": VALID}, docker=True),
-    "compose-rejects-render-file": render(code=ExitCode.COMPOSE_FAILED, fragment="docker compose config failed",
+    "compose-rejects-render-file": render(code=COMPOSE_STATUS, fragment="docker compose config failed",
                                           files={"t.yml": NO_IMAGE}, docker=True),
-    "compose-rejects-render-new": render(code=ExitCode.COMPOSE_FAILED, out="new", fragment="neither an image",
+    "compose-rejects-render-new": render(code=COMPOSE_STATUS, out="new", fragment="neither an image",
                                          files={"t.yml": NO_IMAGE}, docker=True),
     "compose-rejects-render-dir": Case(("render", "-f", "{work}/t.yml", "-f", "{work}/u.yml", "-p", "{project}",
-                                        "-o", "{out}"), ExitCode.COMPOSE_FAILED, "docker compose config failed",
+                                        "-o", "{out}"), COMPOSE_STATUS, "docker compose config failed",
                                        files={"t.yml": VALID, "u.yml": NO_IMAGE.replace("web", "api")}, out="dir",
                                        docker=True),
     "compose-rejects-render-newdir": Case(("render", "-f", "{work}/t.yml", "-f", "{work}/u.yml", "-p", "{project}",
-                                           "-o", "{out}"), ExitCode.COMPOSE_FAILED, "docker compose config failed",
+                                           "-o", "{out}"), COMPOSE_STATUS, "docker compose config failed",
                                           files={"t.yml": VALID, "u.yml": NO_IMAGE.replace("web", "api")},
                                           out="newdir", docker=True),
-    "missing-env-file": Case(("up", "-f", "{work}/t.yml", "-p", "{project}", "--env-file", "{work}/nope.env"),
-                             ExitCode.COMPOSE_FAILED, "nope.env", files={"t.yml": VALID}, docker=True),
-    "bad-extra-compose-arg": Case(("up", "-f", "{work}/t.yml", "-p", "{project}", "--", "--no-such-flag"),
-                                  ExitCode.COMPOSE_FAILED, "docker compose up failed", files={"t.yml": VALID},
+    "missing-env-file": Case(("up", "-d", "-f", "{work}/t.yml", "-p", "{project}", "--env-file", "{work}/nope.env"),
+                             COMPOSE_STATUS, "nope.env", files={"t.yml": VALID}, docker=True),
+    "bad-extra-compose-arg": Case(("up", "-d", "-f", "{work}/t.yml", "-p", "{project}", "--", "--no-such-flag"),
+                                  COMPOSE_STATUS, "docker compose up failed", files={"t.yml": VALID},
                                   docker=True),
     # --- the state directory -------------------------------------------------------------------------
     "state-dir-symlink": Case(("get", "--owner", "x"), ExitCode.STATE_DIR, "is a symlink", state="symlink"),
     "state-dir-symlink-render": render(code=ExitCode.STATE_DIR, fragment="is a symlink", files={"t.yml": VALID},
                                        state="symlink"),
-    "state-dir-other-uid": Case(("ls",), ExitCode.STATE_DIR, f"belongs to uid {NOBODY}", state="other-uid"),
-    "state-dir-other-uid-up": Case(("up", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.STATE_DIR,
+    "state-dir-other-uid": Case(("leases",), ExitCode.STATE_DIR, f"belongs to uid {NOBODY}", state="other-uid"),
+    "state-dir-other-uid-up": Case(("up", "-d", "-f", "{work}/t.yml", "-p", "{project}"), ExitCode.STATE_DIR,
                                    f"belongs to uid {NOBODY}", files={"t.yml": VALID}, state="other-uid"),
     "state-dir-world-writable": Case(("get", "--owner", "x"), ExitCode.STATE_DIR,
                                      "world-writable without the sticky bit", state="world-writable"),
@@ -281,15 +285,17 @@ CASES: dict[str, Case] = {
                                 "run needs a command after `--`", files={"t.yml": VALID}),
     "run-empty-command": Case(("run", "-f", "{work}/t.yml", "-p", "{project}", "--"), ExitCode.USAGE,
                               "run needs a command", files={"t.yml": VALID}),
-    "dashdash-for-ls": Case(("ls", "--", "x"), ExitCode.USAGE, "`--` is only for `up`"),
+    "dashdash-for-ls": Case(("leases", "--", "x"), ExitCode.USAGE, "`--` is only for `up`"),
     "dashdash-for-get": Case(("get", "--owner", "x", "--", "-n", "2"), ExitCode.USAGE, "not `get`"),
     "dashdash-for-render": Case(("render", "-f", "{work}/t.yml", "-p", "{project}", "-o", "{out}", "--", "x"),
                                 ExitCode.USAGE, "not `render`", files={"t.yml": VALID}, out="file"),
     "dashdash-for-down": Case(("down", "-p", "{project}", "--", "-v"), ExitCode.USAGE, "not `down`"),
     # (`start`, `logs`, `exec`...: Compose's verbs, passed through for a stack; see test_zero_edit.py)
-    "unknown-command": Case(("frobnicate",), ExitCode.USAGE, "invalid choice: 'frobnicate'", usage=True),
-    "compose-verb-without-stack": Case(("start",), ExitCode.UNKNOWN_OWNER, "no stack of freeport-compose here",
-                                       cwd_work=True),
+    # An unknown command is Compose's to refuse, as `docker compose frobnicate` is
+    "unknown-command": Case(("frobnicate",), COMPOSE_STATUS, "unknown docker command", compose=True, docker=True),
+    # No stack of ours and no Compose file: Compose's own answer, as to `docker compose start`
+    "compose-verb-without-stack": Case(("start",), COMPOSE_STATUS, "no configuration file provided",
+                                       cwd_work=True, compose=True, docker=True),
     "no-command": Case((), ExitCode.USAGE, "required: COMMAND", usage=True),
     "get-without-owner": Case(("get", "-n", "2"), ExitCode.USAGE, "required: --owner", usage=True),
     "render-without-file": Case(("render", "-p", "{project}", "-o", "{out}"), T,
@@ -334,10 +340,12 @@ def test_table_is_big_enough() -> None:
     assert len(CASES) >= 30
     # NO_FREE_PORT and BUSY need another process holding on: tests/test_allocator.py and test_project_busy below.
     # NOT_READY: the Python API's readiness checks only (tests/test_stack_api.py).
-    untabled = {ExitCode.OK, ExitCode.FAILURE, ExitCode.NO_FREE_PORT, ExitCode.BUSY, ExitCode.NOT_READY}
+    # COMPOSE_FAILED: the library's; the CLI exits with Compose's own status (COMPOSE_STATUS) as Compose would.
+    untabled = {ExitCode.OK, ExitCode.FAILURE, ExitCode.NO_FREE_PORT, ExitCode.BUSY, ExitCode.NOT_READY,
+                ExitCode.COMPOSE_FAILED}
     codes = {value for name, value in vars(ExitCode).items() if name.isupper()}
     assert len(codes) == 18  # one per kind, none shared
-    assert {c.code for c in CASES.values()} >= codes - untabled
+    assert {c.code for c in CASES.values()} >= codes - untabled | {COMPOSE_STATUS}
 
 
 def test_project_busy(work: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch,
@@ -427,7 +435,10 @@ def test_bad_input(name: str, work: Path, state_dir: Path) -> None:
     env = {k: v.format(**values) for k, v in case.env.items()} | {"FREEPORT_STATE_DIR": str(state)}
     try:
         result = fpc(*argv, env=env, cwd=work if case.cwd_work else None, user=NOBODY if as_nobody else None)
-        assert_error(result, case.code, case.fragment.format(**values), usage=case.usage)
+        if case.compose:
+            assert_compose_error(result, case.code, case.fragment.format(**values))
+        else:
+            assert_error(result, case.code, case.fragment.format(**values), usage=case.usage)
 
         # No half-written or stray output: OUT's directory is exactly as it was.
         assert tree(out_parent) == out_before
@@ -497,10 +508,10 @@ def test_hostile_file_and_directory_names(work: Path, state_dir: Path, mark: Pat
         ok(fpc("down", "-p", projects[0], env=env))
 
         # up and down, named by -p; then up without -p: the project name comes from the directory
-        ok(fpc("up", "-f", str(template), "-p", projects[1], "--env-file", str(env_file),
+        ok(fpc("up", "-d", "-f", str(template), "-p", projects[1], "--env-file", str(env_file),
                "--project-directory", str(directory), env=env))
         ok(fpc("down", "-p", projects[1], env=env))
-        unnamed = ok(fpc("up", "-f", str(template), env=env, cwd=directory))
+        unnamed = ok(fpc("up", "-d", "-f", str(template), env=env, cwd=directory))
         found = re.search(r"project (\S+) is up", unnamed.stderr)
         assert found, unnamed.stderr
         projects[2] = found.group(1)
@@ -523,20 +534,20 @@ def test_hostile_compose_arguments(work: Path, state_dir: Path, mark: Path) -> N
     env = {"FPC_MARK": str(mark)}
     try:
         # extra `docker compose up` arguments: service names that do not exist, so Compose fails
-        exits(fpc("up", "-f", str(template), "-p", project, "--", *hostile(mark), env=env), ExitCode.COMPOSE_FAILED)
+        exits(fpc("up", "-d", "-f", str(template), "-p", project, "--", *hostile(mark), env=env), COMPOSE_STATUS)
         # as an option's value
-        exits(fpc("up", "-f", str(template), "-p", project, "--", "--scale", f"web=1;touch {mark}", env=env),
-              ExitCode.COMPOSE_FAILED)
+        exits(fpc("up", "-d", "-f", str(template), "-p", project, "--", "--scale", f"web=1;touch {mark}", env=env),
+              COMPOSE_STATUS)
         # profiles, env files and project directories
         for option in ("--profile", "--env-file", "--project-directory"):
             for value in hostile(mark):
-                result = fpc("up", "-f", str(template), "-p", project, option, value, env=env)
+                result = fpc("up", "-d", "-f", str(template), "-p", project, option, value, env=env)
                 assert_no_traceback(result)
                 if result.returncode == 0:
                     ok(fpc("down", "-p", project, env=env))
         # $FREEPORT_COMPOSE is split like a command line, never given to a shell
         for value in (f"docker compose; touch {mark}", f"docker compose $(touch {mark})", f"docker `touch {mark}`"):
-            result = fpc("up", "-f", str(template), "-p", project, env={**env, "FREEPORT_COMPOSE": value})
+            result = fpc("up", "-d", "-f", str(template), "-p", project, env={**env, "FREEPORT_COMPOSE": value})
             assert result.returncode != 0, result.stderr
             assert_no_traceback(result)
         assert not mark.exists(), "a shell ran on a Compose argument"

@@ -27,6 +27,7 @@ import pytest
 
 from _docker import (
     CLI_TIMEOUT,
+    COMPOSE_STATUS,
     FPC,
     IMAGE,
     SLEEPER,
@@ -128,7 +129,7 @@ def web_template(e2e: E2E, name: str = "compose.yml") -> str:
 def test_up_ports_port_down(e2e: E2E) -> None:
     template = web_template(e2e)
     project = e2e.project()
-    up = ok(fpc("up", "-f", template, "-p", project))
+    up = ok(fpc("up", "-d", "-f", template, "-p", project))
     printed = parse_dotenv(up.stdout)
     assert list(printed) == ["FREEPORT_1", "FREEPORT_web"]
     n, m = printed["FREEPORT_1"], printed["FREEPORT_web"]
@@ -172,7 +173,7 @@ def test_two_stacks_from_one_template_concurrently(e2e: E2E) -> None:
     gate = ("import os, sys, time; time.sleep(max(0.0, float(sys.argv[1]) - time.time())); "
             "os.execv(sys.argv[2], sys.argv[2:])")
     procs = [
-        subprocess.Popen([sys.executable, "-c", gate, str(start_at), FPC, "up", "-f", template, "-p", p],
+        subprocess.Popen([sys.executable, "-c", gate, str(start_at), FPC, "up", "-d", "-f", template, "-p", p],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         for p in projects
     ]
@@ -210,7 +211,7 @@ def test_base_binding_replaced_by_leased_one(e2e: E2E) -> None:
                        '    ports:\n      - "$<FREEPORT_web>:80"\n')
     project = e2e.project()
     try:
-        up = ok(fpc("up", "-f", base, "-f", str(overlay), "-p", project))
+        up = ok(fpc("up", "-d", "-f", base, "-f", str(overlay), "-p", project))
         port = parse_dotenv(up.stdout)["FREEPORT_web"]
         web = service_container(project, "web")
         assert published(web, "80/tcp") == {port}  # the base's fixed port is gone, not added beside
@@ -317,7 +318,7 @@ def test_failing_up_leaves_nothing(e2e: E2E, broken: str) -> None:
     sidecars = [e2e.service(f"side{i}") for i in range(6)]
     template = e2e.compose_file("compose.yml", web, *sidecars, bad)
     project = e2e.project()
-    line = assert_error(fpc("up", "-f", template, "-p", project), ExitCode.COMPOSE_FAILED, "docker compose up failed: ")
+    line = assert_error(fpc("up", "-d", "-f", template, "-p", project), COMPOSE_STATUS, "docker compose up failed: ")
     assert ("No such image" in line) if broken == "missing-image" else ("/no/such/binary" in line)
     assert_nothing_left(project, label=e2e.label)  # containers (also by the test's label) and networks
     assert ls_json()["leases"] == []
@@ -340,7 +341,7 @@ def test_port_clash_is_retried_on_new_port(e2e: E2E) -> None:
     try:
         squatter.bind(("0.0.0.0", taken))
         squatter.listen(1)
-        up = ok(fpc("up", "-f", template, "-p", project))
+        up = ok(fpc("up", "-d", "-f", template, "-p", project))
         assert f"port(s) {taken} taken outside freeport-compose" in up.stderr
         port = parse_dotenv(up.stdout)["FREEPORT_1"]
         assert port != taken
@@ -366,8 +367,8 @@ def test_port_clash_is_retried_on_new_port(e2e: E2E) -> None:
 def test_gc_frees_stack_downed_by_plain_compose(e2e: E2E) -> None:
     template = web_template(e2e)
     gone, alive = e2e.project(), e2e.project()
-    ok(fpc("up", "-f", template, "-p", gone))
-    alive_ports = parse_dotenv(ok(fpc("up", "-f", template, "-p", alive)).stdout)
+    ok(fpc("up", "-d", "-f", template, "-p", gone))
+    alive_ports = parse_dotenv(ok(fpc("up", "-d", "-f", template, "-p", alive)).stdout)
 
     nothing = ok(fpc("gc"))  # both stacks up: nothing to free
     assert nothing.stderr.strip().splitlines()[-1] == "freeport-compose: nothing to free"
@@ -399,25 +400,25 @@ def test_gc_frees_stack_downed_by_plain_compose(e2e: E2E) -> None:
 
 BAD_CASES: dict[str, tuple[list[str], dict[str, str], ExitCode, str]] = {
     # case: (CLI arguments, environment, exit code, text of the error line)
-    "down-unknown": (["down", "-p", "nosuchproject"], {}, ExitCode.UNKNOWN_OWNER, "nosuchproject"),
     "ports-unknown": (["ports", "-p", "nosuch"], {}, ExitCode.UNKNOWN_OWNER, "nosuch"),
     "port-unknown": (["port", "-p", "nosuch", "web"], {}, ExitCode.UNKNOWN_OWNER, "nosuch"),
-    "no-compose": (["up", "-f", "{template}", "-p", "{project}"], {"FREEPORT_COMPOSE": "/nonexistent/compose"},
+    "no-compose": (["up", "-d", "-f", "{template}", "-p", "{project}"], {"FREEPORT_COMPOSE": "/nonexistent/compose"},
                    ExitCode.COMPOSE_MISSING, "/nonexistent/compose"),
-    "compose-not-executable": (["up", "-f", "{template}", "-p", "{project}"], {"FREEPORT_COMPOSE": "{template}"},
+    "compose-not-executable": (["up", "-d", "-f", "{template}", "-p", "{project}"], {"FREEPORT_COMPOSE": "{template}"},
                                ExitCode.COMPOSE_MISSING, "compose.yml"),
-    "compose-env-unparsable": (["up", "-f", "{template}", "-p", "{project}"], {"FREEPORT_COMPOSE": 'docker "compose'},
+    "compose-env-unparsable": (["up", "-d", "-f", "{template}", "-p", "{project}"],
+                               {"FREEPORT_COMPOSE": 'docker "compose'},
                                ExitCode.COMPOSE_MISSING, "$FREEPORT_COMPOSE is not a valid command line"),
-    "no-engine": (["up", "-f", "{template}", "-p", "{project}"],
+    "no-engine": (["up", "-d", "-f", "{template}", "-p", "{project}"],
                   {"DOCKER_HOST": "unix:///tmp/nonexistent.sock"}, ExitCode.ENGINE_UNREACHABLE,
                   "no Docker engine answers"),
-    "bad-name-up": (["up", "-f", "{template}", "-p", "Bad Name"], {}, ExitCode.INVALID_NAME, "'Bad Name'"),
+    "bad-name-up": (["up", "-d", "-f", "{template}", "-p", "Bad Name"], {}, ExitCode.INVALID_NAME, "'Bad Name'"),
     "bad-name-down": (["down", "-p", "Bad Name"], {}, ExitCode.INVALID_NAME, "'Bad Name'"),
-    "template-error": (["up", "-f", "{broken}", "-p", "{project}"], {}, ExitCode.TEMPLATE,
+    "template-error": (["up", "-d", "-f", "{broken}", "-p", "{project}"], {}, ExitCode.TEMPLATE,
                        "broken.yml:16:10: placeholder '$<freeport_1>' must be upper case"),
     "render-template-error": (["render", "-f", "{broken}", "-p", "{project}"], {}, ExitCode.TEMPLATE,
                               "broken.yml:16:10:"),
-    "missing-file": (["up", "-f", "{tmp}/nope.yml", "-p", "{project}"], {}, ExitCode.TEMPLATE, "no such file"),
+    "missing-file": (["up", "-d", "-f", "{tmp}/nope.yml", "-p", "{project}"], {}, ExitCode.TEMPLATE, "no such file"),
 }
 
 
@@ -454,7 +455,7 @@ def test_profile_and_env_file_replayed_at_down(e2e: E2E) -> None:
     (e2e.tmp / "images.env").write_text(f"FPC_IMAGE={IMAGE}\n")
     project = e2e.project()
     # Relative paths from the test's directory; down runs from elsewhere and repeats nothing.
-    up = ok(fpc("up", "-f", "compose.yml", "-p", project, "--profile", "extra", "--env-file", "images.env",
+    up = ok(fpc("up", "-d", "-f", "compose.yml", "-p", project, "--profile", "extra", "--env-file", "images.env",
                 cwd=e2e.tmp))
     ports = parse_dotenv(up.stdout)
     assert list(ports) == ["FREEPORT_1", "FREEPORT_extra"]
@@ -487,7 +488,7 @@ def test_container_name_warns(e2e: E2E) -> None:
     ok(fpc("down", "-p", project))
     plain = e2e.project()
     clean = ok(fpc("render", "-f", web_template(e2e, "plain.yml"), "-p", plain))
-    assert "warning" not in clean.stderr
+    assert "sets container_name" not in clean.stderr
     ok(fpc("down", "-p", plain))
     assert_nothing_left(project, plain)
 
@@ -497,13 +498,14 @@ def test_up_failing_before_compose_keeps_the_stack_that_was_there(e2e: E2E) -> N
     """A second `up` of a running stack that cannot lease its new placeholder leaves the stack alone."""
     project = e2e.project()
     first = e2e.compose_file("one.yml", e2e.service("web", ports=["127.0.0.1:$<FREEPORT_web>:80"]))
-    up = ok(fpc("up", "-p", project, "-f", first))
+    up = ok(fpc("up", "-d", "-p", project, "-f", first))
     web = parse_dotenv(up.stdout)["FREEPORT_web"]
     second = e2e.compose_file("two.yml", e2e.service("web", ports=["127.0.0.1:$<FREEPORT_web>:80",
                                                                    "127.0.0.1:$<FREEPORT_more>:81"]))
     ok(fpc("get", "--owner", f"{project}-blocker", "--range", f"{web + 1}-{web + 1}"))
     try:
-        exits(fpc("up", "-p", project, "-f", second, "--timeout", "0", env={"FREEPORT_RANGE": f"{web + 1}-{web + 1}"}),
+        exits(fpc("up", "-d", "-p", project, "-f", second, "--lease-timeout", "0",
+                  env={"FREEPORT_RANGE": f"{web + 1}-{web + 1}"}),
               ExitCode.NO_FREE_PORT)
         assert containers(project), "the running stack was taken down"
         assert json.loads(fpc("ports", "-p", project, "--format", "json").stdout) == {"FREEPORT_web": web}

@@ -74,7 +74,7 @@ IMAGES = {
 }
 TIMEOUT = 600.0  # seconds for one block: a few stacks started and brought down
 KINDS = ("run", "pytest", "file", "excerpt", "check", "usage", "signature", "skip")
-OUR_COMMANDS = ("get", "release", "ls", "gc", "render", "up", "down", "ports", "port", "run", "deploy")
+OUR_COMMANDS = ("get", "release", "leases", "gc", "doctor", "render", "up", "down", "ports", "port", "run", "deploy")
 GLOBAL_OPTIONS = ("--state-dir", "--context", "-p", "--project-name")
 
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)\s*$")

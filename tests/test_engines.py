@@ -77,7 +77,7 @@ def squat(engine: SecondEngine, *ports: int) -> None:
 
 
 def leased(env: dict[str, str], project: str) -> dict[str, int]:
-    out = json.loads(ok(fpc("ls", "--json", env=env)).stdout)
+    out = json.loads(ok(fpc("leases", "--json", env=env)).stdout)
     return {x["label"]: x["port"] for x in out["leases"] if x["owner"] == project}
 
 
@@ -118,7 +118,7 @@ def test_ports_the_engine_published_are_never_handed_out(engine: SecondEngine, t
     ok(fpc("render", "-f", template(tmp_path, "a", "b"), "-p", "fpc-eng-pub", env=env))
     assert set(leased(env, "fpc-eng-pub").values()) == {first + 4, first + 5}
     # the range is now exhausted for this engine: the engine's ports and our leases both count
-    result = fpc("render", "-f", template(tmp_path, "c"), "-p", "fpc-eng-pub2", "--timeout", "0", env=env)
+    result = fpc("render", "-f", template(tmp_path, "c"), "-p", "fpc-eng-pub2", "--lease-timeout", "0", env=env)
     assert_error(result, ExitCode.NO_FREE_PORT, "no free port")
     ok(fpc("down", "-p", "fpc-eng-pub", env=env))
 
@@ -134,9 +134,9 @@ def test_leases_for_an_engine_elsewhere_do_not_block_this_machine(engine: Second
     got = ok(fpc("get", "--owner", "fpc-local", "-n", "2", "--range", f"{first}-{first + 1}"))
     assert sorted(map(int, got.stdout.split())) == [first, first + 1]
     # ... while for the engine elsewhere they are taken
-    result = run_fpc("render", "-f", template(tmp_path, "c"), "-p", "fpc-eng-b", "--timeout", "0", env=env)
+    result = run_fpc("render", "-f", template(tmp_path, "c"), "-p", "fpc-eng-b", "--lease-timeout", "0", env=env)
     assert_error(result, ExitCode.NO_FREE_PORT)
-    listing = json.loads(ok(run_fpc("ls", "--json", env=context_env(engine))).stdout)
+    listing = json.loads(ok(run_fpc("leases", "--json", env=context_env(engine))).stdout)
     engines = {(x["owner"], x["engine"]) for x in listing["leases"]}
     assert ("fpc-local", "unix:///var/run/docker.sock") in engines
     assert ("fpc-eng-a", engine.tcp) in engines
@@ -158,10 +158,10 @@ def test_an_engine_on_a_unix_socket_leases_from_the_machines_store(engine: Secon
     ok(fpc("render", "-f", template(tmp_path, "a"), "-p", "fpc-eng-a", env=env))
     got = ok(fpc("get", "--owner", "fpc-local", "-n", "1", "--range", f"{first}-{first + 1}"))
     assert set(leased(env, "fpc-eng-a").values()) | {int(got.stdout)} == {first, first + 1}
-    result = fpc("render", "-f", template(tmp_path, "c"), "-p", "fpc-eng-b", "--timeout", "0", env=env)
+    result = fpc("render", "-f", template(tmp_path, "c"), "-p", "fpc-eng-b", "--lease-timeout", "0", env=env)
     assert_error(result, ExitCode.NO_FREE_PORT)
     # the same project name on the default engine is another stack: it never reuses those leases
-    result = fpc("render", "-f", template(tmp_path, "a"), "-p", "fpc-eng-a", "--timeout", "0",
+    result = fpc("render", "-f", template(tmp_path, "a"), "-p", "fpc-eng-a", "--lease-timeout", "0",
                  env={"FREEPORT_RANGE": f"{first}-{first + 1}"})
     assert_error(result, ExitCode.NO_FREE_PORT)
     listing = ls_json()
@@ -170,7 +170,7 @@ def test_an_engine_on_a_unix_socket_leases_from_the_machines_store(engine: Secon
     assert [(s["project"], s["engine"]) for s in listing["stacks"]] == [("fpc-eng-a", engine.sock)]
     ok(fpc("down", "-p", "fpc-eng-a", env=env))
     assert leased(env, "fpc-eng-a") == {}
-    assert ok(fpc("ls", "--json")).stdout.count('"fpc-local"') == 1  # the other engine's down left it
+    assert ok(fpc("leases", "--json")).stdout.count('"fpc-local"') == 1  # the other engine's down left it
     ok(fpc("release", "--owner", "fpc-local"))
 
 
@@ -202,7 +202,7 @@ def test_a_port_taken_on_the_engine_between_lease_and_up_is_leased_anew(engine: 
     ok(fpc("render", "-f", file, "-p", "fpc-eng-retry", env=env))
     old = leased(env, "fpc-eng-retry")["FREEPORT_web"]
     squat(engine, old)  # taken on the engine after the lease, before `up`
-    up = ok(fpc("up", "-f", file, "-p", "fpc-eng-retry", env=env))
+    up = ok(fpc("up", "-d", "-f", file, "-p", "fpc-eng-retry", env=env))
     assert "taken outside freeport-compose meanwhile" in up.stderr
     new = parse_dotenv(up.stdout)["FREEPORT_web"]
     assert new != old
@@ -229,7 +229,7 @@ def test_a_context_targets_an_engine_elsewhere(engine: SecondEngine, tmp_path: P
         for s, port in zip(held, (first, first + 1), strict=True):
             s.bind(("0.0.0.0", port))
             s.listen()
-        up = run_fpc("--context", CONTEXT, "up", "-f", file, "-p", "fpc-ctx", "--wait", env=env)
+        up = run_fpc("--context", CONTEXT, "up", "-d", "-f", file, "-p", "fpc-ctx", "--wait", env=env)
         assert up.returncode == 0, up.stderr
     finally:
         for s in held:
@@ -246,7 +246,7 @@ def test_a_context_targets_an_engine_elsewhere(engine: SecondEngine, tmp_path: P
     except urllib.error.HTTPError as e:
         status = e.code
     assert status == 404  # busybox httpd answered, from the engine's namespace (no index.html)
-    stacks = json.loads(run_fpc("ls", "--json", env=env).stdout)["stacks"]
+    stacks = json.loads(run_fpc("leases", "--json", env=env).stdout)["stacks"]
     assert [(s["project"], s["context"], s["status"]) for s in stacks] == [("fpc-ctx", CONTEXT, "up")]
     from freeport_compose import Stack
 
@@ -258,7 +258,7 @@ def test_a_context_targets_an_engine_elsewhere(engine: SecondEngine, tmp_path: P
     down = run_fpc("--context", CONTEXT, "down", "-p", "fpc-ctx", env=env)
     assert down.returncode == 0, down.stderr
     assert "fpc-ctx" not in engine.docker("ps", "-a", "--format", "{{.Names}}").stdout
-    assert json.loads(run_fpc("ls", "--json", env=env).stdout)["leases"] == []
+    assert json.loads(run_fpc("leases", "--json", env=env).stdout)["leases"] == []
 
 
 def test_an_engine_that_does_not_answer_is_named(engine: SecondEngine, tmp_path: Path) -> None:
@@ -312,7 +312,7 @@ def test_deploy_then_rm(engine: SecondEngine, tmp_path: Path, free_block: Callab
     assert answers_inside(engine, port)  # mode: host, on the node (the namespace)
     stacks = ls_json(None)["stacks"]
     assert [(s["project"], s["status"], s["swarm"]) for s in stacks] == [("fpc-deploy", "deployed", True)]
-    assert "deployed (1 service)" in ok(fpc("ls")).stdout
+    assert "deployed (1 service)" in ok(fpc("leases")).stdout
     ok(fpc("rm", "-p", "fpc-deploy", env=env))
     assert engine.docker("stack", "ls", "--format", "{{.Name}}").stdout.split() == []
     assert leased(env, "fpc-deploy") == {}
@@ -330,7 +330,7 @@ def test_a_stack_removed_with_docker_stack_rm_frees_its_ports(engine: SecondEngi
     wait_services(engine, "fpc-stackrm", 0)
     assert [s["status"] for s in ls_json()["stacks"]] == ["gone"]
     # the range is exhausted: the allocation asks the engine, finds the stack gone, takes its port
-    got = ok(fpc("render", "-f", template(tmp_path, "other"), "-p", "fpc-stackrm2", "--timeout", "5", env=env))
+    got = ok(fpc("render", "-f", template(tmp_path, "other"), "-p", "fpc-stackrm2", "--lease-timeout", "5", env=env))
     assert leased(env, "fpc-stackrm2") == {"FREEPORT_other": first}, got.stderr
     assert [s["project"] for s in ls_json()["stacks"]] == ["fpc-stackrm2"]
     ok(fpc("down", "-p", "fpc-stackrm2", env=env))
@@ -423,8 +423,9 @@ def test_gc_reaches_each_stack_on_its_own_engine(engine: SecondEngine, tmp_path:
     first = free_block(2)
     local, remote_env = "fpc-gc-local", {**engine.env, "FREEPORT_RANGE": f"{first}-{first + 1}"}
     try:
-        ok(fpc("up", "-f", template(tmp_path, "web"), "-p", local, env={"FREEPORT_RANGE": f"{first}-{first + 1}"}))
-        ok(fpc("up", "-f", template(tmp_path, "web"), "-p", "fpc-gc-remote", env=remote_env))
+        ok(fpc("up", "-d", "-f", template(tmp_path, "web"), "-p", local,
+               env={"FREEPORT_RANGE": f"{first}-{first + 1}"}))
+        ok(fpc("up", "-d", "-f", template(tmp_path, "web"), "-p", "fpc-gc-remote", env=remote_env))
         record = state_dir / "stacks" / f"{local}.json"
         raw = json.loads(record.read_text())
         record.write_text(json.dumps({**raw, "status": "stopping"}))  # a down that could not finish
@@ -467,7 +468,7 @@ def test_one_project_name_is_one_kind_of_stack(engine: SecondEngine, tmp_path: P
     env = {**engine.env, "FREEPORT_RANGE": f"{first}-{first + 1}"}
     file = template(tmp_path, "web")
     ok(fpc("deploy", "-f", file, "-p", "fpc-kind", env=env))
-    assert_error(fpc("up", "-f", file, "-p", "fpc-kind", env=env), ExitCode.INVALID_NAME,
+    assert_error(fpc("up", "-d", "-f", file, "-p", "fpc-kind", env=env), ExitCode.INVALID_NAME,
                  "'fpc-kind' is a Swarm stack on this engine")
     assert engine.docker("stack", "services", "-q", "fpc-kind").stdout.split()  # untouched
     assert_error(fpc("rm", "-p", "fpc-kind", "web", env=env), ExitCode.USAGE, "removes it whole")
@@ -478,7 +479,7 @@ def test_one_project_name_is_one_kind_of_stack(engine: SecondEngine, tmp_path: P
 def test_rm_of_a_compose_stack_is_composes_own(tmp_path: Path, free_block: Callable[[int], int]) -> None:
     first = free_block(1)
     env = {"FREEPORT_RANGE": f"{first}-{first}"}
-    ok(fpc("up", "-f", template(tmp_path, "web"), "-p", "fpc-rm-compose", env=env))
+    ok(fpc("up", "-d", "-f", template(tmp_path, "web"), "-p", "fpc-rm-compose", env=env))
     try:
         assert docker_ids("fpc-rm-compose")
         ok(fpc("rm", "-p", "fpc-rm-compose", "--stop", "--force", env=env))  # `docker compose rm -s -f`

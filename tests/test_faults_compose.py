@@ -153,7 +153,7 @@ def _kill_up(box: Box, project: str, stage: str, monkeypatch: pytest.MonkeyPatch
         assert ok(fpc("get", "--owner", "blocker")).stdout == f"{only}\n"
     else:
         env = box.wrapper_env("before-up" if stage == "before-compose" else "after-up")
-    proc = spawn_cli("up", "-f", box.template, "-p", project, env=env)
+    proc = spawn_cli("up", "-d", "-f", box.template, "-p", project, env=env)
     port: int | None = None
     try:
         if stage == "waiting-for-port":
@@ -202,7 +202,7 @@ def test_killed_up_then_gc(box: Box, stage: str, monkeypatch: pytest.MonkeyPatch
         ok(fpc("release", "--owner", "blocker"))
     assert ls_json()["leases"] == []
 
-    again = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", project)).stdout)
+    again = parse_dotenv(ok(fpc("up", "-d", "-f", box.template, "-p", project)).stdout)
     assert_consistent(project, again)
     ok(fpc("down", "-p", project))
     assert_nothing_left(project)
@@ -218,7 +218,7 @@ def test_killed_up_then_up_again(box: Box, stage: str, monkeypatch: pytest.Monke
     if stage == "waiting-for-port":
         ok(fpc("release", "--owner", "blocker"))
 
-    again = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", project)).stdout)
+    again = parse_dotenv(ok(fpc("up", "-d", "-f", box.template, "-p", project)).stdout)
     got = assert_consistent(project, again)
     if port is not None:
         assert got == port  # the killed `up`'s named lease is reused, not leaked beside a new one
@@ -310,8 +310,8 @@ def test_dockerd_restart_under_running_stacks(box: Box, monkeypatch: pytest.Monk
     block = set(range(first, first + 4))
     monkeypatch.setenv("FREEPORT_RANGE", f"{first}-{first + 3}")  # both stacks and every `get` below
     downed, kept = box.project(), box.project()
-    port_a = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", downed)).stdout)["FREEPORT_web"]
-    port_b = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", kept)).stdout)["FREEPORT_web"]
+    port_a = parse_dotenv(ok(fpc("up", "-d", "-f", box.template, "-p", downed)).stdout)["FREEPORT_web"]
+    port_b = parse_dotenv(ok(fpc("up", "-d", "-f", box.template, "-p", kept)).stdout)["FREEPORT_web"]
     assert {port_a, port_b} <= block
     assert http_get(port_a)[0] == http_get(port_b)[0] == 200
 
@@ -322,12 +322,12 @@ def test_dockerd_restart_under_running_stacks(box: Box, monkeypatch: pytest.Monk
         assert _wait(lambda: not engine_answers(), 60), "dockerd still answers 60 s after SIGTERM"
 
         # The engine is gone, so are the containers' port bindings: the leases alone keep the ports.
-        state = ok(fpc("ls", "--json"))
+        state = ok(fpc("leases", "--json"))
         assert "container counts unknown" in state.stderr
         stacks = {s["project"]: s for s in json.loads(state.stdout)["stacks"]}
         assert {p: (s["status"], s["containers"]) for p, s in stacks.items()} == {downed: ("up", None),
                                                                                      kept: ("up", None)}
-        table = ok(fpc("ls"))
+        table = ok(fpc("leases"))
         rows = [ln.split() for ln in table.stdout.splitlines()]
         assert [downed, "up", "?", "default", f"FREEPORT_web={port_a}"] in rows
         got = [int(p) for p in ok(fpc("get", "--owner", "x", "-n", "2", "--timeout", "0")).stdout.split()]
@@ -379,7 +379,7 @@ def test_dockerd_restart_under_running_stacks(box: Box, monkeypatch: pytest.Monk
     assert leases_of(kept) == {"FREEPORT_web": port_b}  # a stopped stack is still the user's
     assert [s["containers"] for s in stacks_named(kept)] == [1]
 
-    again = parse_dotenv(ok(fpc("up", "-f", box.template, "-p", kept)).stdout)
+    again = parse_dotenv(ok(fpc("up", "-d", "-f", box.template, "-p", kept)).stdout)
     assert again == {"FREEPORT_web": port_b}
     assert_consistent(kept, again)
     ok(fpc("down", "-p", kept))

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from _docker import (
+    COMPOSE_STATUS,
     FPC,
     Footprint,
     assert_error,
@@ -63,7 +64,7 @@ def stalled_up(box: Footprint, template: str, project: str) -> tuple[subprocess.
     wrapper.chmod(0o755)
     at, go = box.tmp / "at-up", box.tmp / "go"
     env = {"FREEPORT_COMPOSE": str(wrapper), "FPC_AT": str(at), "FPC_GO": str(go)}
-    return spawn_cli("up", "-f", template, "-p", project, env=env), at, go
+    return spawn_cli("up", "-d", "-f", template, "-p", project, env=env), at, go
 
 
 @pytest.fixture
@@ -101,11 +102,11 @@ def compose(project: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_plain_compose_down_gives_the_ports_to_the_next_up(box: Footprint, one_port: int) -> None:
     template, a, b = web(box), box.project(), box.project()
-    assert parse_dotenv(ok(fpc("up", "-f", template, "-p", a)).stdout) == {"FREEPORT_web": one_port}
+    assert parse_dotenv(ok(fpc("up", "-d", "-f", template, "-p", a)).stdout) == {"FREEPORT_web": one_port}
     compose(a, "down")
     assert (stack(a)["status"], stack(a)["containers"]) == ("gone", 0)  # never "up" with no container
     started = time.monotonic()
-    up = ok(fpc("up", "-f", template, "-p", b, "--timeout", "20"))
+    up = ok(fpc("up", "-d", "-f", template, "-p", b, "--lease-timeout", "20"))
     assert time.monotonic() - started < 15  # no wait for a timeout: a's lease was given back at once
     assert parse_dotenv(up.stdout) == {"FREEPORT_web": one_port}
     assert http_get(one_port) == (200, f"web {one_port}\n")
@@ -117,7 +118,7 @@ def test_plain_compose_down_gives_the_ports_to_the_next_up(box: Footprint, one_p
 
 def test_removed_containers_give_the_ports_to_get(box: Footprint, one_port: int) -> None:
     template, a = web(box), box.project()
-    ok(fpc("up", "-f", template, "-p", a))
+    ok(fpc("up", "-d", "-f", template, "-p", a))
     [cid] = containers(a)
     assert docker("rm", "-f", cid).returncode == 0  # an engine reset or a reboot looks the same
     got = ok(fpc("get", "--owner", "next", "--timeout", "5"))
@@ -133,12 +134,12 @@ def test_stopped_and_partial_stacks_keep_their_ports(box: Footprint, free_block:
     template = box.compose_file("compose.yml", box.service("web", ports=["$<FREEPORT_web>:80"]),
                                 box.service("api", ports=["$<FREEPORT_api>:80"]))
     a = box.project()
-    ports = parse_dotenv(ok(fpc("up", "-f", template, "-p", a)).stdout)
+    ports = parse_dotenv(ok(fpc("up", "-d", "-f", template, "-p", a)).stdout)
     assert set(ports.values()) == {first, first + 1}
     assert (stack(a)["status"], stack(a)["containers"], stack(a)["running"]) == ("up", 2, 2)
     compose(a, "stop", "api")
     assert (stack(a)["status"], stack(a)["running"]) == ("partial", 1)
-    assert f"{a}  partial (1 of 2 running)  2" in ok(fpc("ls")).stdout
+    assert f"{a}  partial (1 of 2 running)  2" in ok(fpc("leases")).stdout
     compose(a, "stop")
     assert (stack(a)["status"], stack(a)["containers"], stack(a)["running"]) == ("stopped", 2, 0)
     error = assert_error(fpc("get", "--owner", "other", "--timeout", "0"), ExitCode.NO_FREE_PORT)
@@ -157,10 +158,10 @@ def test_a_rendered_stack_keeps_its_ports_until_down_or_its_ttl(box: Footprint, 
     assert_error(fpc("get", "--owner", "other", "--timeout", "0"), ExitCode.NO_FREE_PORT, f"owner {kept!r}")
     ok(fpc("down", "-p", kept))
     ok(fpc("render", "-f", template, "-p", timed, "--ttl", "2s"))
-    assert "rendered (expires in" in ok(fpc("ls")).stdout
+    assert "rendered (expires in" in ok(fpc("leases")).stdout
     assert_error(fpc("get", "--owner", "other", "--timeout", "0"), ExitCode.NO_FREE_PORT, f"owner {timed!r}")
     time.sleep(2.2)
-    assert "rendered (expired)" in ok(fpc("ls")).stdout
+    assert "rendered (expired)" in ok(fpc("leases")).stdout
     assert ok(fpc("get", "--owner", "other", "--timeout", "0")).stdout.split() == [str(one_port)]
     assert leases_of(timed) == {}
     assert ls_json()["stacks"] == []
@@ -183,7 +184,7 @@ def test_a_started_rendered_stack_outlives_its_ttl_while_its_containers_do(box: 
 def test_a_locked_project_is_never_reclaimed(box: Footprint, one_port: int, state_dir: Path) -> None:
     """An up, down or gc of the project in flight holds its lock: its stack is not judged meanwhile."""
     template, a = web(box), box.project()
-    ok(fpc("up", "-f", template, "-p", a))
+    ok(fpc("up", "-d", "-f", template, "-p", a))
     compose(a, "down")
     fd = os.open(state_dir / "stacks" / f"{a}.lock", os.O_RDWR)
     try:
@@ -216,7 +217,7 @@ def test_an_up_in_flight_is_never_reclaimed(box: Footprint, one_port: int) -> No
 
 def test_engine_unreachable_reclaims_nothing_and_says_where_it_asked(box: Footprint, one_port: int) -> None:
     template, a = web(box), box.project()
-    ok(fpc("up", "-f", template, "-p", a))
+    ok(fpc("up", "-d", "-f", template, "-p", a))
     compose(a, "down")
     error = assert_error(fpc_without_engine("get", "--owner", "other", "--timeout", "0"),
                          ExitCode.NO_FREE_PORT, f"owner {a!r}", "the engine could not be asked",
@@ -300,7 +301,7 @@ def test_a_failed_up_wait_says_why_before_it_rolls_back(box: Footprint, how: str
     args = ["up", "--wait"] if verb == "up" else ["run"]
     tail = ["--", "true"] if verb == "run" else []
     result = fpc(*args, "-f", template, "-p", project, *tail)
-    assert_error(result, ExitCode.COMPOSE_FAILED, "docker compose up failed")
+    assert_error(result, COMPOSE_STATUS, "docker compose up failed")
     lines = result.stderr.splitlines()
     state = "running (unhealthy)" if how == "unhealthy" else "exited (3)"
     header = f"service db ({project}-db-1): {state}"
@@ -346,7 +347,7 @@ def test_cli_killed_alone_during_compose_up_keeps_the_project_locked(box: Footpr
 
 def test_down_without_an_engine_keeps_the_ports(box: Footprint) -> None:
     template, a = web(box), box.project()
-    port = parse_dotenv(ok(fpc("up", "-f", template, "-p", a)).stdout)["FREEPORT_web"]
+    port = parse_dotenv(ok(fpc("up", "-d", "-f", template, "-p", a)).stdout)["FREEPORT_web"]
     assert_error(fpc_without_engine("down", "-p", a), ExitCode.ENGINE_UNREACHABLE, "its ports stay leased")
     assert leases_of(a) == {"FREEPORT_web": port}  # a restart policy could bring the container back
     assert stack(a)["status"] == "stopping"
@@ -359,11 +360,11 @@ def test_down_without_an_engine_keeps_the_ports(box: Footprint) -> None:
 def test_a_damaged_stack_record_crashes_nothing_and_down_still_cleans_up(box: Footprint, damage: str,
                                                                           state_dir: Path) -> None:
     template, a = web(box), box.project()
-    ok(fpc("up", "-f", template, "-p", a))
+    ok(fpc("up", "-d", "-f", template, "-p", a))
     record = state_dir / "stacks" / f"{a}.json"
     record.write_bytes(b"" if damage == "truncated" else os.urandom(300))
     assert [s for s in ls_json()["stacks"] if s["project"] == a] == []
-    ok(fpc("ls"))
+    ok(fpc("leases"))
     ok(fpc("gc"))
     ok(fpc("down", "-p", a))  # no record: its leases go, and its containers (found by label) too
     assert_nothing_left(a, label=box.label)
@@ -375,7 +376,7 @@ NO_SUCH_PID = 4194305  # above PID_MAX_LIMIT: never a live process
 
 
 def test_gc_sweeps_temporaries_of_dead_writers_only(state_dir: Path) -> None:
-    ok(fpc("ls"))  # creates the state dir
+    ok(fpc("leases"))  # creates the state dir
     (state_dir / "owners").mkdir(mode=0o700, exist_ok=True)  # made at the first named lease: it is lazy
     dead = [
         state_dir / f".web.json.{NO_SUCH_PID}.0a1b2c3d.tmp",

@@ -209,7 +209,7 @@ def template(engine: LocalEngine, *names: str) -> str:
 def leases(engine: LocalEngine) -> dict[str, list[int]]:
     """Owner -> ports of the leases `ls` shows for this engine."""
     out: dict[str, list[int]] = {}
-    for lease in json.loads(ok(engine.fpc("ls", "--json")).stdout)["leases"]:
+    for lease in json.loads(ok(engine.fpc("leases", "--json")).stdout)["leases"]:
         if lease["engine"] == engine.address:
             out.setdefault(lease["owner"], []).append(lease["port"])
     return out
@@ -220,8 +220,8 @@ def test_two_stacks_side_by_side_answer_from_the_host_and_down_leaves_nothing(
     first = free_block(8)
     env = {"FREEPORT_RANGE": f"{first}-{first + 7}"}
     file = template(engine, "web")
-    a = parse_dotenv(ok(engine.fpc("up", "-f", file, "-p", "fpc-le-a", env=env)).stdout)
-    b = parse_dotenv(ok(engine.fpc("up", "-f", file, "-p", "fpc-le-b", env=env)).stdout)
+    a = parse_dotenv(ok(engine.fpc("up", "-d", "-f", file, "-p", "fpc-le-a", env=env)).stdout)
+    b = parse_dotenv(ok(engine.fpc("up", "-d", "-f", file, "-p", "fpc-le-b", env=env)).stdout)
     assert a["FREEPORT_web"] != b["FREEPORT_web"]
     assert {a["FREEPORT_web"], b["FREEPORT_web"]} <= engine.published()
     for ports in (a, b):
@@ -231,7 +231,7 @@ def test_two_stacks_side_by_side_answer_from_the_host_and_down_leaves_nothing(
         ok(engine.fpc("down", "-p", project))
         assert engine.containers(project) == []
     assert leases(engine) == {}
-    assert json.loads(ok(engine.fpc("ls", "--json")).stdout)["stacks"] == []
+    assert json.loads(ok(engine.fpc("leases", "--json")).stdout)["stacks"] == []
 
 
 def test_a_port_the_engines_own_container_publishes_is_avoided(
@@ -242,7 +242,7 @@ def test_a_port_the_engines_own_container_publishes_is_avoided(
     assert squat.returncode == 0, squat.stderr
     assert first in engine.published()
     env = {"FREEPORT_RANGE": f"{first}-{first + 1}"}
-    out = parse_dotenv(ok(engine.fpc("up", "-f", template(engine, "web"), "-p", "fpc-le-pub", env=env)).stdout)
+    out = parse_dotenv(ok(engine.fpc("up", "-d", "-f", template(engine, "web"), "-p", "fpc-le-pub", env=env)).stdout)
     assert out == {"FREEPORT_web": first + 1}
     ok(engine.fpc("down", "-p", "fpc-le-pub"))
 
@@ -250,13 +250,13 @@ def test_a_port_the_engines_own_container_publishes_is_avoided(
 def test_gc_frees_a_stack_whose_containers_went(engine: LocalEngine, free_block: Callable[[int], int]) -> None:
     first = free_block(2)
     env = {"FREEPORT_RANGE": f"{first}-{first + 1}"}
-    ok(engine.fpc("up", "-f", template(engine, "web"), "-p", "fpc-le-gc", env=env))
+    ok(engine.fpc("up", "-d", "-f", template(engine, "web"), "-p", "fpc-le-gc", env=env))
     assert set(leases(engine)) == {"fpc-le-gc"}
     gone = engine.docker("rm", "-f", *engine.containers("fpc-le-gc"))  # behind our back
     assert gone.returncode == 0, gone.stderr
     ok(engine.fpc("gc"))
     assert leases(engine) == {}
-    assert json.loads(ok(engine.fpc("ls", "--json")).stdout)["stacks"] == []
+    assert json.loads(ok(engine.fpc("leases", "--json")).stdout)["stacks"] == []
 
 
 def test_run_lives_exactly_as_long_as_the_command(engine: LocalEngine, free_block: Callable[[int], int]) -> None:

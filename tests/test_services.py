@@ -187,7 +187,7 @@ def test_two_stacks_side_by_side_keep_their_own_data(fp: Footprint) -> None:
     a, b = fp.project(), fp.project()
 
     def up(project: str) -> dict[str, int]:
-        return parse_dotenv(ok(fpc("up", "-f", TEMPLATE, "-p", project, "--wait", env=IMAGES)).stdout)
+        return parse_dotenv(ok(fpc("up", "-d", "-f", TEMPLATE, "-p", project, "--wait", env=IMAGES)).stdout)
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         ports_a, ports_b = pool.map(up, (a, b))

@@ -108,7 +108,7 @@ def test_not_ready_says_why_and_leaves_nothing(box: Footprint) -> None:
 
 def test_attach_reads_a_stack_and_never_brings_it_down(box: Footprint) -> None:
     project = box.project()
-    port = parse_dotenv(ok(fpc("up", "-f", web_file(box), "-p", project)).stdout)["FREEPORT_web"]
+    port = parse_dotenv(ok(fpc("up", "-d", "-f", web_file(box), "-p", project)).stdout)["FREEPORT_web"]
     with Stack.attach(project) as stack:
         assert stack.ports == {"FREEPORT_web": port}
     assert len(containers(project, running=True)) == 1

@@ -961,7 +961,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 
 def leases() -> list[dict[str, Any]]:
-    result = cli("ls", "--json")
+    result = cli("leases", "--json")
     assert result.returncode == 0, result.stderr
     listed: dict[str, Any] = json.loads(result.stdout)
     assert listed["stacks"] == []  # else `ls` would ask Docker for container counts
@@ -1116,5 +1116,5 @@ def test_cli_unknown_project(tmp_path: Path) -> None:
         assert result.returncode == ExitCode.UNKNOWN_OWNER == 9
         assert result.stdout == ""
         assert result.stderr == (
-            "freeport-compose: no stack named 'nosuch' holds ports (see `freeport-compose ls`)\n"
+            "freeport-compose: no stack named 'nosuch' holds ports (see `freeport-compose leases`)\n"
         )

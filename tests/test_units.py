@@ -1367,7 +1367,7 @@ def test_check_project_accepts(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "Demo", "-demo", "_demo", "a" * 64, "my app", "my.app", "demo\n", "démo", "a/b", "../x", "a:b"]
+    "name", ["", "Demo", "-demo", "_demo", "a" * 112, "my app", "my.app", "demo\n", "démo", "a/b", "../x", "a:b"]
 )
 def test_check_project_rejects(name: str) -> None:
     with pytest.raises(InvalidNameError) as info:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from _docker import (
+    COMPOSE_STATUS,
     IMAGE,
     Footprint,
     assert_error,
@@ -139,7 +140,7 @@ def test_every_form_of_published_port(box: Footprint) -> None:
     leased = leases_of(project)
     assert sorted(leased) == sorted([
         "FREEPORT_web_80", "FREEPORT_web_5432", "FREEPORT_web_6379", "FREEPORT_web_53", "FREEPORT_web_1194_udp",
-        "FREEPORT_web_80_2", "FREEPORT_web_81", "FREEPORT_web_82", "FREEPORT_web_9000", "FREEPORT_web_443",
+        "FREEPORT_web_80_2", "FREEPORT_web_81", "FREEPORT_web_82", "FREEPORT_web_9000", "FREEPORT_web_https",
     ])
     assert [leased["FREEPORT_web_80_2"] + i for i in range(3)] == [
         leased["FREEPORT_web_80_2"], leased["FREEPORT_web_81"], leased["FREEPORT_web_82"]]  # the range: a block
@@ -150,7 +151,7 @@ def test_every_form_of_published_port(box: Footprint) -> None:
     assert int(by[(9000, "tcp", None)]["published"]) == leased["FREEPORT_web_9000"]  # container-only: now known
     https = by[(443, "tcp", "127.0.0.1")]
     assert (https["mode"], https["name"], https["app_protocol"]) == ("host", "https", "https")
-    assert int(https["published"]) == leased["FREEPORT_web_443"]
+    assert int(https["published"]) == leased["FREEPORT_web_https"]
     hosts = {k: v for k, v in (ln.split("=", 1) for ln in ok(fpc("ports", "-p", project)).stdout.split())}
     assert hosts["FREEPORT_web_5432_HOST"] == "127.0.0.1"
     assert hosts["FREEPORT_web_6379_HOST"] == "::1"
@@ -164,7 +165,7 @@ def test_a_published_range_longer_than_the_lease_range(box: Footprint, free_bloc
     monkeypatch.setenv("FREEPORT_RANGE", f"{first}-{first + 1}")
     path = box.tmp / "compose.yaml"
     path.write_text(f"services:\n  web:\n    image: {IMAGE}\n    ports: [\"8000-8002:80-82\"]\n")
-    assert_error(fpc("up", "-f", str(path), "-p", box.project()), ExitCode.INVALID_RANGE,
+    assert_error(fpc("up", "-d", "-f", str(path), "-p", box.project()), ExitCode.INVALID_RANGE,
                  f"cannot lease 3 ports from the 2-port range {first}-{first + 1}",
                  "FREEPORT_web_80, FREEPORT_web_81, FREEPORT_web_82")
     assert ls_json()["leases"] == []
@@ -189,14 +190,14 @@ def test_two_copies_of_one_file_side_by_side(box: Footprint) -> None:
     path = _httpd_file(box)
     original = path.read_bytes()
     a, b = box.project(), box.project()
-    port_a = parse_dotenv(ok(fpc("up", "-f", str(path), "-p", a, "--wait")).stdout)["FREEPORT_db_5432"]
-    port_b = parse_dotenv(ok(fpc("up", "-f", str(path), "-p", b, "--wait")).stdout)["FREEPORT_db_5432"]
+    port_a = parse_dotenv(ok(fpc("up", "-d", "-f", str(path), "-p", a, "--wait")).stdout)["FREEPORT_db_5432"]
+    port_b = parse_dotenv(ok(fpc("up", "-d", "-f", str(path), "-p", b, "--wait")).stdout)["FREEPORT_db_5432"]
     assert port_a != port_b
     status_a, body_a = http_get(port_a)
     status_b, body_b = http_get(port_b)
     assert (status_a, status_b) == (200, 200)
     assert body_a != body_b  # two containers, each on its own port
-    again = parse_dotenv(ok(fpc("up", "-f", str(path), "-p", a)).stdout)
+    again = parse_dotenv(ok(fpc("up", "-d", "-f", str(path), "-p", a)).stdout)
     assert again == {"FREEPORT_db_5432": port_a}  # `up` again keeps its ports
     assert path.read_bytes() == original
     ok(fpc("down", "-p", a))
@@ -207,14 +208,14 @@ def test_two_copies_of_one_file_side_by_side(box: Footprint) -> None:
 def test_container_name_is_reported_and_lifted(box: Footprint) -> None:
     path = _httpd_file(box, container_name=True)
     a, b = box.project(), box.project()
-    up = ok(fpc("up", "-f", str(path), "-p", a))
+    up = ok(fpc("up", "-d", "-f", str(path), "-p", a))
     assert f"{path}:6:5: service 'db' sets container_name" in up.stderr, up.stderr
     assert "--drop-container-names" in up.stderr
-    second = fpc("up", "-f", str(path), "-p", b)
-    assert second.returncode == ExitCode.COMPOSE_FAILED, second.stderr  # Compose: the name is in use
+    second = fpc("up", "-d", "-f", str(path), "-p", b)
+    assert second.returncode == COMPOSE_STATUS, second.stderr  # Compose: the name is in use
     ok(fpc("down", "-p", a))
-    first = parse_dotenv(ok(fpc("up", "-f", str(path), "-p", a, "--drop-container-names")).stdout)
-    other = parse_dotenv(ok(fpc("up", "-f", str(path), "-p", b, "--drop-container-names")).stdout)
+    first = parse_dotenv(ok(fpc("up", "-d", "-f", str(path), "-p", a, "--drop-container-names")).stdout)
+    other = parse_dotenv(ok(fpc("up", "-d", "-f", str(path), "-p", b, "--drop-container-names")).stdout)
     assert http_get(first["FREEPORT_db_5432"])[0] == http_get(other["FREEPORT_db_5432"])[0] == 200
     assert docker("ps", "-q", "--filter", f"name=^fixed-{box.token}$").stdout.split() == []
     ok(fpc("down", "-p", a))
@@ -230,28 +231,28 @@ def test_file_discovery_like_compose(box: Footprint) -> None:
     sub = box.tmp / "deep" / "er"
     sub.mkdir(parents=True)
     project = box.project()
-    up = ok(fpc("up", "-p", project, cwd=sub))  # no -f: compose.yaml in the nearest parent
+    up = ok(fpc("up", "-d", "-p", project, cwd=sub))  # no -f: compose.yaml in the nearest parent
     assert "FREEPORT_db_5432" in parse_dotenv(up.stdout)
     assert [s["files"] for s in ls_json()["stacks"] if s["project"] == project] == [[str(path)]]
     ok(fpc("down", "-p", project))
     override = box.tmp / "compose.override.yaml"
     override.write_text("services:\n  db:\n    ports: [\"7070:7070\"]\n")
-    up = ok(fpc("up", "-p", project, cwd=box.tmp))  # and its .override file beside it, as Compose does
+    up = ok(fpc("up", "-d", "-p", project, cwd=box.tmp))  # and its .override file beside it, as Compose does
     assert set(parse_dotenv(up.stdout)) == {"FREEPORT_db_5432", "FREEPORT_db_7070"}
     ok(fpc("down", "-p", project))
     override.unlink()
     other = box.tmp / "elsewhere.yaml"
     other.write_text(path.read_text())
     listed = f"{other}:{path}"
-    up = ok(fpc("up", "-p", project, cwd=sub, env={"COMPOSE_FILE": listed}))
+    up = ok(fpc("up", "-d", "-p", project, cwd=sub, env={"COMPOSE_FILE": listed}))
     assert [s["files"] for s in ls_json()["stacks"] if s["project"] == project] == [[str(other), str(path)]]
     ok(fpc("down", "-p", project))
-    up = ok(fpc("up", "-p", project, cwd=sub, env={"COMPOSE_FILE": f"{other};{path}",
+    up = ok(fpc("up", "-d", "-p", project, cwd=sub, env={"COMPOSE_FILE": f"{other};{path}",
                                                       "COMPOSE_PATH_SEPARATOR": ";"}))
     ok(fpc("down", "-p", project))
     empty = box.tmp.parent / f"{box.tmp.name}-empty"
     empty.mkdir()
-    assert_error(fpc("up", "-p", project, cwd=empty), ExitCode.TEMPLATE,
+    assert_error(fpc("up", "-d", "-p", project, cwd=empty), ExitCode.TEMPLATE,
                  f"no Compose file found: looked for compose.yaml, compose.yml, docker-compose.yaml, "
                  f"docker-compose.yml in {empty} and its parents")
     assert_nothing_left(project, label=box.label)
@@ -267,13 +268,13 @@ def test_profiles_env_files_and_dot_env_like_compose(box: Footprint) -> None:
     (box.tmp / ".env").write_text("WEB_PORT=8088\n")
     (box.tmp / "debug.env").write_text("WEB_PORT=8089\nDEBUG_PORT=9292\n")
     project = box.project()
-    up = ok(fpc("up", "-p", project, cwd=box.tmp))  # .env interpolated; no profile: admin and debug off
+    up = ok(fpc("up", "-d", "-p", project, cwd=box.tmp))  # .env interpolated; no profile: admin and debug off
     assert set(parse_dotenv(up.stdout)) == {"FREEPORT_web_80"}
     ok(fpc("down", "-p", project))
-    up = ok(fpc("up", "-p", project, cwd=box.tmp, env={"COMPOSE_PROFILES": "admin,debug"}))
+    up = ok(fpc("up", "-d", "-p", project, cwd=box.tmp, env={"COMPOSE_PROFILES": "admin,debug"}))
     assert set(parse_dotenv(up.stdout)) == {"FREEPORT_web_80", "FREEPORT_admin_80", "FREEPORT_debug_80"}
     ok(fpc("down", "-p", project))
-    up = ok(fpc("up", "-p", project, "--profile", "debug", cwd=box.tmp,
+    up = ok(fpc("up", "-d", "-p", project, "--profile", "debug", cwd=box.tmp,
                 env={"COMPOSE_PROFILES": "admin", "COMPOSE_ENV_FILES": str(box.tmp / "debug.env")}))
     assert set(parse_dotenv(up.stdout)) == {"FREEPORT_web_80", "FREEPORT_debug_80"}  # -p... --profile wins
     ok(fpc("down", "-p", project))
@@ -283,7 +284,7 @@ def test_profiles_env_files_and_dot_env_like_compose(box: Footprint) -> None:
 def test_compose_verbs_pass_through_for_the_stack(box: Footprint) -> None:
     path = _httpd_file(box)
     project = box.project()
-    port = parse_dotenv(ok(fpc("up", "-f", str(path), "-p", project, "--wait")).stdout)["FREEPORT_db_5432"]
+    port = parse_dotenv(ok(fpc("up", "-d", "-f", str(path), "-p", project, "--wait")).stdout)["FREEPORT_db_5432"]
     ps = ok(fpc("-p", project, "ps", "--format", "json", cwd=box.tmp))
     [row] = [json.loads(line) for line in ps.stdout.splitlines() if line.strip()]
     assert (row["Service"], row["State"]) == ("db", "running")
@@ -305,11 +306,13 @@ def test_compose_verbs_pass_through_for_the_stack(box: Footprint) -> None:
     assert "httpd" in top.stdout
     ok(fpc("-p", project, "cp", "db:/index.html", str(box.tmp / "copied.html")))
     assert (box.tmp / "copied.html").read_text().startswith("db ")
-    # Compose's own `run` (ours is another verb), through `compose`:
-    ran = fpc("-p", project, "compose", "run", "--rm", "-T", "db", "/bin/busybox", "sh", "-c", "exit 3")
+    # Compose's own `run SERVICE` (ours is `run -- CMD`), and the same through `compose`:
+    ran = fpc("-p", project, "run", "--rm", "-T", "db", "/bin/busybox", "sh", "-c", "exit 3")
     assert ran.returncode == 3, ran.stderr
-    unknown = fpc("-p", "fpc-zero-nosuch", "ps")
-    assert_error(unknown, ExitCode.UNKNOWN_OWNER, "no stack named 'fpc-zero-nosuch'")
+    ran = fpc("-p", project, "compose", "run", "--rm", "-T", "db", "/bin/busybox", "sh", "-c", "exit 4")
+    assert ran.returncode == 4, ran.stderr
+    unknown = ok(fpc("-p", "fpc-zero-nosuch", "ps"))  # no stack of ours: Compose's own answer, an empty list
+    assert unknown.stdout.split() == ["NAME", "IMAGE", "COMMAND", "SERVICE", "CREATED", "STATUS", "PORTS"]
     ok(fpc("down", "-p", project))
     assert_nothing_left(project, label=box.label)
 

@@ -317,6 +317,7 @@ COMPOSE_VERBS: tuple[str, ...] = (
     "ls",
     "pause",
     "ps",
+    "publish",
     "pull",
     "push",
     "restart",
@@ -328,6 +329,7 @@ COMPOSE_VERBS: tuple[str, ...] = (
     "top",
     "unpause",
     "version",
+    "volumes",
     "wait",
     "watch",
 )
@@ -451,7 +453,9 @@ def top_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,  # nothing of its own in the Namespace: `compose_globals` has it
             help="given to Compose as it is",
         )
-    parser.add_argument("command", metavar="COMMAND", choices=[*COMMANDS, *COMPOSE_VERBS, "compose"], help="see below")
+    # No `choices`: a word that is none of ours is Compose's to accept or refuse, as it would be
+    # typed to `docker compose` (which then says "unknown command" with its own status)
+    parser.add_argument("command", metavar="COMMAND", help="see below")
     # REMAINDER after the command word: every word that follows, those that look like the top
     # level's options included, is the command's (the use argparse's documentation gives it:
     # a final positional after a command name, the outer parser's options before that command)
@@ -548,14 +552,32 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+# Options of our `run` that Compose's `run` has not (its `-p` is --publish): a line with one of them is ours.
+_OURS_ONLY = frozenset(
+    ("-f", "--file", "--profile", "--env-file", "--project-directory", "--project-name", "--lease-timeout",
+     "--no-check", "--lease-all", "--drop-container-names", "--keep-volumes")
+)  # fmt: skip
+
+
+def _options_before_a_service(words: Sequence[str]) -> list[str]:
+    """The words before the first that is no option (Compose's `run SERVICE`: its service)."""
+    out = []
+    for word in words:
+        if not word.startswith("-") or word == "--":
+            break
+        out.append(word)
+    return out
+
+
 def _composes(name: str, words: Sequence[str], dashdash: bool) -> bool:
     """Whether `run` or `port` is given in Compose's form: `run [OPTIONS] SERVICE [COMMAND]` (ours is
     `run [OPTIONS] -- CMD`), `port [OPTIONS] SERVICE PRIVATE_PORT` (ours: `port NAME`)."""
     if any(w in ("-h", "--help") for w in words):
         return False  # our help, which names Compose's form too
     if name == "run":
+        ours = _OURS_ONLY & {w.partition("=")[0] for w in _options_before_a_service(words)}
         if not dashdash:
-            return True  # ours needs its `--`
+            return not ours  # ours needs its `--`: without it, an option only ours has is its usage error
         _, unknown = command_parser(name).parse_known_args(list(words))
         return bool(unknown)  # a service, or an option of Compose's run, before the `--`
     if name == "port":

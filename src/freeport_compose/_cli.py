@@ -402,7 +402,7 @@ def _cmd_compose(args: Namespace) -> int:
     stack's options> logs -f web`. Where no stack of ours answers, it is Compose's as typed (a
     project Compose started, `version`, `ls`), except `run SERVICE` and `create`, which lease the
     stack first. `rm` of a Swarm stack of ours is `docker stack rm` and frees its ports."""
-    from ._argv import PROJECTLESS
+    from ._argv import COMPOSE_VERBS, PROJECTLESS
     from ._stacks.lookup import find_project
     from ._stacks.supervise import exec_compose
 
@@ -410,7 +410,7 @@ def _cmd_compose(args: Namespace) -> int:
     verb = args.compose_args[0] if args.compose_args else ""
     state = _state(args)
     project = None
-    if verb not in PROJECTLESS and args.command != "compose":
+    if verb not in PROJECTLESS and (verb in COMPOSE_VERBS or args.command in ("compose", "run", "port")):
         project = find_project(
             state, args.project, args.files, project_directory=args.project_directory, env_files=args.env_files
         )

@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 
-from .._error import ComposeError, FreeportError, InvalidNameError
+from .._error import ComposeError, FreeportError, InvalidNameError, UnknownOwnerError
 from .._leasing.allocator import DEFAULT_TIMEOUT
 from .check import BackgroundCheck
 from .compose import Compose, ComposeProject, Result
@@ -35,7 +35,7 @@ from .plan import Plan
 from .reclaim import ask, left_of, settle_failed, unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
-from .state import State
+from .state import State, elsewhere
 from .target import Engine
 
 PORT_RETRIES = 3  # how often `up` re-leases ports that something outside our leases grabbed
@@ -386,6 +386,9 @@ def down(
         record = state.stacks.load(project)
         if record is None:
             ours = state.leases.owner_ports(project) is not None
+            hint = "" if ours else elsewhere(state, project)
+            if hint:  # ours, on another engine: Compose here would find nothing, and say nothing useful
+                raise UnknownOwnerError(f"no stack named {project!r} on this engine{hint}")
             if not ours or _containers_left(state.engine, project):  # its record is lost, not its containers (labels)
                 result = (compose or Compose.find(state.engine)).down(project, volumes=volumes, extra=extra)
                 if not result.ok:

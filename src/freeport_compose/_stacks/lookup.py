@@ -89,7 +89,7 @@ def ports_of(state: State, project: str) -> dict[str, int]:
     """The leased port of each placeholder of a stack; UnknownOwnerError for an unknown project."""
     record = state.stacks.load(check_project(project))
     held = held_ports(state.leases, project)
-    if record is None or not held:
+    if record is None or (record.ports and not held):  # a stack that publishes nothing holds nothing
         raise UnknownOwnerError(
             f"no stack named {project!r} holds ports (see `freeport-compose leases`){elsewhere(state, project)}"
         )

@@ -105,4 +105,4 @@ def compose_project_name(
         raise InvalidNameError(
             f"no project name: the directory {project_directory!r} gives none Compose accepts; give -p PROJECT"
         )
-    return name
+    return check_project(name)

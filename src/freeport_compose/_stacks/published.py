@@ -175,7 +175,7 @@ def override_text(
     services = sorted({b.service for b in found} | set(drop_container_names))
     lines = [
         "# Written by freeport-compose: the published ports of these services, on leased ports.",
-        "services:",
+        "services:" if services else "services: {}",  # Compose refuses a `services:` with nothing in it
     ]
     entries_of = services_ports(model)
     for service in services:

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from .compose import ComposeProject
 
 BUSY_WAIT = 120.0  # seconds to wait while another freeport-compose works on the same project
-_PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # Compose's own rule for project names
+# Compose's own rule for project names, which sets no length; ours is what leaves room, in a lease's
+# owner name (128 characters at most), for the `.<16 hex>` that tags another local engine's leases.
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]{0,110}")
 
 
 def _is_project(name: object) -> bool:
@@ -44,7 +46,7 @@ def check_project(name: str) -> str:
     if not _is_project(name):
         raise InvalidNameError(
             f"project name {name!r} is invalid for Compose: use lowercase letters, digits, '_' and '-', "
-            "starting with a letter or digit"
+            "starting with a letter or digit (at most 111)"
         )
     return name
 
