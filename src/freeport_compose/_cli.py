@@ -35,7 +35,8 @@ def _opts(args: Namespace) -> Options:
     from ._stacks.lifecycle import Options
 
     return Options(
-        files=compose_files(args.files, os.environ, os.getcwd()),
+        # Without -f, Compose looks in its project directory (--project-directory), else here
+        files=compose_files(args.files, os.environ, args.project_directory or os.getcwd()),
         project=args.project,
         project_directory=args.project_directory,
         profiles=listed(args.profiles, os.environ, "COMPOSE_PROFILES"),
@@ -418,8 +419,9 @@ def _cmd_compose(args: Namespace) -> int:
         from ._stacks.lifecycle import render
 
         render(state, _opts(args), notify=_say)  # its ports leased, its files written: then Compose's verb
-    if project is None or state.stacks.load(project) is None:
-        _exec_plain(args, state, words)
+    record = None if project is None else state.stacks.load(project)
+    if project is None or record is None or (args.files and [os.path.abspath(f) for f in args.files] != record.files):
+        _exec_plain(args, state, words)  # no stack of ours, or files other than the stack's: Compose's alone
     if verb == "rm":
         from ._stacks.dockerstack import is_swarm_stack
         from ._stacks.swarm import remove

@@ -63,7 +63,7 @@ def compose_name(files: Sequence[str], project_directory: str | None, env_files:
     from .templateset import read_set
 
     try:
-        found = compose_files(files, os.environ, os.getcwd())
+        found = compose_files(files, os.environ, project_directory or os.getcwd())
     except NoComposeFileError:
         return None
     declared = read_set(found).project_name
