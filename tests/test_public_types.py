@@ -103,3 +103,18 @@ def test_a_stacks_record_is_a_real_dataclass() -> None:
     other = StackRecord("shop", [], [], "/src")
     other.ports["FREEPORT_x"] = 1
     assert StackRecord("shop", [], [], "/src").ports == {}  # a fresh default per record, never shared
+
+
+def test_every_public_name_is_there_and_imported_only_when_asked() -> None:
+    """`import freeport_compose` is cheap (its names come when first used) and loses nothing."""
+    import subprocess
+    import sys
+
+    for name in freeport_compose.__all__:
+        assert getattr(freeport_compose, name) is not None, name
+    assert set(freeport_compose.__all__) <= set(dir(freeport_compose))
+    code = "import sys, freeport_compose; print(sorted(m for m in sys.modules if m.startswith('freeport_compose.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = freeport_compose.nope  # type: ignore[attr-defined]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -61,6 +60,8 @@ def project_name(given: str | None, files: Sequence[str]) -> str:
     base = re.sub(r"[^a-z0-9_-]+", "-", base).strip("-_")[:40] or "stack"
     if not base[0].isalnum():
         base = "s" + base
+    import secrets  # only for a name of its own (hashlib, hmac: a start of `ports` need not pay for them)
+
     return f"{base}-{secrets.token_hex(3)}"
 
 
