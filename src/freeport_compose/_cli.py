@@ -284,7 +284,7 @@ def _cmd_up(args: Namespace) -> int:
     extra: list[str] = args.compose_extra
     state = _state(args)
     if not _detached(extra):
-        from ._stacks.supervise import exec_compose
+        from ._stacks.passthrough import exec_compose
 
         record = up(state, _opts(args), extra=extra, launch=False, notify=_say)
         _say(f"project {record.project}: " + " ".join(f"{k}={v}" for k, v in record.ports.items()))
@@ -405,7 +405,7 @@ def _cmd_compose(args: Namespace) -> int:
     stack first. `rm` of a Swarm stack of ours is `docker stack rm` and frees its ports."""
     from ._argv import COMPOSE_VERBS, PROJECTLESS
     from ._stacks.lookup import find_project
-    from ._stacks.supervise import exec_compose
+    from ._stacks.passthrough import exec_compose
 
     words: list[str] = [*args.compose_globals, *args.compose_args]
     verb = args.compose_args[0] if args.compose_args else ""
@@ -443,7 +443,7 @@ def _cmd_compose(args: Namespace) -> int:
 def _exec_plain(args: Namespace, state: State, words: list[str]) -> NoReturn:
     """Become `docker compose` with the global options as the user typed them: no stack of ours is
     concerned, so the command line is Compose's alone (on the engine the command targets)."""
-    from ._stacks.compose import Compose
+    from ._stacks.passthrough import exec_plain
 
     given: list[str] = []
     for f in args.files:
@@ -456,16 +456,9 @@ def _exec_plain(args: Namespace, state: State, words: list[str]) -> NoReturn:
         given += ["--project-directory", args.project_directory]
     if args.project:
         given += ["--project-name", args.project]
-    compose = Compose.find(state.engine)
-    argv = [*compose.command, *given, *words]
     sys.stdout.flush()
     sys.stderr.flush()
-    try:
-        os.execvpe(argv[0], argv, compose.env or os.environ)  # noqa: S606 (an argument list, never a shell string)
-    except OSError as e:
-        from ._error import ComposeNotFoundError
-
-        raise ComposeNotFoundError(f"cannot run {argv[0]!r}: {e.strerror or e}") from None
+    exec_plain(state.engine, [*given, *words])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,8 +20,6 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, NamedTuple
 
 from .._error import EngineUnreachableError, InvalidRangeError, UnknownOwnerError
-from .._leasing.allocator import FreePorts
-from .._leasing.probe import check_hosts, port_is_free
 from .._leasing.store import LeaseStore
 from .names import sort_key
 from .target import Engine
@@ -29,6 +27,9 @@ from .target import Engine
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
 
+    # The allocator and the probe (sockets, threads) are imported where a lease is taken: `ports`,
+    # `down` and the pass-through verbs read a stack's leases through this module and take none.
+    from .._leasing.allocator import FreePorts
     from .templateset import TemplateSet  # it imports YAML: a reclaim (from `get`, say) must not pay for it
 
 
@@ -40,6 +41,8 @@ class PortCheck(NamedTuple):
     local: bool = True  # the engine publishes on this machine: the bind probe counts too
 
     def probe(self, hosts: Sequence[str]) -> Callable[[int], bool]:
+        from .._leasing.probe import check_hosts, port_is_free
+
         checked = check_hosts(hosts)
 
         def free(port: int) -> bool:
@@ -78,6 +81,8 @@ def _free_ports(
     exclude: Sequence[int] = (),
 ) -> FreePorts:
     """FreePorts for `names` under the project, free by `check` on every one of `hosts`."""
+    from .._leasing.allocator import FreePorts
+
     addresses = check.hosts(hosts)
     return FreePorts(
         len(names),
