@@ -261,21 +261,13 @@ def is_dead_temporary(name: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    """Whether the writer of a temporary may still be writing it: its pid exists (signal 0: ESRCH
-    none, EPERM another user's). Not /proc/PID: on a system without /proc every writer read as
-    dead, and a live writer's temporary was swept from under it. A reused pid keeps a dead
-    writer's temporary until the next sweep after that process ends: harmless."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+    """Whether the writer of a temporary may still be writing it: its pid exists. Not /proc/PID: on
+    a system without /proc every writer read as dead, and a live writer's temporary was swept from
+    under it. A reused pid keeps a dead writer's temporary until the next sweep after that process
+    ends: harmless."""
+    from .process import pid_alive  # process imports nothing of ours: no cycle
+
+    return pid_alive(pid)
 
 
 def _is_dir(name: str, dir_fd: int) -> bool:
