@@ -443,19 +443,10 @@ def _cmd_compose(args: Namespace) -> int:
 def _exec_plain(args: Namespace, state: State, words: list[str]) -> NoReturn:
     """Become `docker compose` with the global options as the user typed them: no stack of ours is
     concerned, so the command line is Compose's alone (on the engine the command targets)."""
+    from ._stacks.compose import global_args
     from ._stacks.passthrough import exec_plain
 
-    given: list[str] = []
-    for f in args.files:
-        given += ["--file", f]
-    for p in args.profiles:
-        given += ["--profile", p]
-    for e in args.env_files:
-        given += ["--env-file", e]
-    if args.project_directory:
-        given += ["--project-directory", args.project_directory]
-    if args.project:
-        given += ["--project-name", args.project]
+    given = global_args(args.project, args.project_directory, args.files, args.profiles, args.env_files)
     sys.stdout.flush()
     sys.stderr.flush()
     exec_plain(state.engine, [*given, *words])

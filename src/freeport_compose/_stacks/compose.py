@@ -75,14 +75,27 @@ class ComposeProject:
     def args(self) -> list[str]:
         # --project-directory keeps relative paths (build contexts, env_file, volumes, extends)
         # resolving against the user's directory although rendered files live in the state dir.
-        out = ["--project-name", self.name, "--project-directory", self.project_directory]
-        for f in self.files:
-            out += ["--file", f]
-        for p in self.profiles:
-            out += ["--profile", p]
-        for e in self.env_files:
-            out += ["--env-file", e]
-        return out
+        return global_args(self.name, self.project_directory, self.files, self.profiles, self.env_files)
+
+
+def global_args(
+    project: str | None,
+    project_directory: str | None,
+    files: Sequence[str] = (),
+    profiles: Sequence[str] = (),
+    env_files: Sequence[str] = (),
+) -> list[str]:
+    """Compose's global options that name a project and its files, those given (None, empty: not)."""
+    out = ["--project-name", project] if project else []
+    if project_directory:
+        out += ["--project-directory", project_directory]
+    for f in files:
+        out += ["--file", f]
+    for p in profiles:
+        out += ["--profile", p]
+    for e in env_files:
+        out += ["--env-file", e]
+    return out
 
 
 @dataclass(frozen=True)
