@@ -4,15 +4,13 @@ elsewhere keeps its own. A project named alike on two local engines is two owner
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from _fake_engine import FakeEngine
 from freeport_compose import FreePorts
 from freeport_compose._error import NoFreePortError, UnknownOwnerError
 from freeport_compose._stacks import engine as api
@@ -21,50 +19,24 @@ from freeport_compose._stacks.state import State, owner_scope
 from freeport_compose._stacks.target import DEFAULT_ADDRESS, Engine
 
 
-class Fake:
-    """A unix-socket HTTP server answering `routes`: path -> (status, body); anything else 404 as Podman does."""
-
-    def __init__(self, path: str) -> None:
-        self.routes: dict[str, tuple[int, object]] = {}
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(8)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                request = b""
-                while b"\r\n\r\n" not in request and (chunk := conn.recv(4096)):
-                    request += chunk
-                target = request.split(b" ")[1].decode().split("?")[0]
-                status, body = self.routes.get(target, (404, {"message": "page not found"}))
-                data = json.dumps(body).encode()
-                conn.sendall(b"HTTP/1.0 %d X\r\nContent-Length: %d\r\n\r\n" % (status, len(data)) + data)
-
-
 @pytest.fixture
-def podman(tmp_path: Path) -> Iterator[tuple[Fake, Engine]]:
+def podman(tmp_path: Path) -> Iterator[tuple[FakeEngine, Engine]]:
     path = str(tmp_path / "podman.sock")
-    server = Fake(path)
+    server = FakeEngine(path)
     server.routes["/containers/json"] = (200, [{"Ports": [{"PrivatePort": 80, "PublicPort": 20011, "Type": "tcp"}]}])
     yield server, Engine(f"unix://{path}")
-    server.sock.close()
+    server.close()
 
 
 # -- an engine with no such API ------------------------------------------------------------------
 
 
-def test_an_engine_without_a_swarm_api_has_no_services(podman: tuple[Fake, Engine]) -> None:
+def test_an_engine_without_a_swarm_api_has_no_services(podman: tuple[FakeEngine, Engine]) -> None:
     _, engine = podman
     assert api.published_ports(engine) == {20011}  # the containers' ports, /services 404 read as none
 
 
-def test_an_engine_without_a_swarm_api_is_in_no_swarm(podman: tuple[Fake, Engine]) -> None:
+def test_an_engine_without_a_swarm_api_is_in_no_swarm(podman: tuple[FakeEngine, Engine]) -> None:
     server, engine = podman
     assert ask_swarm(engine) == {}  # so its (no) Swarm stacks are gone, not "cannot tell"
     server.routes["/services"] = (500, {"message": "boom"})

@@ -8,14 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 
+from _fake_engine import FakeEngine
 from freeport_compose._argv import parse
 from freeport_compose._error import (
     ComposeError,
@@ -124,44 +123,12 @@ def test_one_engine_has_one_lease_store_whatever_its_address_looks_like(tmp_path
 # -- the engine's API over a unix socket --------------------------------------------------------
 
 
-class FakeEngine:
-    """A unix-socket HTTP server answering what the test puts in `routes`: path -> (status, body)."""
-
-    def __init__(self, path: str) -> None:
-        self.routes: dict[str, tuple[int, object]] = {}
-        self.seen: list[str] = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(8)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                target = request.split(b" ")[1].decode()
-                self.seen.append(target)
-                status, body = self.routes.get(target.split("?")[0], (404, {"message": "page not found"}))
-                data = json.dumps(body).encode()
-                conn.sendall(b"HTTP/1.0 %d X\r\nContent-Type: application/json\r\n\r\n" % status + data)
-
-
 @pytest.fixture
 def fake(tmp_path: Path) -> Iterator[tuple[FakeEngine, Engine]]:
     path = str(tmp_path / "engine.sock")
     server = FakeEngine(path)
     yield server, Engine(f"unix://{path}")
-    server.sock.close()
+    server.close()
 
 
 WORKER = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."
