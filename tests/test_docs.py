@@ -21,14 +21,18 @@ KIND is one of:
   `pytest ... with NAME` of the same document.
 - `excerpt PATH`: every line of the block is a line of PATH (in the repository), in the same order.
 - `check`: for what cannot run as it is. sh blocks: each command is checked without being run:
-  `freeport-compose ARGS` by `freeport-compose ARGS --help` (exit 0, and every option given is one
-  the help names; a Compose verb passed through by `docker compose VERB ARGS --help`), `make ARGS`
-  by `make -n`, `pip install ARGS` by `pip install --dry-run`, `pytest ARGS` by `pytest ARGS --help`
-  (the options likewise), `docker ARGS` by `docker ARGS --help`. yaml, json, ini, toml, python
-  and make blocks are parsed; a yaml template (with `$<FREEPORT_...>`) is also rendered by
+  `freeport-compose ARGS` is first read by the CLI's own grammar (`_argv.parse`: no usage error);
+  a command of ours is then checked by `freeport-compose ARGS --help` (exit 0, and every option
+  given is one the help names, or, for `up` and `down`, one Compose's own `up` or `down` names); a
+  Compose command line (a verb passed through, `compose VERB`, `run SERVICE ...`, `port SERVICE
+  PRIVATE_PORT`, as the grammar reads them) by `docker compose VERB --help` (exit 0, and every
+  option before the verb's first argument is one it names). `make ARGS` by `make -n`,
+  `pip install ARGS` by `pip install --dry-run`, `pytest ARGS` by `pytest ARGS --help` (the
+  options likewise), `docker ARGS` by `docker ARGS --help`. yaml, json, ini, toml, python and make
+  blocks are parsed; a yaml template (with `$<FREEPORT_...>`) is also rendered by
   `freeport-compose render --no-check`.
 - `usage`: a synopsis of `freeport-compose` command lines; every option it names is in the named
-  command's `--help`.
+  command's `--help` (for `up` and `down`, or in Compose's own `up` or `down`'s).
 - `signature`: Python call signatures, `Name(...)` or `Name.method(...)` of `freeport_compose`; each
   is the object's own (`inspect.signature`, annotations left out).
 - `skip (REASON)`: not tested; the reason is required.
@@ -74,8 +78,10 @@ IMAGES = {
 }
 TIMEOUT = 600.0  # seconds for one block: a few stacks started and brought down
 KINDS = ("run", "pytest", "file", "excerpt", "check", "usage", "signature", "skip")
+# Our commands, as `freeport-compose --help` lists them (test_our_commands_are_the_grammars); every
+# other verb is Compose's. `up` and `down` take Compose's own options of those verbs besides ours.
 OUR_COMMANDS = ("get", "release", "leases", "gc", "doctor", "render", "up", "down", "ports", "port", "run", "deploy")
-GLOBAL_OPTIONS = ("--state-dir", "--context", "-p", "--project-name")
+COMPOSES_TOO = ("up", "down")
 
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)\s*$")
 DIRECTIVE = re.compile(r"^\s*<!--\s*doc-test:\s*(?P<body>.*?)\s*-->\s*$")
@@ -316,6 +322,8 @@ def _usage(block: Block) -> None:
         result = fpc(*([command] if command else []), "--help")
         assert result.returncode == 0, result.stderr
         helped, named = _options(result.stdout), _options(line)
+        if command in COMPOSES_TOO:
+            helped |= set(_compose_help(command)[1])
         assert named <= helped, f"{block.where}: `{command or 'freeport-compose'} --help` has no {named - helped}"
 
 
@@ -358,32 +366,86 @@ def _plain_signature(obj: object) -> str:
 
 
 def _check_ours(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`freeport-compose ARGS --help` (before any `--`): exit 0 when our parser takes every option.
-    A Compose verb passed through for a stack: `docker compose VERB ARGS --help` (our -p, --context
-    and --state-dir taken out), which fails on an option Compose does not know."""
-    i = 0
-    while i < len(args) and args[i].split("=")[0] in GLOBAL_OPTIONS:
-        i += 1 if "=" in args[i] else 2
-    verb = args[i] if i < len(args) else None
-    if verb in OUR_COMMANDS or verb is None:
+    """A `freeport-compose ARGS` line, checked without running it (see the module's docstring):
+    read by the CLI's own grammar, then by `--help` of the command it is (ours, or Compose's)."""
+    import contextlib
+    import io
+
+    from freeport_compose._argv import parse
+
+    code: object = 0
+    parsed = None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+            parsed = parse(args)
+    except SystemExit as e:  # --help and --version: 0; a usage error: 2, with its one line
+        code = e.code
+    assert not code, f"freeport-compose {shlex.join(args)}: usage error: {err.getvalue().strip()}"
+    if parsed is None or parsed.compose_args is None:  # ours (or the top level's --help, --version)
         own = args[: args.index("--")] if "--" in args else args
         result = fpc(*own, "--help", env=env)
-        assert "usage: freeport-compose" in result.stdout, result.stdout + result.stderr
+        shown = "freeport-compose " if own[:1] == ["--version"] else "usage: freeport-compose"
+        assert result.stdout.startswith(shown), result.stdout + result.stderr
         # --help wins over an unknown option: each option given must be one the help names
         helped = _options(result.stdout) | _options(fpc("--help", env=env).stdout)
+        if parsed is not None and parsed.command in COMPOSES_TOO:
+            helped |= set(_compose_help(parsed.command)[1])
         unknown = {word.split("=")[0] for word in own if word.startswith("-")} - helped
-        assert not unknown, f"freeport-compose {verb or ''} has no option {unknown}"
+        assert not unknown, f"freeport-compose {parsed.command if parsed else ''} has no option {unknown}"
         return result
-    rest, skip = [], False
-    for word in args:
-        if skip:
-            skip = False
-        elif word in GLOBAL_OPTIONS:
-            skip = True
-        elif word.split("=")[0] not in GLOBAL_OPTIONS and word != "compose":
-            rest.append(word)
-    return subprocess.run(["docker", "compose", *rest, "--help"], capture_output=True, text=True, check=False,
-                          env=env)
+    # Compose's command line: its verb must be one of Compose's, its options ones that verb names
+    verb, words = (parsed.compose_args or [""])[0], (parsed.compose_args or [""])[1:]
+    status, options = _compose_help(verb)
+    assert status == 0, f"`docker compose {verb} --help` exited {status}: Compose has no command {verb!r}"
+    unknown = _unknown_compose_options(words, options)
+    assert not unknown, f"`docker compose {verb}` has no option {unknown}"
+    return subprocess.CompletedProcess(["docker", "compose", verb, "--help"], 0, "", "")
+
+
+# An option line of a Compose command's help: `  -t, --timeout int   Specify a shutdown timeout`
+# (a type after the name: it takes a value) or `  -d, --detach   Detached mode` (a flag).
+_COMPOSE_OPTION = re.compile(r"^\s+(?:(-\w), )?(--[\w-]+)(?: (\w+))?(?:\s{2,}|$)", re.MULTILINE)
+_COMPOSE_HELP: dict[str, tuple[int, dict[str, bool]]] = {}
+
+
+def _compose_help(verb: str) -> tuple[int, dict[str, bool]]:
+    """`docker compose VERB --help`'s exit status, and the options it names (each: takes a value)."""
+    if verb not in _COMPOSE_HELP:
+        result = subprocess.run(["docker", "compose", verb, "--help"], capture_output=True, text=True,
+                                check=False, timeout=60, stdin=subprocess.DEVNULL)
+        options = {"-h": False, "--help": False}
+        for m in _COMPOSE_OPTION.finditer(result.stdout):
+            for name in filter(None, (m[1], m[2])):
+                options[name] = m[3] is not None
+        _COMPOSE_HELP[verb] = (result.returncode, options)
+    return _COMPOSE_HELP[verb]
+
+
+def _unknown_compose_options(words: list[str], options: dict[str, bool]) -> set[str]:
+    """The options before the first argument of a Compose verb's words (`run --rm web sh -c x`: only
+    `--rm`; what follows the service is its command's) that the verb does not name."""
+    unknown: set[str] = set()
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--" or word == "-" or not word.startswith("-"):
+            break
+        if word.startswith("--"):
+            name = word.split("=")[0]
+            if name not in options:
+                unknown.add(name)
+            elif options[name] and "=" not in word:
+                i += 1  # its value
+        else:  # -d, -dV, -t 0, -t0
+            for j, letter in enumerate(word[1:]):
+                if f"-{letter}" not in options:
+                    unknown.add(f"-{letter}")
+                    break
+                if options[f"-{letter}"]:
+                    i += j == len(word) - 2  # the value is the next word, unless it was joined
+                    break
+        i += 1
+    return unknown
 
 
 # -- run and pytest: for real --------------------------------------------------------------------
@@ -543,6 +605,22 @@ def test_the_convention_leaves_no_block_unchecked(tmp_path: Path) -> None:
     assert blocks[3].code == "def test_x(): pass\n"  # an indented block, dedented
     assert blocks[3].files == {"pytest.ini": "[pytest]\n"}
     assert blocks[3].options()["with"] == ["pytest.ini"]
+
+
+def test_our_commands_are_the_grammars() -> None:
+    """OUR_COMMANDS (what `check` and `usage` read as ours) is the grammar's own table of commands."""
+    from freeport_compose._argv import COMMANDS
+
+    assert tuple(COMMANDS) == OUR_COMMANDS
+    assert set(COMPOSES_TOO) <= set(OUR_COMMANDS)
+
+
+def test_a_compose_line_is_read_as_compose_reads_it() -> None:
+    """The options of a Compose verb are those before its first argument, values skipped."""
+    options = {"--rm": False, "-T": False, "-e": True, "--timeout": True, "-t": True, "-d": False, "-V": False}
+    assert _unknown_compose_options(["--rm", "-e", "A=1", "web", "sh", "-c", "x"], options) == set()
+    assert _unknown_compose_options(["-dV", "--timeout", "3", "-t0", "--bogus", "web"], options) == {"--bogus"}
+    assert _unknown_compose_options(["-dx", "web"], options) == {"-x"}
 
 
 def test_expected_output_matches_only_its_shape() -> None:

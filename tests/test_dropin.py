@@ -146,3 +146,17 @@ def test_run_a_host_command_sees_each_ports_host(box: Footprint) -> None:
     assert host == "127.0.0.1"
     assert port.isdecimal()
     assert port != "18080"
+
+
+def test_down_of_some_services_keeps_the_stack_and_its_ports(box: Footprint) -> None:
+    """`down web` is Compose's partial down: db still runs on its port, which stays leased."""
+    path = _two_services(box)
+    project = box.project()
+    ports = parse_dotenv(ok(fpc("up", "-d", "-f", str(path), "-p", project)).stdout)
+    partial = ok(fpc("down", "-p", project, "-t", "0", "web"))
+    assert "is down" not in partial.stderr
+    assert len(containers(project)) == 1
+    assert json.loads(ok(fpc("ports", "-p", project, "--format", "json")).stdout) == ports
+    assert http_get(ports["FREEPORT_db_80"])[0] == 200
+    ok(fpc("down", "-p", project))
+    assert json.loads(ok(fpc("leases", "--json")).stdout)["leases"] == []
