@@ -20,11 +20,14 @@ lint: install
 	$(VENV)/bin/ruff format --check src
 	$(VENV)/bin/mypy
 
-# Writes docs/benchmarks.md (~10 min); bench-quick: a short run, written to benchmarks/results/.
+# Writes docs/benchmarks.md (~35 min on 2 busy cores, 24 of them bench_peers.py); bench-quick: a short
+# run, written to benchmarks/results/. Both install the `bench` extra (the peers) if it is missing.
 bench: install
+	$(PY) -c 'import pytest_docker, testcontainers.community.redis' 2>/dev/null || $(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) benchmarks/run_all.py
 
 bench-quick: install
+	$(PY) -c 'import pytest_docker, testcontainers.community.redis' 2>/dev/null || $(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) benchmarks/run_all.py --quick
 
 demo: install
