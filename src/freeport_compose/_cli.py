@@ -251,6 +251,7 @@ def _cmd_gc(args: Namespace) -> int:
         report.stacks += one.stacks
         report.skipped += one.skipped
         report.temporaries += one.temporaries
+        report.locks += one.locks
     for project, error in report.skipped:
         _say(f"gc: skipped {project}: {error}")
     for path in report.temporaries:
@@ -259,7 +260,9 @@ def _cmd_gc(args: Namespace) -> int:
         _say(f"freed {len(report.dead_process_leases)} lease record(s) of dead processes")
     for project, why in report.stacks:
         _say(f"freed stack {project}: {why}")
-    if not (report.dead_process_leases or report.stacks or report.temporaries):
+    if report.locks:
+        _say(f"removed the lock files of {len(report.locks)} project(s) nothing is left of")
+    if not (report.dead_process_leases or report.stacks or report.temporaries or report.locks):
         _say("nothing to free")
     return 0
 
@@ -321,25 +324,27 @@ def _cmd_down(args: Namespace) -> int:
 
 
 def _cmd_ports(args: Namespace) -> int:
-    from ._stacks.lookup import hosts_of, ports_of
+    from ._stacks.lookup import stack_ports
 
     state = _state(args)
-    project = _project_of(args, state)
-    ports, hosts = ports_of(state, project), hosts_of(state, project)
+    found = stack_ports(state, _project_of(args, state))
+    for warning in found.warnings:  # a lost lease recovered from the engine's word, or left out
+        _say(f"warning: {warning}")
     if args.format == "github":
-        _to_github(ports, hosts)
+        _to_github(found.ports, found.hosts)
     else:
-        print(format_ports(ports, args.format, None if args.format == "json" else hosts))
+        print(format_ports(found.ports, args.format, None if args.format == "json" else found.hosts))
     return 0
 
 
 def _cmd_port(args: Namespace) -> int:
-    from ._stacks.lookup import port_name, ports_of
+    from ._stacks.lookup import port_name, stack_ports
 
     state = _state(args)
-    project = _project_of(args, state)
-    ports = ports_of(state, project)
-    print(ports[port_name(ports, args.name)])
+    found = stack_ports(state, _project_of(args, state))
+    for warning in found.warnings:
+        _say(f"warning: {warning}")
+    print(found.ports[port_name(found.ports, args.name)])
     return 0
 
 

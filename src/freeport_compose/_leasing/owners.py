@@ -3,7 +3,10 @@
 Guarantee: a port is listed before its named record is written, so releasing by name needs no scan
 of ports/, and a listed port whose record is gone or someone else's is merely skipped. Appends
 happen under a shared flock, a release under an exclusive one; an appender that finds its file
-unlinked by a release meanwhile starts over on a new one.
+unlinked by a release meanwhile starts over on a new one. An entry is never glued to a torn last
+line (part of an entry a writer killed mid-append, or refused by a full disk, left without its
+newline): each append starts a line of its own, and a line an older writer glued all the same
+still lists the port it ends with.
 
 May touch: files below owners/, through its descriptor, never through a symlink.
 """
@@ -20,12 +23,32 @@ from contextlib import contextmanager
 from .._error import StateDirError, UnknownOwnerError
 from .statedir import StateDir, open_file, read_small
 
-_LIMIT = 8 << 20  # an owner index holds at most 65535 lines of at most 6 bytes
+_LIMIT = 8 << 20  # far above 65535 entries of at most 7 bytes each (newline, 5 digits, newline)
 
 
 def parse(data: bytes) -> list[int]:
-    """The ports listed in an owner index, sorted, without duplicates or junk."""
-    return sorted({int(w) for w in data.split() if w.isdigit() and 0 < int(w) < 65536})
+    """The ports listed in an owner index, sorted, without duplicates or junk.
+
+    A word of digits that is no port is a torn entry with the next one glued to it (`4000` +
+    `28834`, as writers before each append started its own line left it): it lists every port its
+    digits could end with, the glued entry among them. Listing too much is safe (a listed port
+    whose record is not the owner's is skipped); without it, that port stayed leased and no
+    release by name could find it.
+    """
+    ports: set[int] = set()
+    for word in data.split():
+        if not word.isdigit():
+            continue  # not ours: a port is written in decimal, nothing else
+        if len(word) <= 5 and 0 < int(word) < 65536:
+            ports.add(int(word))
+            continue
+        # Never int() of the whole word: a long one (a corrupt file) is slow to convert, and past
+        # 4300 digits Python refuses it (ValueError) where a corrupt index must read as junk.
+        for size in range(1, 6):  # a port has at most 5 digits, and is written without a leading zero
+            tail = word[-size:]
+            if not tail.startswith(b"0") and 0 < int(tail) < 65536:
+                ports.add(int(tail))
+    return sorted(ports)
 
 
 class OwnerIndex:
@@ -59,7 +82,13 @@ class OwnerIndex:
                 fcntl.flock(fd, fcntl.LOCK_SH)
                 if os.fstat(fd).st_nlink == 0:
                     continue  # released and unlinked between our open and our lock
-                entry = b"%d\n" % port
+                # A line of its own, whatever the file ends with: a torn last line (part of an
+                # entry a killed or refused writer left, no newline) would otherwise swallow this
+                # entry into a number that is no port, and its lease could not be released by
+                # name. Unconditional, not "if the file does not end with a newline": appenders
+                # share the flock, so another's short write can land between that check and ours.
+                # (Blank lines cost a byte each; readers split on any whitespace.)
+                entry = b"\n%d\n" % port
                 if os.write(fd, entry) != len(entry):
                     raise StateDirError(f"short write to {self.sd.path}/owners/{owner} (is the disk full?)")
                 return

@@ -254,6 +254,15 @@ def published_ports(engine: Engine) -> frozenset[int]:
     return frozenset(ports)
 
 
+def project_ports(engine: Engine, project: str) -> frozenset[int]:
+    """The host ports the running containers of one Compose project publish, from the engine itself
+    (one query): what `ports` recovers a lost lease from, so that a port another container took
+    since (a service of the stack stopped meanwhile) is never taken for the stack's."""
+    with _api(engine) as get:
+        found = _ask(get, engine, "/containers/json", _filters(label=f"{_PROJECT_LABEL}={project}"))
+    return frozenset(int(p["PublicPort"]) for c in found for p in c.get("Ports") or [] if p.get("PublicPort"))
+
+
 def swarm_stacks(engine: Engine) -> dict[str, int]:
     """Services per Swarm stack (as `docker stack deploy` labels them); NotSwarmManagerError on an
     engine that is not a Swarm manager, its `inactive` True only when the engine is in no Swarm at

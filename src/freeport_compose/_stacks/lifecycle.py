@@ -370,6 +370,7 @@ def down(
     as they are; with services named, the stack keeps its ports while any container of it is left.
     A project we have neither record nor leases of is Compose's alone: `docker compose -p PROJECT
     down` (by its containers' labels; Compose says so and succeeds where it has nothing).
+    Returns the record of a stack of ours taken down whole (its ports freed), else None.
 
     If Compose fails, the ports are freed only when the engine says no container of the stack is
     left: a container still there (or one the engine could not be asked about: with a restart
@@ -396,18 +397,19 @@ def down(
             if ours:
                 release(state.leases, project)
             return None
-        _down_locked(state, record, volumes=volumes, compose=compose, extra=extra)
-    return record
+        whole = _down_locked(state, record, volumes=volumes, compose=compose, extra=extra)
+    return record if whole else None
 
 
 def _down_locked(
     state: State, record: StackRecord, *, volumes: bool, compose: Compose | None, extra: Sequence[str] = ()
-) -> None:
-    """down() of a stack whose project lock the caller holds."""
+) -> bool:
+    """down() of a stack whose project lock the caller holds; whether it went whole (False: the
+    services named in `extra` went, the others still run and the stack keeps its ports)."""
     project = record.project
     if record.swarm:
         remove_locked(state, record)
-        return
+        return True
     with deferred_signals():
         try:
             compose = compose or Compose.find(state.engine)
@@ -419,7 +421,7 @@ def _down_locked(
                 raise ComposeError(f"docker compose down failed: {result.last_line()}", result.returncode)
             if _names_services(extra):
                 if _containers_left(state.engine, project) != 0:
-                    return  # the other services still run: the stack keeps its record and its ports
+                    return False  # the other services still run: the stack keeps its record and its ports
             elif target != project and _containers_left(state.engine, project):
                 # Something of the project outlived a down by its files (a service its files no
                 # longer have, or one Compose would not take down for its profile): by its labels, as
@@ -437,6 +439,7 @@ def _down_locked(
             raise
         release(state.leases, project)
         state.stacks.forget(project)
+    return True
 
 
 # Compose's options of `down` that take a value: the word after one is no service name.
@@ -470,21 +473,22 @@ class GcReport:
     stacks: list[tuple[str, str]] = field(default_factory=list)  # (project, why)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (project, the error)
     temporaries: list[str] = field(default_factory=list)  # files left by killed writers, removed
+    locks: list[str] = field(default_factory=list)  # projects whose lock file (nothing else left of them) was removed
 
 
 def gc(state: State, *, compose: Compose | None = None) -> GcReport:
     """Free what no one holds any more: leases of dead processes, temporary files of killed
-    writers, and stacks that are gone (see reclaim.verdict); a stack whose `up` or `run` was
-    killed is brought down first, and a `down` that could not finish is finished. A stack whose
-    project is busy (an up, down or gc of it under way) is skipped, never waited for."""
+    writers, stacks that are gone (see reclaim.verdict), and the lock files of projects nothing is
+    left of (no record, no lease); a stack whose `up` or `run` was killed is brought down first,
+    and a `down` that could not finish is finished. A stack whose project is busy (an up, down or
+    gc of it under way) is skipped, never waited for, and so is its lock file."""
     report = GcReport(
         dead_process_leases=[r.port for r in state.leases.collect_dead()],
         temporaries=state.stacks.sd.sweep_temporaries(),
     )
     records = state.stacks.all()
-    if not records:
-        return report
-    live, swarm, error = ask(state.engine, swarm=any(r.swarm for r in records))
+    # Not asked when no stack is recorded: gc of a state dir with no stack needs no engine.
+    live, swarm, error = ask(state.engine, swarm=any(r.swarm for r in records)) if records else (None, None, "")
     now = time.time()
     for record in records:
         if record.status is StackStatus.STOPPING:
@@ -512,4 +516,13 @@ def gc(state: State, *, compose: Compose | None = None) -> GcReport:
             report.skipped.append((record.project, str(e)))
             continue
         report.stacks.append((record.project, why))
+    # Last, so the locks of the stacks freed above go too. Only a project with no lease left under
+    # its name (as a stack's leases are owned): one whose record was lost but whose leases remain is
+    # still ours to `down`, and keeps its lock until then.
+    for project in state.stacks.lock_projects():
+        try:
+            if state.stacks.remove_lock(project, lambda p: state.leases.owner_ports(p) is None):
+                report.locks.append(project)
+        except FreeportError as e:
+            report.skipped.append((project, str(e)))
     return report

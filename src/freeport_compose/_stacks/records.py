@@ -3,7 +3,9 @@
 Guarantees: one record per project, changed only under the project's lock (`StackRecords.locked`),
 so two up/down/gc of one project never interleave; a record is replaced atomically; a missing,
 corrupt or hostile record file reads as None, never as an exception. Project names are valid
-Compose names (and so safe as file names).
+Compose names (and so safe as file names). The lock file of a project nothing is left of is removed
+(`remove_lock`, for gc) only while holding it, and a locker always holds the file at the path: a
+removal never leaves two holders.
 
 May touch: stacks/ below the state dir (records, project locks, rendered files' directories).
 """
@@ -13,19 +15,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from .._error import InvalidNameError, ProjectBusyError
+from .._error import InvalidNameError, ProjectBusyError, StateDirError
 from .._leasing.flock import try_lock, unlock
 from .._leasing.process import Holder, current_holder
 from .._leasing.statedir import StateDir, open_file, read_small, remove_tree, state_errors, write_atomic
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     # the driver (subprocess, threading) is imported where a command runs Compose
     from .compose import ComposeProject
@@ -226,23 +229,86 @@ class StackRecords:
         """Exclusive use of a project, so two up/down of one project never interleave; yields the
         lock's descriptor (a child given it keeps the project locked for as long as it lives).
 
+        The lock is the file at stacks/<project>.lock when it is taken: one that `remove_lock`
+        removed meanwhile is let go of and the new one locked instead.
+
         Waits up to BUSY_WAIT seconds (not at all without `wait`) for another freeport-compose to
         finish with it, then raises ProjectBusyError.
         """
         patience = BUSY_WAIT if wait else 0.0
-        fd = self.lock_file(project, "lock")
+        deadline = time.monotonic() + patience
+        while True:
+            fd = self.lock_file(project, "lock")
+            try:
+                while not try_lock(fd):
+                    if time.monotonic() >= deadline:
+                        raise ProjectBusyError(
+                            f"project {project!r} is busy: another freeport-compose kept it for {patience:g} s "
+                            "(an up, down or gc of it)"
+                        )
+                    time.sleep(0.05)
+                # Opened before gc removed it (holding its flock), this file is no one's lock any
+                # more: a locker that opened the new one holds that one now. Without this check
+                # both would be inside. (Not a wait: the new file is tried at once.)
+                if self._is_at_path(project, fd):
+                    break
+                unlock(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
         try:
-            deadline = time.monotonic() + patience
-            while not try_lock(fd):
-                if time.monotonic() >= deadline:
-                    raise ProjectBusyError(
-                        f"project {project!r} is busy: another freeport-compose kept it for {patience:g} s "
-                        "(an up, down or gc of it)"
-                    )
-                time.sleep(0.05)
             try:
                 yield fd
             finally:
                 unlock(fd)
         finally:
             os.close(fd)
+
+    def _is_at_path(self, project: str, fd: int) -> bool:
+        """Whether fd is still the file at stacks/<project>.lock (not one removed, or replaced, since it was opened)."""
+        with state_errors(f"cannot lock project {project!r}"):
+            mine = os.fstat(fd)
+            try:
+                there = os.stat(f"{project}.lock", dir_fd=self.sd.stacks_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+    def lock_projects(self) -> list[str]:
+        """The projects that have a lock file in stacks/ (a plain file, named as a project), sorted."""
+        with state_errors("cannot list the stacks"), os.scandir(self.sd.stacks_fd) as entries:
+            return sorted(
+                e.name[:-5]
+                for e in entries
+                if e.name.endswith(".lock") and _is_project(e.name[:-5]) and e.is_file(follow_symlinks=False)
+            )
+
+    def remove_lock(self, project: str, unused: Callable[[str], bool]) -> bool:
+        """Remove stacks/<project>.lock if the project has no record and `unused(project)` (asked
+        under the lock: no lease of it is left, say); True if it was removed.
+
+        Never waits and never takes a lock someone holds (an up, down or gc of the project, or the
+        Compose child of an `up` whose CLI was killed): such a lock stays. The file is removed
+        while its flock is held, so a locker that opened it before finds it gone once it gets the
+        flock and locks the new one (`locked`).
+        """
+        try:
+            with self.locked(project, wait=False) as fd:
+                if self.load(project) is not None or not unused(project):
+                    return False
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return False  # not a lock file of ours (planted): left alone
+                # Unlinked before we let go of the flock, never after: in between, a locker could
+                # take the flock of the old file while a later one creates and locks a new one.
+                try:
+                    os.unlink(f"{project}.lock", dir_fd=self.sd.stacks_fd)
+                except PermissionError:
+                    return False  # another user's, in a shared (sticky) state dir: theirs to remove
+                except FileNotFoundError:
+                    return False  # removed by hand meanwhile
+                except OSError as e:
+                    raise StateDirError(f"cannot remove the lock of project {project!r}: {e.strerror or e}") from None
+                return True
+        except ProjectBusyError:
+            return False
