@@ -14,6 +14,12 @@ starts it, the others wait for it and reuse its ports, the last one to finish ta
 _stacks/sharing.py: kernel locks, so a worker killed outright neither takes it down under the others
 nor leaves it up). `--freeport-keep` leaves it up after the run; `--freeport-reuse` reuses a kept
 stack whose files and options are unchanged.
+
+Every stack these fixtures start is watched by a reaper (_stacks/reaper.py): if the run is killed
+outright (SIGKILL of its process group, a cancelled CI job, a closed terminal), the stack comes
+down within seconds all the same. Under xdist, the controller waits at the end of the run for the
+stacks of a worker killed as their last user to be down: nothing is left running when pytest
+returns.
 """
 
 from __future__ import annotations
@@ -76,30 +82,49 @@ class RunningStack:
 def compose_stack() -> Iterator[Callable[..., RunningStack]]:
     """Call with template files (and Options fields: project, profiles, env_files, ...) to start a
     stack with `up --wait`; every stack started is brought down when the test ends."""
+    from dataclasses import replace
+
     from ._stacks.lifecycle import Options, down, up
+    from ._stacks.reaper import Hold, watch
+    from ._stacks.records import StackStatus, project_name
     from ._stacks.state import State
 
     state = State.open()
-    started: list[str] = []
+    started: list[tuple[str, Hold]] = []
 
     def start(*files: str, wait: bool = True, **options: Any) -> RunningStack:
+        opts = Options(files=list(files), unique_name=True, **options)
+        if opts.files:
+            # Named now, not by `up`: its reaper watches it before anything of it exists, and takes
+            # it down if this process is killed outright (see _stacks/reaper.py).
+            opts = replace(opts, project=project_name(opts.project, opts.files))
+        users = None if opts.project is None else watch(state, opts.project, volumes=True)
         try:
-            record = up(state, Options(files=list(files), unique_name=True, **options), wait=wait)
+            record = up(state, opts, wait=wait, status=StackStatus.RUN)
         except ComposeError as e:
+            if users is not None:
+                users.close()
             if not e.details:
                 raise
             # The failed services' states and logs, which are gone once the stack is rolled back.
             raise ComposeError("\n".join((str(e), *e.details)), e.returncode, e.details) from None
-        started.append(record.project)
+        except BaseException:
+            if users is not None:
+                users.close()
+            raise
+        assert users is not None
+        started.append((record.project, users))
         return RunningStack(record.project, dict(record.ports))
 
     yield start
     errors = []
-    for project in started:  # every stack, even if bringing one down fails
+    for project, users in started:  # every stack, even if bringing one down fails
         try:
             down(state, project, volumes=True)
         except Exception as e:
             errors.append(f"{project}: {e}")
+        finally:
+            users.close()  # its reaper finds it down and exits (or finishes a down that failed)
     if errors:
         raise RuntimeError("compose_stack could not bring down: " + "; ".join(errors))
 
@@ -223,6 +248,42 @@ def freeport_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         "env_files": tuple(str(root / f) for f in config.getini("freeport_compose_env_files")),
     }
     yield from _session_stack(request, tuple(str(root / f) for f in files), options)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In the xdist controller, once every worker has ended (xdist's own sessionfinish, which runs
+    before this one, waits for them or kills them): take down what is left of this run's session
+    stacks. A worker that was killed while it was their last user leaves them to their reaper, which
+    may still be at work when the run ends; this waits for it, so nothing of the run is left running
+    when pytest returns."""
+    config = session.config
+    if getattr(config, "workerinput", None) is not None:
+        return
+    if config.getoption("freeport_keep") or config.getoption("freeport_reuse"):
+        return  # kept on purpose
+    manager = getattr(config.pluginmanager.getplugin("dsession"), "nodemanager", None)
+    uid = getattr(manager, "testrunuid", None)
+    if not uid:
+        return  # no xdist run: each session stack was left by its one user, or its reaper
+    from ._error import FreeportError
+    from ._leasing.statedir import default_state_path
+
+    if not os.path.isdir(os.path.join(default_state_path(), "stacks")):
+        return  # no stack was ever started here (and nothing is created for asking)
+    from ._stacks.reaper import settle_unused
+    from ._stacks.state import State
+
+    prefix = f"pytest-{str(uid)[:10]}-"  # _session_stack's name for this run's stacks
+    try:
+        for state in State.every():
+            for record in state.stacks.all():
+                if record.project.startswith(prefix):
+                    settle_unused(state, record.project, volumes=True)
+    except FreeportError as e:
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"freeport-compose: could not take down this run's session stacks: {e}")
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -1,12 +1,15 @@
 """`Stack`: a Compose stack on leased ports as a Python object, for tests and scripts.
 
 Guarantees: `with Stack(...)` brings the stack up (and ready) on entering, and down on leaving, however
-the body leaves (an exception, KeyboardInterrupt); an `up` that fails leaves nothing; `Stack.attach`
+the body leaves (an exception, KeyboardInterrupt), and, should this process be killed outright
+(SIGKILL, its process group killed, its terminal closed), the stack's reaper brings it down within
+seconds (reaper.py); an `up` that fails leaves nothing; `Stack.attach`
 reads a stack someone else started and never brings it down. A readiness timeout raises
 StackNotReadyError showing `ps`, the last log lines of each unready service and its failing
 healthcheck output.
 
-May touch: what `up` and `down` touch; TCP connections and HTTP requests to the stack's own ports.
+May touch: what `up` and `down` touch; TCP connections and HTTP requests to the stack's own ports;
+within `with`, the stack's users' flock and its reaper (reaper.py).
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._error import FreeportError, StackNotReadyError, UnknownOwnerError
 from .._leasing.allocator import DEFAULT_TIMEOUT
 from .names import PREFIX, placeholder_key
 from .records import StackRecord, StackStatus
 from .target import resolve
+
+if TYPE_CHECKING:
+    from .reaper import Hold
 
 Files = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -79,6 +85,7 @@ class Stack:
         self.engine = resolve(context, os.environ)
         self._record: StackRecord | None = None
         self._owned = True  # brought down on exit (not an attached stack)
+        self._users: Hold | None = None  # its users' flock, while a reaper watches it (`with`)
 
     @classmethod
     def attach(cls, project: str, *, state_dir: str | None = None, context: str | None = None) -> Stack:
@@ -130,13 +137,35 @@ class Stack:
 
     def up(self) -> Stack:
         """Bring the stack up (`--wait` unless wait=False), then wait for `wait_for`; on any failure
-        the stack is brought down again before the error is raised."""
+        the stack is brought down again before the error is raised. Called outside `with`, the stack
+        stays up until `down()` (or `freeport-compose down`), also after this process ends."""
+        return self._up(watched=False)
+
+    def _up(self, *, watched: bool) -> Stack:
+        """up(); `watched`: a stack that must not outlive this process (`with Stack(...)`): recorded as
+        `run`, and watched by its reaper (reaper.py), which brings it down if this process is killed
+        outright (SIGKILL, its process group or terminal gone) before `__exit__` could."""
+        from dataclasses import replace
+
         from .lifecycle import Options, up
+        from .reaper import watch
+        from .records import project_name
         from .state import State
 
         state = State.open(self._state_dir, self.engine)
         opts = Options(files=self.files, timeout=DEFAULT_TIMEOUT, unique_name=True, **self._options)
-        self._record = up(state, opts, wait=self.wait, extra=self.up_args)
+        status = StackStatus.UP
+        if watched and opts.files:
+            # Named now, not by `up`: the reaper must watch the stack before anything of it exists.
+            opts = replace(opts, project=project_name(opts.project, opts.files))
+            assert opts.project is not None
+            self._users = watch(state, opts.project, volumes=True)
+            status = StackStatus.RUN  # gc and reap_dead: up only while this process lives
+        try:
+            self._record = up(state, opts, wait=self.wait, extra=self.up_args, status=status)
+        except BaseException:
+            self._let_go()
+            raise
         try:
             self.ready()
         except BaseException:
@@ -220,10 +249,18 @@ class Stack:
         from .state import State
 
         record, self._record = self._record, None
-        down(State.open(self._state_dir, self.engine), record.project, volumes=volumes)
+        try:
+            down(State.open(self._state_dir, self.engine), record.project, volumes=volumes)
+        finally:
+            self._let_go()  # the reaper finds it down and exits, or finishes a `down` that failed
+
+    def _let_go(self) -> None:
+        users, self._users = self._users, None
+        if users is not None:
+            users.close()
 
     def __enter__(self) -> Stack:
-        return self if self._record is not None else self.up()
+        return self if self._record is not None else self._up(watched=True)
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.down()
