@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._error import FreeportError, StackNotReadyError, UnknownOwnerError
 from .._leasing.allocator import DEFAULT_TIMEOUT
-from .names import PREFIX, placeholder_key
+from .lookup import port_name
+from .names import PREFIX
 from .records import StackRecord, StackStatus
 from .target import resolve
 
@@ -31,20 +32,6 @@ if TYPE_CHECKING:
     from .reaper import Hold
 
 Files = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-
-
-def _resolve(ports: Mapping[str, int], name: str) -> str:
-    """The key of `name` in `ports`: "FREEPORT_db", "db", or (zero-edit) "db" for the one port of
-    service db, "db_5432" for one of several."""
-    key = placeholder_key(name)
-    if key in ports:
-        return key
-    matches = [k for k in ports if k.startswith(key + "_") and k[len(key) + 1 :].split("_")[0].isdecimal()]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise UnknownOwnerError(f"{name!r} has several ports ({', '.join(matches)}): name one of them")
-    raise UnknownOwnerError(f"no port named {name!r} (the stack has {', '.join(ports) or 'none'})")
 
 
 class Stack:
@@ -95,7 +82,7 @@ class Stack:
         stack = cls([], project, state_dir=state_dir, context=context)
         record = State.open(state_dir, stack.engine).stacks.load(project)
         if record is None or record.status is StackStatus.STOPPING:
-            raise UnknownOwnerError(f"no stack named {project!r} (see `freeport-compose ls`)")
+            raise UnknownOwnerError(f"no stack named {project!r} (see `freeport-compose leases`)")
         stack.files = list(record.files)
         stack._record, stack._owned = record, False
         return stack
@@ -120,12 +107,12 @@ class Stack:
 
     def port(self, name: str) -> int:
         """The port of `name`: "FREEPORT_db", "db", or a zero-edit service's one port ("db")."""
-        return self.record.ports[_resolve(self.record.ports, name)]
+        return self.record.ports[port_name(self.record.ports, name)]
 
     def host(self, name: str) -> str:
         """The address to reach `name`'s port on: the one it is published on, else the engine's host
         (127.0.0.1 for an engine on this machine)."""
-        return self.record.hosts.get(_resolve(self.record.ports, name), "127.0.0.1")
+        return self.record.hosts.get(port_name(self.record.ports, name), "127.0.0.1")
 
     def url(self, name: str, path: str = "/", scheme: str = "http") -> str:
         """`scheme://host:port/path` of `name`'s port (an IPv6 host in brackets)."""

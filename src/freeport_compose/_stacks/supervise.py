@@ -20,7 +20,7 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any
 
 from .._error import FreeportError
 from .._leasing.statedir import STATE_ENV
@@ -112,31 +112,3 @@ def run(
             if watched is not None:
                 watched.close()  # the reaper finds it down, and exits (or finishes a down that failed)
     return code
-
-
-def exec_compose(state: State, project: str, args: Sequence[str]) -> NoReturn:
-    """Become `docker compose <the stack's recorded options> ARGS`: its exit status, its signals and
-    its terminal are the user's, exactly as if they had typed it (`logs -f`, `exec db psql`, `ps`...).
-
-    The stack's files, profiles, env files, project directory and name are those recorded at up or
-    render; a stack whose files are gone is named to Compose by its project name alone.
-    """
-    from .compose import Compose
-    from .records import check_project
-
-    record = state.stacks.load(check_project(project))
-    if record is None:
-        from .._error import UnknownOwnerError
-        from .state import elsewhere
-
-        raise UnknownOwnerError(f"no stack named {project!r} (see `freeport-compose ls`){elsewhere(state, project)}")
-    compose = Compose.find(state.engine)
-    files_there = all(os.path.exists(f) for f in record.compose_files)
-    head = record.compose_project().args() if files_there else ["--project-name", project]
-    argv = [*compose.command, *head, *args]
-    try:
-        os.execvpe(argv[0], argv, compose.env or os.environ)  # noqa: S606 (an argument list, never a shell string)
-    except OSError as e:
-        from .._error import ComposeNotFoundError
-
-        raise ComposeNotFoundError(f"cannot run {argv[0]!r}: {e.strerror or e}") from None
