@@ -265,7 +265,7 @@ def test_run_passes_ports_and_exit_code(e2e: E2E, code: int) -> None:
           code)
     seen = json.loads(report.read_text())
     port = int(seen["env"]["FREEPORT_web"])
-    assert seen["env"] == {"FREEPORT_web": str(port), "COMPOSE_PROJECT_NAME": project}
+    assert seen["env"] == {"FREEPORT_web": str(port), "FREEPORT_web_HOST": "127.0.0.1", "COMPOSE_PROJECT_NAME": project}
     assert (seen["status"], seen["body"]) == (200, f"run {port}\n")
     assert_nothing_left(project)
     assert ls_json() == {"state_dir": ls_json()["state_dir"], "leases": [], "stacks": []}
