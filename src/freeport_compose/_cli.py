@@ -83,6 +83,20 @@ def _machine_leases(state_dir: str | None) -> LeaseStore:
     return LeaseStore(open_locks(state_dir), reclaim)
 
 
+def _reap_dead(state_dir: str | None) -> None:
+    """Before `get` leases: the machine's engine's stacks whose every holder died give their ports
+    back (reaper.reap_dead). Their records and /proc are read; the stacks half is imported, and the
+    engine asked, only when one is dead."""
+    from ._stacks.reaper import anything_dead
+
+    if anything_dead(state_dir):
+        from ._stacks.reaper import reap_dead
+        from ._stacks.state import State
+        from ._stacks.target import DEFAULT_ADDRESS, Engine
+
+        reap_dead(State.open(state_dir, Engine(DEFAULT_ADDRESS)), notify=_say)
+
+
 def format_ports(ports: Mapping[str, int], fmt: str, hosts: Mapping[str, str] | None = None) -> str:
     """`json`: exactly {"FREEPORT_1": 20417}; `dotenv`/`make`/`shell`/`env-file`: lines to include,
     eval or give `docker run --env-file`, each port followed by `NAME_HOST`, the address to reach it
@@ -128,13 +142,16 @@ def _cmd_get(args: Namespace) -> int:
     hosts = args.host
     if args.context:  # an engine named: its leases, and its published ports avoided (asked once), as for a stack
         from ._stacks.leases import port_check
+        from ._stacks.reaper import reap_dead
 
         state = _state(args)
+        reap_dead(state, notify=_say)  # stacks whose every holder died give their ports back first
         leases = state.leases
         check = port_check(state.engine)
         hosts = check.hosts(args.host)
         probe = check.probe(hosts)
     else:
+        _reap_dead(args.state_dir)
         leases = _machine_leases(args.state_dir)
     fps = FreePorts(
         args.n,

@@ -25,6 +25,7 @@ from functools import partial
 
 from .._error import ComposeError, FreeportError, InvalidNameError, UnknownOwnerError
 from .._leasing.allocator import DEFAULT_TIMEOUT
+from .._leasing.process import Holder
 from .check import BackgroundCheck
 from .compose import Compose, ComposeProject, Result
 from .dockerstack import remove_locked
@@ -32,6 +33,7 @@ from .engine import Containers
 from .leases import port_check, release, relocate
 from .naming import compose_project_name
 from .plan import Plan
+from .reaper import reap_dead
 from .reclaim import ask, left_of, settle_failed, unchanged, verdict
 from .records import StackRecord, StackStatus, check_project, project_name
 from .signals import deferred_signals
@@ -186,6 +188,9 @@ def render(
     """
     plan = Plan.read(opts.files, lease_all=opts.lease_all, drop_container_names=opts.drop_container_names)
     project = name_of(opts, plan)
+    # Before leasing: stacks whose every holder died give their ports back (reaper.reap_dead: no
+    # engine asked unless one did). This project is spared: its render takes over what is left.
+    reap_dead(state, spare=(project,), notify=notify)
     for w in plan.warnings():
         notify(f"warning: {w}")
     compose = None
@@ -228,6 +233,7 @@ def up(
     compose: Compose | None = None,
     status: StackStatus = StackStatus.UP,
     launch: bool = True,
+    driver: Holder | None = None,
     notify: Notify = silent,
 ) -> StackRecord:
     """Lease and write as render does, then `docker compose up --detach`; the leases stay until `down`.
@@ -239,10 +245,12 @@ def up(
     If something outside our leases grabbed a leased port in the meantime, those names get new
     ports and `up` is retried (PORT_RETRIES times). If `up` fails, the stack is brought down and its
     leases freed: nothing is left behind. `status=RUN` records a stack that must not outlive this
-    process: gc brings it down once the process is gone (even by SIGKILL).
+    process: gc brings it down once the process is gone (even by SIGKILL); `driver`, that process
+    when it is not this one (the xdist controller of a shared stack), recorded with the status.
     """
     plan = Plan.read(opts.files, lease_all=opts.lease_all, drop_container_names=opts.drop_container_names)
     project = name_of(opts, plan)
+    reap_dead(state, spare=(project,), notify=notify)  # as render does, before leasing
     compose = compose or Compose.find(state.engine)
     for w in plan.warnings():
         notify(f"warning: {w}")
@@ -271,6 +279,11 @@ def up(
     with attempt(state, opts, project, StackStatus.STARTING, take_down) as current:
         start_leased(state, opts, plan, compose, current, (start, failed), "outside freeport-compose", notify)
         current.record.status = status
+        if driver is not None:
+            # Saved with its status, not after: a record `run` naming the starter (an xdist worker)
+            # instead of the run's controller, found by gc after a SIGKILL of that worker, was taken
+            # down under the other workers.
+            current.record.driver = driver
         state.stacks.save(current.record)
     return current.record
 

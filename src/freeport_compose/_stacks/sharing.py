@@ -110,15 +110,8 @@ def join(
             record = state.stacks.load(project)
             if record is None or not _running(state, project) or record.status not in (StackStatus.UP, StackStatus.RUN):
                 status = StackStatus.UP if keep else StackStatus.RUN
-                record = up(state, opts, wait=wait, extra=up_args, status=status)
-                if not keep:
-                    # The run's controller: gc's test of whether the run lives. Until this is saved
-                    # the record names this worker, and a gc in that moment after a SIGKILL of it
-                    # would take the stack down under the other workers (gone once `up` takes the
-                    # driver itself). The reaper and reap_dead go by the users' flock: not fooled.
-                    with state.stacks.locked(project):
-                        record.driver = driver
-                        state.stacks.save(record)
+                # Recorded with its status, the run's controller is gc's test of whether the run lives.
+                record = up(state, opts, wait=wait, extra=up_args, status=status, driver=None if keep else driver)
         return Share(state, record, users, keep)
     except BaseException:
         users.close()

@@ -153,6 +153,9 @@ def deploy(state: State, opts: Options, *, extra: Sequence[str] = (), notify: No
 
     plan = Plan.read(opts.files, lease_all=opts.lease_all, drop_container_names=opts.drop_container_names)
     project = name_of(opts, plan)
+    from .reaper import reap_dead
+
+    reap_dead(state, spare=(project,), notify=notify)  # before leasing, as up does
     compose = Compose.find(state.engine)
     swarm = Swarm(state.engine)
     swarm_stacks(state.engine)  # not a manager, or not answering: said before anything is leased
