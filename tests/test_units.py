@@ -1538,3 +1538,28 @@ def test_fixed_network_and_volume_names_are_reported(tmp_path: Path) -> None:
     assert "service 'web' sets container_name" in warnings[0]
     assert "network 'front' has a fixed name" in warnings[1]
     assert "volume 'data' has a fixed name, so every stack from this file shares it (and its data)" in warnings[2]
+
+
+def test_a_zombie_holds_nothing() -> None:
+    """A process that exited but was not waited for (a zombie) is no live holder: its flocks are gone."""
+    import os
+    import subprocess
+    import time
+
+    from freeport_compose._leasing.process import holder_alive, process_start_time
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        started = process_start_time(child.pid)
+        assert started is not None
+        holder = Holder(child.pid, started, os.uname().nodename)
+        assert holder_alive(holder) is True
+        child.kill()
+        deadline = time.monotonic() + 10
+        while process_start_time(child.pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(f"/proc/{child.pid}")  # not waited for yet: a zombie
+        assert holder_alive(holder) is False
+    finally:
+        child.kill()
+        child.wait()

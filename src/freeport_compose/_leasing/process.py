@@ -81,7 +81,10 @@ class Holder:
 
 
 def process_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if there is no such process."""
+    """The process's start time in clock ticks since boot, or None if there is no such process, or
+    only its corpse: a zombie (state Z, or X while it goes) has exited and holds no lock any more,
+    though /proc shows it until its parent waits for it, and where no one does (a container whose
+    PID 1 reaps nothing) it would pass for alive forever."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # not open(): ~20 µs less
         try:
@@ -89,7 +92,10 @@ def process_start_time(pid: int) -> int | None:
         finally:
             os.close(fd)
         # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-        return int(data[data.rindex(b")") + 2 :].split()[19])
+        fields = data[data.rindex(b")") + 2 :].split()
+        if fields[0] in (b"Z", b"X", b"x"):
+            return None
+        return int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
 
