@@ -115,7 +115,7 @@ class Bench:
                     run_child([*self.docker, "-p", self.plain, "-f", str(plain_file), "down"], self.env)
                 else:
                     extra = ["--no-check"] if side == fast else []
-                    took[side] = run_child([FPC, "up", "-p", self.up, "-f", str(self.template), *extra], self.env)
+                    took[side] = run_child([FPC, "up", "-d", "-p", self.up, "-f", str(self.template), *extra], self.env)
                     run_child([FPC, "down", "-p", self.up], self.env)
             if i:
                 for side in sides:
@@ -148,7 +148,7 @@ class Bench:
     def bench_ps(self, report: Report) -> None:
         rounds = 10 if self.quick else 60
         progress(f"ps: {rounds} rounds of freeport-compose -p P ps / docker compose ps")
-        run_child([FPC, "up", "-p", self.ps, "-f", str(self.template), "--no-check"], self.env)
+        run_child([FPC, "up", "-d", "-p", self.ps, "-f", str(self.template), "--no-check"], self.env)
         # The project directory and files of the stack as Compose recorded them on its containers.
         ids = output(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.ps}"]).split()
         labels = json.loads(output(["docker", "inspect", "--format", "{{json .Config.Labels}}", ids[0]]))
