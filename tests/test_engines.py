@@ -319,6 +319,34 @@ def test_deploy_then_rm(engine: SecondEngine, tmp_path: Path, free_block: Callab
     assert ls_json()["stacks"] == []
 
 
+def test_rm_waits_for_tasks_slow_to_stop(engine: SecondEngine, tmp_path: Path,
+                                         free_block: Callable[[int], int]) -> None:
+    """`docker stack rm` (before Docker 26) returns while the tasks still stop, and a network still
+    in use by one of them fails to go: `rm` returns once nothing of the stack is left."""
+    first = free_block(1)
+    env = {**engine.env, "FREEPORT_RANGE": f"{first}-{first}"}
+    file = tmp_path / "slow.yml"
+    # busybox sleep as PID 1 ignores SIGTERM: the task stops only when its grace period ends
+    file.write_text(f"services:\n  slow:\n    image: {IMAGE}\n    command: [\"/bin/busybox\", \"sleep\", \"600\"]\n"
+                    "    stop_grace_period: 4s\n    ports:\n      - \"$<FREEPORT_slow>:80\"\n")
+    ok(fpc("deploy", "-f", str(file), "-p", "fpc-slowrm", env=env))
+    wait_services(engine, "fpc-slowrm", 1)
+    deadline = time.monotonic() + 30
+    while not engine.docker("ps", "-q", "--filter", "label=com.docker.stack.namespace=fpc-slowrm").stdout.split():
+        assert time.monotonic() < deadline, "the stack's task never started"
+        time.sleep(0.2)
+    ok(fpc("rm", "-p", "fpc-slowrm", env=env))
+    networks = engine.docker("network", "ls", "--filter", "label=com.docker.stack.namespace=fpc-slowrm",
+                             "--format", "{{.Name}}").stdout.split()
+    assert networks == []
+    assert engine.docker("ps", "-aq", "--filter", "label=com.docker.stack.namespace=fpc-slowrm").stdout.split() == []
+    assert leased(env, "fpc-slowrm") == {}
+    assert ls_json()["stacks"] == []
+    # at once again under the same name: no network of the old stack half-removed in its way
+    ok(fpc("deploy", "-f", str(file), "-p", "fpc-slowrm", env=env))
+    ok(fpc("rm", "-p", "fpc-slowrm", env=env))
+
+
 def test_a_stack_removed_with_docker_stack_rm_frees_its_ports(engine: SecondEngine, tmp_path: Path,
                                                               free_block: Callable[[int], int]) -> None:
     first = free_block(1)

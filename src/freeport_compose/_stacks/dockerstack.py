@@ -10,6 +10,7 @@ May touch: runs `docker stack`; the State's leases and stack records; the engine
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
 from .._error import ComposeError, FreeportError
@@ -44,15 +45,52 @@ def is_swarm_stack(state: State, project: str) -> bool:
     return record is not None and record.swarm
 
 
+def _services_gone(engine: Engine, project: str) -> bool:
+    """Whether the Swarm lists no service of the stack (False when it cannot tell)."""
+    try:
+        return ask_swarm(engine).get(project, 0) == 0
+    except FreeportError:
+        return False
+
+
+_LEFTOVERS_WAIT = 60.0  # seconds: a task gets its stop grace period (10 s by default), then is killed
+
+
+def _gone(engine: Engine, project: str) -> bool:
+    """Wait, up to _LEFTOVERS_WAIT, until no container or network of the stack is left on the
+    engine; whether none is (False too when the engine cannot tell)."""
+    from .engine import stack_leftovers
+
+    deadline = time.monotonic() + _LEFTOVERS_WAIT
+    while True:
+        try:
+            if stack_leftovers(engine, project) == 0:
+                return True
+        except FreeportError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
 def remove_locked(state: State, record: StackRecord) -> None:
-    """remove() of a stack whose project lock the caller holds. If `docker stack rm` fails, the
-    ports are freed only when the Swarm lists no service of the stack; else it is kept `stopping`."""
+    """remove() of a stack whose project lock the caller holds: it returns once no container or
+    network of the stack is left. If `docker stack rm` fails, the ports are freed only when the
+    Swarm lists no service of the stack; else it is kept `stopping`."""
     project = record.project
     with deferred_signals():
         try:
-            result = Swarm(state.engine).rm(project)
-            if not result.ok:
-                raise ComposeError(f"docker stack rm failed: {result.last_line()}", result.returncode)
+            swarm = Swarm(state.engine)
+            result = swarm.rm(project)
+            # `docker stack rm` of Docker before 26 returns before the tasks stopped: a port of mode
+            # host stays bound until they have, so the ports go only once nothing of the stack is left.
+            done = (result.ok or _services_gone(state.engine, project)) and _gone(state.engine, project)
+            if not done and _services_gone(state.engine, project):
+                result = swarm.rm(project)  # the network a stopping task held ("is in use by task")
+                done = result.ok and _gone(state.engine, project)
+            if not done:
+                why = result.last_line() if not result.ok else f"the stack was not gone after {_LEFTOVERS_WAIT:.0f} s"
+                raise ComposeError(f"docker stack rm failed: {why}", result.returncode or 1)
         except FreeportError as e:
             try:
                 left: int | None = ask_swarm(state.engine).get(project, 0)
