@@ -56,6 +56,29 @@ TEMPLATE = """services:
 """
 
 
+# Runs freeport-compose's main() on argv[2:] in this process and writes, to the file named in
+# argv[1], the standard-library modules imported by then that `python -c pass` had not.
+_MODULES_OF = """
+import sys
+before = set(sys.modules)
+from freeport_compose._cli import main
+main(sys.argv[2:])
+names = {m for m in set(sys.modules) - before if m.partition(".")[0] in sys.stdlib_module_names}
+with open(sys.argv[1], "w") as f:
+    f.write(", ".join(sorted(names)))
+"""
+
+
+def stdlib_floor(py: str, args: list[str], env: dict[str, str], work: str) -> list[str]:
+    """`python -c 'import ...'` of the standard modules that the freeport-compose command line `args`
+    imports beyond `python -c pass`: what the command costs before any code of ours runs."""
+    listing = os.path.join(work, "modules.txt")
+    baseline = output([py, "-c", "import sys; print(','.join(sys.modules))"], env).strip().split(",")
+    output([py, "-c", _MODULES_OF, listing, *args], env)
+    names = [m for m in Path(listing).read_text().split(", ") if m and m not in baseline]
+    return [py, "-c", f"import {', '.join(names)}"]
+
+
 def main() -> int:
     args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
     exit_on_sigterm()
@@ -77,14 +100,20 @@ def main() -> int:
         ports: [FPC, "ports", "-p", project],
         "`freeport-compose port -p P web`": [FPC, "port", "-p", project, "web"],
     }
-    goals = {get: LIMIT, ports: LIMIT}
-    cpu: dict[str, list[float]] = {label: [] for label in commands}
-    wall: dict[str, list[float]] = {label: [] for label in commands}
-    progress(f"{rounds} rounds of {len(commands)} commands, CPU time from wait4")
     try:
         template = os.path.join(work, "compose.yml")
         Path(template).write_text(TEMPLATE)
         output([FPC, "render", "-p", project, "-f", template, "--no-check"], env)
+        # The floor under each target: the standard modules the command imports, and nothing of ours.
+        floor_get, floor_ports = "`python -c 'import ...'`: the standard modules `get` imports", \
+            "`python -c 'import ...'`: the standard modules `ports` imports"  # fmt: skip
+        commands[floor_get] = stdlib_floor(py, ["get", "--owner", f"{owner}-probe"], env, work)
+        quiet([FPC, "release", "--owner", f"{owner}-probe"], env)
+        commands[floor_ports] = stdlib_floor(py, ["ports", "-p", project], env, work)
+        goals = {get: LIMIT, ports: LIMIT}
+        cpu: dict[str, list[float]] = {label: [] for label in commands}
+        wall: dict[str, list[float]] = {label: [] for label in commands}
+        progress(f"{rounds} rounds of {len(commands)} commands, CPU time from wait4")
         for i in range(rounds + 1):  # round 0 warms the caches and is dropped
             # `release` right after `get` (it frees what get took); the pair's place is shuffled.
             order = [[label] for label in commands if label not in (get, release)] + [[get, release]]
@@ -101,6 +130,9 @@ def main() -> int:
             quiet([FPC, "down", "-p", project], env)
             quiet([FPC, "release", "--owner", project], env)
             shutil.rmtree(work, ignore_errors=True)
+
+    def count(label: str) -> int:
+        return len(commands[label][2].split(","))
 
     base_cpu = median(cpu[base])
     rows = []
@@ -123,10 +155,18 @@ def main() -> int:
         "information. Medians over the rounds; "
         "*CPU vs `python -c pass`* is the median of each round's own ratio (the verdict), the ratio of the "
         "medians is beside it. `ports` and `port` read a stack rendered beforehand (3 placeholders); "
-        "`release` frees the one port `get` leased just before it.",
+        "`release` frees the one port `get` leased just before it. The two `import ...` rows import the "
+        f"standard modules each command imports and `python -c pass` does not (`get`: {count(floor_get)}, "
+        f"`ports`: {count(floor_ports)}, listed in the raw results): the floor under the command "
+        "before any code of ours runs.",
         table(headers, rows, [False, True, True, True, True, False, False]),
     )
-    report.raw = {"rounds": rounds, "cpu": cpu, "wall": wall}
+    report.raw = {
+        "rounds": rounds,
+        "cpu": cpu,
+        "wall": wall,
+        "floors": {floor_get: commands[floor_get][2], floor_ports: commands[floor_ports][2]},
+    }
     report.emit()
     return 0
 
