@@ -159,10 +159,16 @@ class Bench:
             head += ["--file", f]
         plain = "`docker compose -p P --project-directory D -f F ps`"
         fpc = "`freeport-compose -p P ps`"
-        commands = {plain: [*head, "ps"], fpc: [FPC, "-p", self.ps, "ps"]}
-        # Both must answer the same: the stack's containers.
+        floor = "`python -c 'os.execvp(...)'` of the same `docker compose ... ps`"
+        commands = {
+            plain: [*head, "ps"],
+            fpc: [FPC, "-p", self.ps, "ps"],
+            # Any Python front end's floor: the interpreter's start, then Compose itself.
+            floor: [sys.executable, "-c", "import os, sys; os.execvp(sys.argv[1], sys.argv[1:])", *head, "ps"],
+        }
+        # All must answer the same: the stack's containers.
         listed = {label: sorted(output([*cmd, "-q"], self.env).split()) for label, cmd in commands.items()}
-        if listed[plain] != listed[fpc] or len(listed[fpc]) != len(SERVICES):
+        if not listed[plain] == listed[fpc] == listed[floor] or len(listed[fpc]) != len(SERVICES):
             raise RuntimeError(f"ps: the two commands list different containers: {listed}")
         usage: dict[str, list[Usage]] = {label: [] for label in commands}
         for i in range(rounds + 1):  # round 0 warms the caches and is dropped
@@ -189,8 +195,10 @@ class Bench:
             PS_TITLE,
             f"The {len(SERVICES)}-service stack up (`freeport-compose up`); `docker compose` is given the "
             "project name, project directory and files Compose recorded on the stack's containers, which "
-            "is what the pass-through runs (both list the same containers, checked first). "
-            f"{rounds} rounds, each running both once in a shuffled order. Wall time from spawn to exit; CPU "
+            "is what the pass-through runs (all list the same containers, checked first). The last row is "
+            "a Python process that does nothing but exec that `docker compose ps`: the floor of any front "
+            f"end written in Python. {rounds} rounds, each running every command once in a shuffled order. "
+            "Wall time from spawn to exit; CPU "
             "time of the command and every process it waited for, for information. *vs plain* is the median "
             "of each round's own ratio (the verdict); the ratio of the medians is beside it.",
             table(["command", "wall ms", "min-max ms", "CPU ms", "vs plain", "ratio of the medians", "goal",
