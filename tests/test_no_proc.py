@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,38 @@ def test_a_live_holder_is_alive_without_start_times(no_proc: None) -> None:
         child.wait()
     assert holder_alive(Holder(child.pid, None, hostname())) is False  # ESRCH: gone
     assert holder_alive(Holder(child.pid, None, "another-host")) is None
+
+
+@pytest.fixture
+def off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as on macOS or a BSD: start times from the kernel's process table (psutil)."""
+    pytest.importorskip("psutil")  # installed with the package off Linux, with the dev extra here
+    monkeypatch.setattr(process, "_LINUX", False)
+
+
+def test_start_times_off_linux_come_from_the_process_table(off_linux: None) -> None:
+    """Off Linux a holder is still named by pid and start time: a reused pid is no live holder."""
+    assert process.start_times_readable()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = process.process_start_time(child.pid)
+        assert started is not None
+        assert started == process.process_start_time(child.pid)  # stable
+        me = process.process_start_time(os.getpid())
+        assert me is not None
+        assert me <= started  # this process started first
+        assert holder_alive(Holder(child.pid, started, hostname())) is True
+        assert holder_alive(Holder(child.pid, started + 1, hostname())) is False  # another process, same pid
+    finally:
+        child.kill()
+    # killed but not waited for: a zombie, listed by the kernel, holding nothing
+    deadline = time.monotonic() + 10
+    while process.process_start_time(child.pid) is not None:
+        assert time.monotonic() < deadline, "a zombie passed for a live process"
+        time.sleep(0.05)
+    assert holder_alive(Holder(child.pid, started, hostname())) is False
+    child.wait()
+    assert process.process_start_time(child.pid) is None  # reaped: no such process
 
 
 def test_another_users_process_is_alive(no_proc: None) -> None:

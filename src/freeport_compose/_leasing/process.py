@@ -2,24 +2,26 @@
 
 Guarantees:
 - `Holder` names a process by pid *and* start time, so a reused pid is never taken for a dead holder.
-- Where start times cannot be read (no /proc: macOS, the BSDs, a container without it), a holder
-  is alive while its pid is (`kill(pid, 0)`: ESRCH is dead, EPERM is alive): never judged dead
-  for want of a start time, at the price of a reused pid keeping a dead holder's lease until that
-  process ends. (A start time from `sysctl kern.proc.pid` is not read: its struct layout differs
-  per system and release.)
+- Start times come from /proc on Linux, and elsewhere (macOS, the BSDs) from the kernel's process
+  table (`sysctl kern.proc.pid`) through psutil, installed with the package there.
+- Where start times cannot be read (a Linux container without /proc, psutil missing), a holder is
+  alive while its pid is (`kill(pid, 0)`: ESRCH is dead, EPERM is alive): never judged dead for
+  want of a start time, at the price of a reused pid keeping a dead holder's lease until that
+  process ends.
 - After `fork()`, the child has its own pid here at once, and has closed (never unlocked) every lock
   descriptor whose flock is one of the parent's leases, including those another thread was opening
   or closing at that instant: the child can neither free the parent's ports nor keep them leased
   after the parent dies. This module holds the package's only fork handler.
 
-May touch: /proc/<pid>/stat (read), signal 0 to a holder's pid, descriptors registered with
-`track`/`in_flight`.
+May touch: /proc/<pid>/stat (read), the kernel's process table (read, off Linux), signal 0 to a
+holder's pid, descriptors registered with `track`/`in_flight`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from contextlib import suppress
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -80,11 +82,17 @@ class Holder:
         return f"Holder(pid={self.pid!r}, start_time={self.start_time!r}, host={self.host!r})"
 
 
+_LINUX = sys.platform.startswith("linux")
+
+
 def process_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if there is no such process, or
-    only its corpse: a zombie (state Z, or X while it goes) has exited and holds no lock any more,
-    though /proc shows it until its parent waits for it, and where no one does (a container whose
-    PID 1 reaps nothing) it would pass for alive forever."""
+    """The process's start time (on Linux in clock ticks since boot, elsewhere in microseconds since
+    the epoch: only ever compared with another read on the same machine), or None if there is no
+    such process, or only its corpse: a zombie (state Z, or X while it goes) has exited and holds no
+    lock any more, though the kernel lists it until its parent waits for it, and where no one does
+    (a container whose PID 1 reaps nothing) it would pass for alive forever."""
+    if not _LINUX:
+        return _kernel_start_time(pid)
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # not open(): ~20 µs less
         try:
@@ -97,6 +105,25 @@ def process_start_time(pid: int) -> int | None:
             return None
         return int(fields[19])
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kernel_start_time(pid: int) -> int | None:
+    """process_start_time() off Linux: `sysctl kern.proc.pid` read by psutil, which knows the layout
+    of the kernel's process struct on each system and release (macOS's `kinfo_proc` and each BSD's
+    differ, and change between releases); None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        # create_time() is the kernel's timeval as a float: the same kernel value always gives the
+        # same float, so the rounded microseconds are stable across reads.
+        return round(process.create_time() * 1_000_000)
+    except psutil.Error:
         return None
 
 
@@ -133,8 +160,10 @@ def holder_of(pid: int) -> Holder:
 
 
 def start_times_readable() -> bool:
-    """Whether this system shows processes' start times (Linux's /proc). Asked each time (a stat):
-    a test, or a container, may mount /proc after this module was imported."""
+    """Whether this system shows processes' start times (Linux's /proc; elsewhere, psutil). Asked
+    each time (a stat): a test, or a container, may mount /proc after this module was imported."""
+    if not _LINUX:
+        return _kernel_start_time(_PID) is not None
     return os.path.exists("/proc/self/stat")
 
 
