@@ -31,7 +31,7 @@ from .compose import Compose, ComposeProject, Result
 from .dockerstack import remove_locked
 from .engine import Containers
 from .leases import port_check, release, relocate
-from .naming import compose_project_name
+from .naming import compose_project_name, project_directory
 from .plan import Plan
 from .reaper import reap_dead
 from .reclaim import ask, left_of, settle_failed, unchanged, verdict
@@ -131,7 +131,7 @@ def name_of(opts: Options, plan: Plan) -> str:
     """The project a render, up or deploy of `opts` means (see Options.unique_name)."""
     if opts.unique_name:
         return project_name(opts.project, opts.files)
-    directory = opts.project_directory or os.path.dirname(os.path.abspath(opts.files[0]))
+    directory = project_directory(opts.project_directory, opts.files)
     return compose_project_name(opts.project, plan.templates.project_name, directory, opts.env_files, os.environ)
 
 

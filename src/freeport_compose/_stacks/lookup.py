@@ -61,22 +61,21 @@ def find_project(
     return compose_name(files, project_directory, env_files)
 
 
-def compose_name(files: Sequence[str], project_directory: str | None, env_files: Sequence[str]) -> str | None:
+def compose_name(files: Sequence[str], given_directory: str | None, env_files: Sequence[str]) -> str | None:
     """The project name Compose gives the files a command means (found as Compose finds them), or
     None where there is no Compose file. Reads the files' `name:` (YAML): asked only when no stack
     of ours answers, so `ports`, `port` and `down` of a known stack do not pay for it."""
     from .._error import NoComposeFileError
     from .discovery import compose_files
-    from .naming import compose_project_name
+    from .naming import compose_project_name, project_directory
     from .templateset import read_set
 
     try:
-        found = compose_files(files, os.environ, project_directory or os.getcwd())
+        found = compose_files(files, os.environ, given_directory or os.getcwd())
     except NoComposeFileError:
         return None
     declared = read_set(found).project_name
-    directory = project_directory or os.path.dirname(os.path.abspath(found[0]))
-    return compose_project_name(None, declared, directory, env_files, os.environ)
+    return compose_project_name(None, declared, project_directory(given_directory, found), env_files, os.environ)
 
 
 def port_name(ports: Mapping[str, int], name: str) -> str:

@@ -77,6 +77,11 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
     return _VARIABLE.sub(one, text)
 
 
+def project_directory(given: str | None, files: Sequence[str]) -> str:
+    """Compose's project directory: `--project-directory`, else the first Compose file's directory."""
+    return given or os.path.dirname(os.path.abspath(files[0]))
+
+
 def compose_project_name(
     given: str | None,
     declared: str | None,
