@@ -310,7 +310,7 @@ def _cmd_up(args: Namespace) -> int:
         _say(f"project {record.project}: " + " ".join(f"{k}={v}" for k, v in record.ports.items()))
         sys.stdout.flush()
         sys.stderr.flush()
-        exec_compose(state, record.project, [*args.compose_globals, "up", *extra])
+        exec_compose(state, record, [*args.compose_globals, "up", *extra])
     record = up(state, _opts(args), extra=extra, notify=_say)
     _say(f"project {record.project} is up; `freeport-compose down -p {record.project}` stops it")
     print(format_ports(record.ports, "dotenv"))
@@ -437,18 +437,18 @@ def _cmd_compose(args: Namespace) -> int:
         project = find_project(
             state, args.project, args.files, project_directory=args.project_directory, env_files=args.env_files
         )
-    if project is not None and state.stacks.load(project) is None and verb in _MAKES_CONTAINERS:
+    record = None if project is None else state.stacks.load(project)
+    if project is not None and record is None and verb in _MAKES_CONTAINERS:
         from ._stacks.lifecycle import render
 
-        render(state, _opts(args), notify=_say)  # its ports leased, its files written: then Compose's verb
-    record = None if project is None else state.stacks.load(project)
+        # its ports leased, its files written: then Compose's verb
+        record = render(state, _opts(args), notify=_say)
     if project is None or record is None or (args.files and [os.path.abspath(f) for f in args.files] != record.files):
         _exec_plain(args, state, words)  # no stack of ours, or files other than the stack's: Compose's alone
     if verb == "rm":
-        from ._stacks.dockerstack import is_swarm_stack
         from ._stacks.swarm import remove
 
-        if is_swarm_stack(state, project):
+        if record.swarm:
             if [a for a in args.compose_args[1:] if a not in ("-f", "--force")]:
                 raise _UsageError(
                     f"{project} is a Swarm stack: `rm -p {project}` removes it whole (docker stack rm), "
@@ -459,7 +459,7 @@ def _cmd_compose(args: Namespace) -> int:
             return 0
     sys.stdout.flush()
     sys.stderr.flush()
-    exec_compose(state, project, words)
+    exec_compose(state, record, words)
 
 
 def _exec_plain(args: Namespace, state: State, words: list[str]) -> NoReturn:

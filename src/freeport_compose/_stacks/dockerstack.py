@@ -17,7 +17,7 @@ from .._error import ComposeError, FreeportError
 from .compose import Result, run
 from .leases import release
 from .reclaim import ask_swarm, settle_failed
-from .records import StackRecord, check_project
+from .records import StackRecord
 from .signals import deferred_signals
 from .state import State
 from .target import Engine
@@ -37,12 +37,6 @@ class Swarm:
     def rm(self, name: str) -> Result:
         """`docker stack rm NAME`: remove the stack's services and networks."""
         return run(["docker", "stack", "rm", name], self.env, quiet_stdout=True)
-
-
-def is_swarm_stack(state: State, project: str) -> bool:
-    """Whether `project` is a Swarm stack of ours on the State's engine."""
-    record = state.stacks.load(check_project(project))
-    return record is not None and record.swarm
 
 
 def _services_gone(engine: Engine, project: str) -> bool:

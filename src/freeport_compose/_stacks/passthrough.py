@@ -7,7 +7,7 @@ nor the lifecycle's modules: Compose is started from the stack's record alone.
 Guarantees: the process is replaced by Compose (execvpe of an argument list, never a shell string),
 pointed at the engine the command targets; or a FreeportError says why not.
 
-May touch: the State's stack records (read); execs Compose.
+May touch: execs Compose.
 """
 
 from __future__ import annotations
@@ -16,25 +16,20 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from .._error import ComposeNotFoundError, UnknownOwnerError
+from .._error import ComposeNotFoundError
 from .compose import Compose
-from .records import check_project
-from .state import State, elsewhere
+from .records import StackRecord
+from .state import State
 from .target import Engine
 
 
-def exec_compose(state: State, project: str, args: Sequence[str]) -> NoReturn:
+def exec_compose(state: State, record: StackRecord, args: Sequence[str]) -> NoReturn:
     """Become `docker compose <the stack's recorded options> ARGS`: the files, profiles, env files,
     project directory and name recorded at up or render; a stack whose files are gone is named to
     Compose by its project name alone (Compose finds it by its containers' labels)."""
-    record = state.stacks.load(check_project(project))
-    if record is None:
-        raise UnknownOwnerError(
-            f"no stack named {project!r} (see `freeport-compose leases`){elsewhere(state, project)}"
-        )
     compose = Compose.find(state.engine)
     files_there = all(os.path.exists(f) for f in record.compose_files)
-    head = record.compose_project().args() if files_there else ["--project-name", project]
+    head = record.compose_project().args() if files_there else ["--project-name", record.project]
     _become([*compose.command, *head, *args], compose.env)
 
 
