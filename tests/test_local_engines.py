@@ -3,9 +3,10 @@ rootful Podman, rootless Podman and rootless Docker, each through its Docker-com
 
 Each test runs on each engine: `up` of two stacks side by side on distinct ports that answer
 from the host, a port that engine's own container publishes avoided, `down` leaving nothing,
-`gc` after the containers went behind our back, `run -- CMD`, and leases on two local engines never
-overlapping. The rootless engines belong to an unprivileged user (scripts/setup.sh makes it): the
-CLI runs as that user, with a state dir of that user's own.
+`gc` after the containers went behind our back, `run -- CMD`, leases on two local engines never
+overlapping, a port taken between `render` and `up` retried on another, and the pytest plugin's
+session stack shared by two xdist workers. The rootless engines belong to an unprivileged user
+(scripts/setup.sh makes it): the CLI, and pytest, run as that user, with a state dir of that user's own.
 
 An engine that is not set up here is skipped, saying why and how to set it up; CI sets up all of
 them (`CI=true bash scripts/setup.sh`).
@@ -18,9 +19,12 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,15 +65,36 @@ class LocalEngine:
             timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
         """The CLI against this engine, as its user."""
         full = self.env(env)
-        command = [FPC, *args]
+        prefix = [FPC]
         if self.user is not None:
             prefix, path = _cli_for(self.user)
             if path:
                 full["PYTHONPATH"] = path
-            # runuser passes no environment through on its own: `env` sets it for the CLI exactly.
-            command = ["runuser", "-u", self.user, "--", "env", "-i", *(f"{k}={v}" for k, v in full.items()),
-                       *prefix, *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full, cwd=self.home,
+        return self.as_user([*prefix, *args], full, self.home, timeout)
+
+    def python(self, *args: str, env: dict[str, str] | None = None, cwd: str | None = None,
+               timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+        """A Python with this project's packages (pytest and xdist among them), as the engine's user:
+        the virtualenv's, or, where that user may not execute it, the one `_cli_for` picks. A run of
+        its own: none of this run's pytest or xdist variables reaches it."""
+        full = {k: v for k, v in self.env(env).items() if not k.startswith("PYTEST_")}
+        python = sys.executable
+        if self.user is not None:
+            prefix, path = _cli_for(self.user)
+            if prefix != [FPC]:
+                python = prefix[0]
+            if path:
+                full["PYTHONPATH"] = path
+        return self.as_user([python, *args], full, cwd or self.home, timeout)
+
+    def as_user(self, command: list[str], env: dict[str, str], cwd: str,
+                timeout: float) -> subprocess.CompletedProcess[str]:
+        """`command` in exactly the environment `env`, as the engine's user."""
+        if self.user is not None:
+            # runuser passes no environment through on its own: `env` sets it for the command exactly.
+            command = ["runuser", "-u", self.user, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                       *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd,
                               stdin=subprocess.DEVNULL)
 
     def docker(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -80,6 +105,11 @@ class LocalEngine:
 
     def containers(self, project: str) -> list[str]:
         out = self.docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={project}")
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    def networks(self, project: str) -> list[str]:
+        out = self.docker("network", "ls", "-q", "--filter", f"label={PROJECT_LABEL}={project}")
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
@@ -182,9 +212,11 @@ def local_engine(request: pytest.FixtureRequest) -> Iterator[LocalEngine]:
 def engine(local_engine: LocalEngine) -> Iterator[LocalEngine]:
     """The engine, with whatever stacks and squatters a test left taken down afterwards."""
     yield local_engine
-    for project in ("fpc-le-a", "fpc-le-b", "fpc-le-gc", "fpc-le-run", "fpc-le-pub"):
+    for project in ("fpc-le-a", "fpc-le-b", "fpc-le-gc", "fpc-le-run", "fpc-le-pub", "fpc-le-clash"):
         if local_engine.containers(project):
             local_engine.docker("rm", "-f", *local_engine.containers(project))
+        if local_engine.networks(project):
+            local_engine.docker("network", "rm", *local_engine.networks(project))
     squatters = local_engine.docker("ps", "-aq", "--filter", "label=fpc.squatter=1").stdout.split()
     if squatters:
         local_engine.docker("rm", "-f", *squatters)
@@ -296,3 +328,137 @@ def test_leases_on_two_local_engines_never_overlap(engine: LocalEngine, free_blo
     assert full.returncode != 0
     ok(engine.fpc("release", "--owner", "fpc-le-local", env={"DOCKER_HOST": "unix:///var/run/docker.sock"}))
     ok(engine.fpc("down", "-p", "fpc-le-a"))
+
+
+def test_a_port_taken_before_up_is_retried_on_another(engine: LocalEngine, free_block: Callable[[int], int]) -> None:
+    """A port `render` leased, taken on the machine before `up`, fails the engine's Compose: `up` retries on another."""
+    first = free_block(4)
+    env = {"FREEPORT_RANGE": f"{first}-{first + 3}"}
+    file = template(engine, "web")
+    ok(engine.fpc("render", "-f", file, "-p", "fpc-le-clash", env=env))
+    [taken] = leases(engine)["fpc-le-clash"]
+    # Outside freeport-compose and the engine: a socket of this (root's) process on 0.0.0.0. Every
+    # engine here binds its published ports on the host itself (docker-proxy, Podman's conmon,
+    # rootlessport, rootlesskit's builtin port driver), so each one's Compose fails on it.
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        squatter.bind(("0.0.0.0", taken))
+        squatter.listen(1)
+        up = ok(engine.fpc("up", "-d", "-f", file, "-p", "fpc-le-clash", env=env))
+        assert f"port(s) {taken} taken outside freeport-compose meanwhile" in up.stderr, up.stderr
+        port = parse_dotenv(up.stdout)["FREEPORT_web"]
+        assert port != taken
+        assert first <= port <= first + 3
+        assert leases(engine) == {"fpc-le-clash": [port]}  # the clashed lease was given back
+        published = engine.published()
+        assert port in published
+        assert taken not in published
+        assert http_get(port, attempts=150) == (200, "web\n")  # the stack's own answer, from the host
+        assert squatter.getsockname()[1] == taken  # still ours: the engine never took it over
+    finally:
+        squatter.close()
+    ok(engine.fpc("down", "-p", "fpc-le-clash"))
+    assert engine.containers("fpc-le-clash") == []
+    assert engine.networks("fpc-le-clash") == []
+    assert leases(engine) == {}
+    assert json.loads(ok(engine.fpc("leases", "--json")).stdout)["stacks"] == []
+
+
+# Each test says, in a file of its own, which worker and user ran it and what of the session stack it
+# saw: the project, the port, the container that answered on it (its hostname: its own id, by
+# default) and the containers of the project on the engine (the one of $DOCKER_HOST).
+SHARED_SUITE = """
+import json, os, subprocess, time, urllib.request
+
+def _use(stack, name):
+    for _ in range(150):
+        try:
+            with urllib.request.urlopen(stack.url("web"), timeout=2) as page:
+                body = page.read().decode().strip()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        raise AssertionError("nothing answers on " + stack.url("web"))
+    listed = subprocess.run(["docker", "ps", "-q", "--no-trunc", "--filter",
+                             "label=com.docker.compose.project=" + stack.project],
+                            capture_output=True, text=True, check=True).stdout.split()
+    seen = {"worker": os.environ.get("PYTEST_XDIST_WORKER"), "uid": os.getuid(), "project": stack.project,
+            "port": stack.port("web"), "answered": body, "containers": listed}
+    path = os.path.join(os.environ["FPC_SEEN"], name)
+    with open(path + ".tmp", "w") as f:
+        json.dump(seen, f)
+    os.rename(path + ".tmp", path)
+    time.sleep(1)  # the other worker's test runs meanwhile
+
+def test_a(freeport_stack):
+    _use(freeport_stack, "a")
+
+def test_b(freeport_stack):
+    _use(freeport_stack, "b")
+"""
+
+
+def test_the_shared_pytest_stack_on_this_engine(engine: LocalEngine, free_block: Callable[[int], int]) -> None:
+    """`pytest -n 2` with `freeport_stack`, as the engine's user: one stack for both workers, nothing left after."""
+    first = free_block(4)
+    suite = os.path.join(engine.home, "suite")
+    os.mkdir(suite)
+    seen = os.path.join(suite, "seen")
+    os.mkdir(seen)
+    if engine.user is not None:
+        for path in (suite, seen):
+            shutil.chown(path, engine.user, engine.user)
+    command = json.dumps(["/bin/busybox", "sh", "-c",
+                          "/bin/busybox hostname > /index.html && exec /bin/busybox httpd -f -p 80 -h /"])
+    engine.write("suite/compose.yaml", f"services:\n  web:\n    image: {IMAGE}\n    pull_policy: never\n"
+                                       f"    command: {command}\n    ports:\n      - \"$<FREEPORT_web>:80\"\n")
+    engine.write("suite/pytest.ini", "[pytest]\nfreeport_compose_files = compose.yaml\n")
+    engine.write("suite/test_shared.py", textwrap.dedent(SHARED_SUITE))
+    env = {"FREEPORT_RANGE": f"{first}-{first + 3}", "FPC_SEEN": seen}
+    result = engine.python("-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2", env=env, cwd=suite,
+                           timeout=300)
+    said = [json.loads(Path(seen, name).read_text()) for name in ("a", "b") if Path(seen, name).exists()]
+    projects = {s["project"] for s in said}
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "2 passed" in result.stdout, result.stdout
+        assert {s["worker"] for s in said} == {"gw0", "gw1"}  # both workers used it...
+        assert {s["uid"] for s in said} == {_uid(engine.user) if engine.user is not None else os.getuid()}
+        assert len(projects) == 1  # ...one stack: one project,
+        assert len({s["port"] for s in said}) == 1  # one port,
+        [container] = said[0]["containers"]  # one container of it on this engine,
+        assert all(s["containers"] == [container] for s in said)
+        assert {s["answered"] for s in said} == {container[:12]}  # the one that answered both (its hostname)
+        [project] = projects
+        [port] = {s["port"] for s in said}
+        assert first <= port <= first + 3
+        # pytest has returned: nothing of the stack is left on this engine, nor any lease or record of it
+        assert engine.containers(project) == []
+        assert engine.networks(project) == []
+        assert port not in engine.published()
+        assert leases(engine) == {}
+        assert json.loads(ok(engine.fpc("leases", "--json")).stdout)["stacks"] == []
+        deadline = time.monotonic() + 10  # its reaper, told the stack is down, exits on its own
+        while reapers(project):
+            assert time.monotonic() < deadline, f"the reaper of {project} is still running"
+            time.sleep(0.1)
+    finally:  # whatever the run left, taken away
+        for project in projects:
+            if engine.containers(project):
+                engine.docker("rm", "-f", *engine.containers(project))
+            if engine.networks(project):
+                engine.docker("network", "rm", *engine.networks(project))
+
+
+def reapers(project: str) -> list[int]:
+    """Pids of the live reapers of `project`, by their command lines."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"freeport_compose._stacks.reaper" in argv and project.encode() in argv:
+            found.append(int(cmdline.parent.name))
+    return found
