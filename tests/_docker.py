@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +63,53 @@ def engine_answers(timeout: float = 20.0) -> bool:
         return docker("info", timeout=timeout).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+DOCKERD_LOG = os.path.join(os.environ.get("TMPDIR") or "/tmp", "freeport-dockerd.log")
+
+
+def rootful_dockerd_pid() -> int | None:
+    """The rootful dockerd that scripts/setup.sh started (its default pidfile): not a rootless one,
+    nor a test's second engine, which have pidfiles of their own and are not the machine's engine."""
+    try:
+        pid = int(Path("/var/run/docker.pid").read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return pid if comm == "dockerd" else None
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Whether `condition` came true within `timeout` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+@contextlib.contextmanager
+def engine_stopped(pid: int) -> Iterator[None]:
+    """The machine's dockerd (`pid`, see rootful_dockerd_pid) stopped for the block (SIGTERM, until it
+    no longer answers), then started again as scripts/setup.sh does, however the block ends."""
+    os.kill(pid, signal.SIGTERM)
+    try:
+        assert wait_until(lambda: not engine_answers(), 60), "dockerd still answers 60 s after SIGTERM"
+        yield
+    finally:
+        if not engine_answers():
+            if not wait_until(lambda: pid_gone(pid), 60):
+                pytest.fail(f"dockerd {pid} did not exit within 60 s of SIGTERM; not starting a second one")
+            with open(DOCKERD_LOG, "ab") as log:
+                # In a session of its own: the engine must outlive this test run's process group,
+                # which whoever started pytest may kill when it ends.
+                subprocess.Popen(["dockerd"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            if not wait_until(engine_answers, 60):
+                with contextlib.suppress(OSError):
+                    tail = Path(DOCKERD_LOG).read_text(errors="replace").splitlines()[-20:]
+                    pytest.fail("dockerd did not come back within 60 s:\n" + "\n".join(tail))
+                pytest.fail("dockerd did not come back within 60 s")
 
 
 @functools.cache

@@ -21,11 +21,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ from _docker import (
     assert_nothing_left,
     containers,
     docker,
-    engine_answers,
+    engine_stopped,
     fpc,
     http_get,
     kill_group,
@@ -48,6 +46,7 @@ from _docker import (
     ok,
     parse_dotenv,
     pid_gone,
+    rootful_dockerd_pid,
     spawn_cli,
     wait_for,
 )
@@ -267,46 +266,12 @@ def test_killed_run_then_gc(box: Box) -> None:
 # 2. dockerd stopped and restarted under running stacks
 # --------------------------------------------------------------------------------------------
 
-DOCKERD_LOG = os.path.join(os.environ.get("TMPDIR") or "/tmp", "freeport-dockerd.log")
-
-
-def _dockerd_pids() -> list[int]:
-    out = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=False)
-    return [int(p) for p in out.stdout.split()]
-
-
-def _wait(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.25)
-    return True
-
-
-def _start_dockerd(old_pid: int) -> None:
-    """Start dockerd exactly as scripts/setup.sh does, once the stopped one has exited."""
-    if engine_answers():
-        return
-    if not _wait(lambda: pid_gone(old_pid), 60):
-        pytest.fail(f"dockerd {old_pid} did not exit within 60 s of SIGTERM; not starting a second one")
-    with open(DOCKERD_LOG, "ab") as log:
-        # In a session of its own: the engine must outlive this test run's process group, which
-        # whoever started pytest may kill when it ends.
-        subprocess.Popen(["dockerd"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    if not _wait(engine_answers, 60):
-        with suppress(OSError):
-            tail = Path(DOCKERD_LOG).read_text(errors="replace").splitlines()[-20:]
-            pytest.fail("dockerd did not come back within 60 s:\n" + "\n".join(tail))
-        pytest.fail("dockerd did not come back within 60 s")
-
-
 @pytest.mark.load  # bounces the machine's engine: not for `make test-quick`
 def test_dockerd_restart_under_running_stacks(box: Box, monkeypatch: pytest.MonkeyPatch,
                                               free_block: Callable[[int], int]) -> None:
-    pids = _dockerd_pids()
-    if os.geteuid() != 0 or len(pids) != 1:
-        pytest.skip(f"needs root and one local dockerd to stop and restart (uid {os.geteuid()}, dockerd pids {pids})")
+    pid = rootful_dockerd_pid()
+    if os.geteuid() != 0 or pid is None:
+        pytest.skip(f"needs root and the rootful dockerd to stop and restart (uid {os.geteuid()}, its pid {pid})")
     first = free_block(4)
     block = set(range(first, first + 4))
     monkeypatch.setenv("FREEPORT_RANGE", f"{first}-{first + 3}")  # both stacks and every `get` below
@@ -316,12 +281,8 @@ def test_dockerd_restart_under_running_stacks(box: Box, monkeypatch: pytest.Monk
     assert {port_a, port_b} <= block
     assert http_get(port_a)[0] == http_get(port_b)[0] == 200
 
-    [pid] = pids
     down_failed = False
-    os.kill(pid, signal.SIGTERM)
-    try:
-        assert _wait(lambda: not engine_answers(), 60), "dockerd still answers 60 s after SIGTERM"
-
+    with engine_stopped(pid):
         # The engine is gone, so are the containers' port bindings: the leases alone keep the ports.
         state = ok(fpc("leases", "--json"))
         assert "container counts unknown" in state.stderr
@@ -367,8 +328,6 @@ def test_dockerd_restart_under_running_stacks(box: Box, monkeypatch: pytest.Monk
         assert port_b not in got
         assert set(got) <= block
         ok(fpc("release", "--owner", "x"))
-    finally:
-        _start_dockerd(pid)
 
     # Back: both stacks' containers were stopped with the engine and are still there, exited.
     assert len(containers(downed)) == len(containers(kept)) == 1
