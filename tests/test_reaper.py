@@ -312,7 +312,9 @@ def test_pytest_group_killed_leaves_nothing(box: Footprint, state_dir: Path, mom
 # -- `run`, `Stack`, `compose_stack` killed ---------------------------------------------------------------
 
 
-def test_run_killed_with_its_group_leaves_nothing(box: Footprint, state_dir: Path) -> None:
+def watched_run(box: Footprint) -> tuple[str, subprocess.Popen[str]]:
+    """`run -- CMD` of a one-service stack, once CMD runs: (its project, the `run` process), the
+    stack up and its reaper watching."""
     template, project = web(box), box.project()
     marker = box.tmp / "command-started"
     proc = spawn_cli("run", "-f", template, "-p", project, "--", sys.executable, "-c", SLEEPER, str(marker))
@@ -320,8 +322,15 @@ def test_run_killed_with_its_group_leaves_nothing(box: Footprint, state_dir: Pat
         wait_for("run's command", marker.exists, proc, timeout=120)
         assert len(containers(project, running=True)) == 1
         assert len(reapers(project)) == 1
-    finally:
+    except BaseException:
         kill_group(proc)
+        raise
+    return project, proc
+
+
+def test_run_killed_with_its_group_leaves_nothing(box: Footprint, state_dir: Path) -> None:
+    project, proc = watched_run(box)
+    kill_group(proc)
     assert proc.returncode == -signal.SIGKILL
     took = gone_within(project, state_dir)
     assert f"{project}: reaper: took it down (status run" in reaper_log(state_dir), reaper_log(state_dir)
@@ -335,13 +344,8 @@ def test_run_killed_while_the_engine_is_down_is_reaped_once_it_is_back(box: Foot
     pid = rootful_dockerd_pid()
     if os.geteuid() != 0 or pid is None:
         pytest.skip(f"needs root and the rootful dockerd to stop and restart (uid {os.geteuid()}, its pid {pid})")
-    template, project = web(box), box.project()
-    marker = box.tmp / "command-started"
-    proc = spawn_cli("run", "-f", template, "-p", project, "--", sys.executable, "-c", SLEEPER, str(marker))
+    project, proc = watched_run(box)
     try:
-        wait_for("run's command", marker.exists, proc, timeout=120)
-        assert len(containers(project, running=True)) == 1
-        assert len(reapers(project)) == 1
         with engine_stopped(pid):
             kill_group(proc)
             assert wait_until(lambda: "down failed, retrying" in reaper_log(state_dir), 30), reaper_log(state_dir)
