@@ -76,7 +76,7 @@ def stdlib_floor(py: str, args: list[str], env: dict[str, str], work: str) -> li
     baseline = output([py, "-c", "import sys; print(','.join(sys.modules))"], env).strip().split(",")
     output([py, "-c", _MODULES_OF, listing, *args], env)
     names = [m for m in Path(listing).read_text().split(", ") if m and m not in baseline]
-    return [py, "-c", f"import {', '.join(names)}"]
+    return [py, "-c", f"import {', '.join(names)}" if names else "pass"]
 
 
 def main() -> int:

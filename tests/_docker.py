@@ -96,6 +96,9 @@ def engine_stopped(pid: int) -> Iterator[None]:
     os.kill(pid, signal.SIGTERM)
     try:
         assert wait_until(lambda: not engine_answers(), 60), "dockerd still answers 60 s after SIGTERM"
+        # Gone, not only silent: what the block times runs from here, not from a shutdown that
+        # can still take 10 s stopping containers.
+        assert wait_until(lambda: pid_gone(pid), 60), f"dockerd {pid} did not exit within 60 s of SIGTERM"
         yield
     finally:
         if not engine_answers():

@@ -42,9 +42,10 @@ def test_a_live_holder_is_alive_without_start_times(no_proc: None) -> None:
 
 @pytest.fixture
 def off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process as on macOS or a BSD: start times from the kernel's process table (psutil)."""
-    pytest.importorskip("psutil")  # installed with the package off Linux, with the dev extra here
+    """This process as on macOS: start times from the kernel's process table (psutil)."""
+    pytest.importorskip("psutil")  # installed with the package on macOS, with the dev extra here
     monkeypatch.setattr(process, "_LINUX", False)
+    monkeypatch.setattr(process, "_MACOS", True)
 
 
 def test_start_times_off_linux_come_from_the_process_table(off_linux: None) -> None:
@@ -70,6 +71,23 @@ def test_start_times_off_linux_come_from_the_process_table(off_linux: None) -> N
     assert holder_alive(Holder(child.pid, started, hostname())) is False
     child.wait()
     assert process.process_start_time(child.pid) is None  # reaped: no such process
+    assert process.process_start_time(0) is None
+    assert process.process_start_time(-1) is None
+
+
+def test_another_users_process_off_linux(off_linux: None) -> None:
+    """A process of another user (init's, on macOS launchd's) has a start time, and is a live holder."""
+    assert process.process_start_time(1) is not None
+    assert holder_alive(process.holder_of(1)) is True
+
+
+def test_the_bsds_judge_by_pid_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the BSDs (neither Linux nor macOS) start times are not read: a holder lives while its pid does."""
+    monkeypatch.setattr(process, "_LINUX", False)
+    monkeypatch.setattr(process, "_MACOS", False)
+    assert not process.start_times_readable()
+    assert process.process_start_time(os.getpid()) is None
+    assert holder_alive(Holder(os.getpid(), 12345, hostname())) is True  # no start time to tell it by
 
 
 def test_another_users_process_is_alive(no_proc: None) -> None:

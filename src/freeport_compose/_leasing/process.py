@@ -2,18 +2,20 @@
 
 Guarantees:
 - `Holder` names a process by pid *and* start time, so a reused pid is never taken for a dead holder.
-- Start times come from /proc on Linux, and elsewhere (macOS, the BSDs) from the kernel's process
-  table (`sysctl kern.proc.pid`) through psutil, installed with the package there.
-- Where start times cannot be read (a Linux container without /proc, psutil missing), a holder is
-  alive while its pid is (`kill(pid, 0)`: ESRCH is dead, EPERM is alive): never judged dead for
-  want of a start time, at the price of a reused pid keeping a dead holder's lease until that
-  process ends.
+- Start times come from /proc on Linux, and on macOS from the kernel's process table (`sysctl
+  kern.proc.pid`) through psutil, installed with the package there. (Not on the BSDs: there psutil
+  derives them from the boot time, which moves when the clock is set, and a live holder would be
+  taken for dead.)
+- Where start times cannot be read (the BSDs, a Linux container without /proc, psutil missing, a
+  process the kernel will not describe), a holder is alive while its pid is (`kill(pid, 0)`: ESRCH
+  is dead, EPERM is alive): never judged dead for want of a start time, at the price of a reused
+  pid keeping a dead holder's lease until that process ends.
 - After `fork()`, the child has its own pid here at once, and has closed (never unlocked) every lock
   descriptor whose flock is one of the parent's leases, including those another thread was opening
   or closing at that instant: the child can neither free the parent's ports nor keep them leased
   after the parent dies. This module holds the package's only fork handler.
 
-May touch: /proc/<pid>/stat (read), the kernel's process table (read, off Linux), signal 0 to a
+May touch: /proc/<pid>/stat (read), the kernel's process table (read, on macOS), signal 0 to a
 holder's pid, descriptors registered with `track`/`in_flight`.
 """
 
@@ -83,16 +85,21 @@ class Holder:
 
 
 _LINUX = sys.platform.startswith("linux")
+_MACOS = sys.platform == "darwin"
 
 
 def process_start_time(pid: int) -> int | None:
-    """The process's start time (on Linux in clock ticks since boot, elsewhere in microseconds since
+    """The process's start time (on Linux in clock ticks since boot, on macOS in microseconds since
     the epoch: only ever compared with another read on the same machine), or None if there is no
     such process, or only its corpse: a zombie (state Z, or X while it goes) has exited and holds no
     lock any more, though the kernel lists it until its parent waits for it, and where no one does
-    (a container whose PID 1 reaps nothing) it would pass for alive forever."""
+    (a container whose PID 1 reaps nothing) it would pass for alive forever. None too where it cannot
+    be read (see the module's docstring)."""
     if not _LINUX:
-        return _kernel_start_time(pid)
+        try:
+            return _kernel_start_time(pid)
+        except (ImportError, PermissionError):
+            return None
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # not open(): ~20 µs less
         try:
@@ -109,13 +116,15 @@ def process_start_time(pid: int) -> int | None:
 
 
 def _kernel_start_time(pid: int) -> int | None:
-    """process_start_time() off Linux: `sysctl kern.proc.pid` read by psutil, which knows the layout
-    of the kernel's process struct on each system and release (macOS's `kinfo_proc` and each BSD's
-    differ, and change between releases); None without psutil."""
-    try:
-        import psutil
-    except ImportError:
-        return None
+    """process_start_time() on macOS: `sysctl kern.proc.pid` read by psutil, which knows the layout
+    of the kernel's `kinfo_proc` on each release. Raises ImportError without psutil (or off macOS)
+    and PermissionError where the kernel will not describe the process."""
+    if not _MACOS:
+        raise ImportError("start times from psutil are read on macOS only")
+    import psutil
+
+    if pid <= 0:
+        return None  # psutil.Process() raises ValueError, not psutil.Error, for these
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
@@ -123,8 +132,10 @@ def _kernel_start_time(pid: int) -> int | None:
         # create_time() is the kernel's timeval as a float: the same kernel value always gives the
         # same float, so the rounded microseconds are stable across reads.
         return round(process.create_time() * 1_000_000)
-    except psutil.Error:
+    except psutil.NoSuchProcess:  # ZombieProcess included
         return None
+    except psutil.Error as e:  # AccessDenied: not seen on macOS, whose process table anyone may read
+        raise PermissionError(f"process {pid}: {e}") from None
 
 
 _PID = os.getpid()  # os.getpid() is a syscall on the allocation path; refreshed in forked children
@@ -160,10 +171,14 @@ def holder_of(pid: int) -> Holder:
 
 
 def start_times_readable() -> bool:
-    """Whether this system shows processes' start times (Linux's /proc; elsewhere, psutil). Asked
-    each time (a stat): a test, or a container, may mount /proc after this module was imported."""
+    """Whether this system shows processes' start times (Linux's /proc; macOS's process table, by
+    psutil). Asked each time: a test, or a container, may mount /proc after this module was
+    imported."""
     if not _LINUX:
-        return _kernel_start_time(_PID) is not None
+        try:
+            return _kernel_start_time(_PID) is not None
+        except (ImportError, PermissionError):
+            return False
     return os.path.exists("/proc/self/stat")
 
 
@@ -192,9 +207,15 @@ def holder_alive(holder: Holder) -> bool | None:
     """
     if holder.host != current_holder().host:
         return None
-    started = process_start_time(holder.pid)
-    if started is None and not start_times_readable():
-        return pid_alive(holder.pid)
+    if _LINUX:
+        started = process_start_time(holder.pid)
+        if started is None and not start_times_readable():
+            return pid_alive(holder.pid)
+    else:
+        try:
+            started = _kernel_start_time(holder.pid)
+        except (ImportError, PermissionError):  # this process's start time unknown: its pid alone
+            return pid_alive(holder.pid)
     return started is not None and (holder.start_time is None or started == holder.start_time)
 
 

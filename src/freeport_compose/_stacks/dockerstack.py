@@ -1,8 +1,9 @@
 """Swarm stacks on their engine: the `docker stack` driver, and taking a stack of ours down.
 
-Guarantees: argv built as lists, children pointed at the stack's engine; a stack is taken down with
-signals held, and its ports go only once `docker stack rm` ran, or once the Swarm lists no service of
-it (else it is kept `stopping` for `rm` or gc to finish).
+Guarantees: argv built as lists, children pointed at the stack's engine; a stack's ports go only
+once nothing of it is left on the engine (no service, task container or network: Docker's `docker
+stack rm` returns while the tasks still stop), or, if that cannot be seen, once the Swarm lists no
+service of it; until then it is kept `stopping` for `rm` or gc to finish.
 
 May touch: runs `docker stack`; the State's leases and stack records; the engine (read).
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 
 from .._error import ComposeError, FreeportError
 from .compose import Result, run
 from .leases import release
 from .reclaim import ask_swarm, settle_failed
-from .records import StackRecord
+from .records import StackRecord, StackStatus
 from .signals import deferred_signals
 from .state import State
 from .target import Engine
@@ -39,58 +41,71 @@ class Swarm:
         return run(["docker", "stack", "rm", name], self.env, quiet_stdout=True)
 
 
-def _services_gone(engine: Engine, project: str) -> bool:
-    """Whether the Swarm lists no service of the stack (False when it cannot tell)."""
-    try:
-        return ask_swarm(engine).get(project, 0) == 0
-    except FreeportError:
-        return False
+RM_WAIT = 60.0  # seconds, in all, that removing a stack waits for its tasks (their stop grace period: 10 s by default)
 
 
-_LEFTOVERS_WAIT = 60.0  # seconds: a task gets its stop grace period (10 s by default), then is killed
+def remove_stack(engine: Engine, project: str) -> tuple[Result, int, str]:
+    """`docker stack rm`, then wait (RM_WAIT s in all) until no task container or network of the
+    stack is left. Docker's `docker stack rm` returns while the tasks still stop: a port they publish
+    in mode host stays bound until they have, and a network one of them still holds fails to go
+    ("is in use by task"), which a second `docker stack rm` removes once they are gone.
+
+    Returns the last `docker stack rm`'s result and what is left: how many services (it could not
+    remove them: nothing was waited for), else task containers and networks, and which of the two
+    ("service", "task container or network"); 0 left: the stack is gone. Raises the engine's error
+    (EngineUnreachableError) when it cannot be asked."""
+    swarm = Swarm(engine)
+    deadline = time.monotonic() + RM_WAIT
+    result = swarm.rm(project)
+    if not result.ok:
+        services = ask_swarm(engine).get(project, 0)
+        if services:
+            return result, services, "service"
+    containers, networks = _wait(engine, project, deadline, networks=False)
+    if containers == 0 and (networks or not result.ok):
+        result = swarm.rm(project)  # the network a stopping task held
+        containers, networks = _wait(engine, project, deadline, networks=True)
+    return result, containers + networks, "task container or network"
 
 
-def _gone(engine: Engine, project: str) -> bool:
-    """Wait, up to _LEFTOVERS_WAIT, until no container or network of the stack is left on the
-    engine; whether none is (False too when the engine cannot tell)."""
+def _wait(engine: Engine, project: str, deadline: float, *, networks: bool) -> tuple[int, int]:
+    """Poll until no task container (and, with `networks`, no network) of the stack is left or the
+    deadline passes; the last count of (containers, networks)."""
     from .engine import stack_leftovers
 
-    deadline = time.monotonic() + _LEFTOVERS_WAIT
     while True:
-        try:
-            if stack_leftovers(engine, project) == 0:
-                return True
-        except FreeportError:
-            return False
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
+        left = stack_leftovers(engine, project)
+        if left[0] + (left[1] if networks else 0) == 0 or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.5)  # not faster: each poll is a new engine client, over ssh a process
 
 
 def remove_locked(state: State, record: StackRecord) -> None:
-    """remove() of a stack whose project lock the caller holds: it returns once no container or
-    network of the stack is left. If `docker stack rm` fails, the ports are freed only when the
-    Swarm lists no service of the stack; else it is kept `stopping`."""
+    """remove() of a stack whose project lock the caller holds (see remove_stack): its ports are
+    freed once nothing of it is left. Else they stay leased and the stack is kept `stopping` for
+    `rm` or gc to finish (a ComposeError says what is left), unless the engine cannot be asked and
+    the Swarm lists no service of it. Signals are held only while the state changes: a Ctrl-C while
+    the tasks stop leaves the stack `stopping`."""
     project = record.project
     with deferred_signals():
-        try:
-            swarm = Swarm(state.engine)
-            result = swarm.rm(project)
-            # `docker stack rm` of Docker before 26 returns before the tasks stopped: a port of mode
-            # host stays bound until they have, so the ports go only once nothing of the stack is left.
-            done = (result.ok or _services_gone(state.engine, project)) and _gone(state.engine, project)
-            if not done and _services_gone(state.engine, project):
-                result = swarm.rm(project)  # the network a stopping task held ("is in use by task")
-                done = result.ok and _gone(state.engine, project)
-            if not done:
-                why = result.last_line() if not result.ok else f"the stack was not gone after {_LEFTOVERS_WAIT:.0f} s"
-                raise ComposeError(f"docker stack rm failed: {why}", result.returncode or 1)
-        except FreeportError as e:
-            try:
-                left: int | None = ask_swarm(state.engine).get(project, 0)
-            except FreeportError:
-                left = None
-            settle_failed(state.leases, state.stacks, record, e, left, "rm", "service")
-            raise
+        record.status = StackStatus.STOPPING  # whatever interrupts what follows: `rm` or gc finishes it
+        state.stacks.save(record)
+    left: int | None = None
+    thing = "service"
+    try:
+        result, left, thing = remove_stack(state.engine, project)
+        if left and not result.ok:
+            raise ComposeError(f"docker stack rm failed: {result.last_line()}", result.returncode)
+        if left:
+            # `docker stack rm` itself succeeded (returncode 0: the CLI exits with COMPOSE_FAILED)
+            raise ComposeError(f"docker stack rm: {project} was not gone after {RM_WAIT:.0f} s", 0)
+    except FreeportError as e:
+        if left is None:  # the engine could not be asked: the Swarm's word, if it has one
+            with suppress(FreeportError):
+                left = ask_swarm(state.engine).get(project, 0)
+        with deferred_signals():
+            settle_failed(state.leases, state.stacks, record, e, left, "rm", thing)
+        raise
+    with deferred_signals():
         release(state.leases, project)
         state.stacks.forget(project)

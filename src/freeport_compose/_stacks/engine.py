@@ -286,16 +286,15 @@ def swarm_stacks(engine: Engine) -> dict[str, int]:
     return counts
 
 
-def stack_leftovers(engine: Engine, project: str) -> int:
-    """How many containers (running or not) and networks of one Swarm stack are still on this engine.
-    `docker stack rm` of Docker before 26 returns once it asked for the services to go: their
-    tasks' containers stop in the background (a published port of mode host stays bound until
-    they do), and a network in use by one of them is removed only after it, or not at all."""
+def stack_leftovers(engine: Engine, project: str) -> tuple[int, int]:
+    """How many containers (running or not) and networks of one Swarm stack are on this engine. A
+    stack's services go at once with `docker stack rm`, but their tasks' containers stop in the
+    background, and its networks go only once no task holds them (see dockerstack.remove_stack)."""
     label = _filters(label=f"{STACK_LABEL}={project}")
     with _api(engine) as get:
         containers = _ask(get, engine, "/containers/json", {"all": "1", **label})
         networks = _ask(get, engine, "/networks", label)
-    return len(containers) + len(networks)
+    return len(containers), len(networks)
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,8 @@ def settle_failed(
         return
     record.status = StackStatus.STOPPING
     stacks.save(record)
-    what = f"its {thing}s may still exist" if left is None else f"{left} of its {thing}s are left"
+    things = " or ".join(f"{word}s" for word in thing.split(" or "))  # "task containers or networks"
+    what = f"its {things} may still exist" if left is None else f"{left} of its {things} are left"
     e.args = (
         f"{e} ({what}: its ports stay leased until `freeport-compose {verb} -p {project}` "
         "or `freeport-compose gc` can finish)",

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
-from .._error import ComposeError, UnknownOwnerError
+from .._error import ComposeError, FreeportError, UnknownOwnerError
 from .compose import Compose, Result
-from .dockerstack import Swarm, remove_locked
+from .dockerstack import Swarm, remove_locked, remove_stack
 from .lifecycle import Attempt, Notify, Options, attempt, name_of, silent, start_leased
 from .plan import Plan
 from .records import StackRecord, StackStatus, check_project
@@ -163,7 +164,9 @@ def deploy(state: State, opts: Options, *, extra: Sequence[str] = (), notify: No
         notify(f"warning: {w}")
 
     def take_down(record: StackRecord) -> None:
-        swarm.rm(record.project)
+        # gone before its leases go (a task that started may bind its port until it has stopped)
+        with suppress(FreeportError):
+            remove_stack(state.engine, record.project)
 
     def start(current: Attempt) -> Result:
         record = current.record
