@@ -70,6 +70,14 @@ def deployed(state: State, free_block: Callable[[int], int]) -> tuple[StackRecor
     return record, port
 
 
+def assert_kept(state: State, port: int) -> None:
+    """The stack is kept `stopping`, its port still leased: for `rm` or gc to finish."""
+    assert [r.port for r in state.leases.owner_ports("shop") or []] == [port]
+    saved = state.stacks.load("shop")
+    assert saved is not None
+    assert saved.status is StackStatus.STOPPING
+
+
 def script_rm(monkeypatch: pytest.MonkeyPatch, stack: Stack, *answers: tuple[Result, dict[str, Any]]) -> None:
     """`docker stack rm` answers with each (result, engine counts after it) in turn."""
 
@@ -108,10 +116,7 @@ def test_services_that_would_not_go_keep_the_ports(
         remove_locked(st, record)
     assert e.value.returncode == 1
     assert stack.calls == 1  # nothing waited for: the services are still there
-    assert [r.port for r in st.leases.owner_ports("shop") or []] == [port]
-    saved = st.stacks.load("shop")
-    assert saved is not None
-    assert saved.status is StackStatus.STOPPING
+    assert_kept(st, port)
 
 
 def test_a_stack_not_gone_in_time_stays_stopping(
@@ -125,10 +130,7 @@ def test_a_stack_not_gone_in_time_stays_stopping(
     with pytest.raises(ComposeError, match=gone) as e:
         remove_locked(st, record)
     assert e.value.returncode == 0  # docker stack rm did not fail: the CLI exits with COMPOSE_FAILED (5)
-    assert [r.port for r in st.leases.owner_ports("shop") or []] == [port]
-    saved = st.stacks.load("shop")
-    assert saved is not None
-    assert saved.status is StackStatus.STOPPING
+    assert_kept(st, port)
 
 
 def test_an_engine_gone_while_waiting_says_so_and_keeps_the_ports(
@@ -139,7 +141,4 @@ def test_an_engine_gone_while_waiting_says_so_and_keeps_the_ports(
     script_rm(monkeypatch, stack, (Result(0, ""), {"services": 0, "broken": "engine shutting down"}))
     with pytest.raises(EngineUnreachableError, match=r"engine shutting down.*its services may still exist"):
         remove_locked(st, record)
-    assert [r.port for r in st.leases.owner_ports("shop") or []] == [port]
-    saved = st.stacks.load("shop")
-    assert saved is not None
-    assert saved.status is StackStatus.STOPPING
+    assert_kept(st, port)
