@@ -79,13 +79,13 @@ def rootful_dockerd_pid() -> int | None:
     return pid if comm == "dockerd" else None
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    """Whether `condition` came true within `timeout` seconds (polled)."""
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
+    """Whether `condition` came true within `timeout` seconds (polled every `interval`)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.25)
+        time.sleep(interval)
     return True
 
 
@@ -489,10 +489,13 @@ def kill_group(proc: subprocess.Popen[str]) -> str:
 def wait_for(what: str, condition: Callable[[], bool], proc: subprocess.Popen[str] | None = None,
              timeout: float = 60.0) -> None:
     """Poll until condition() holds; fail early if proc (the CLI under test) exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not condition():
+
+    def ready() -> bool:
+        if condition():
+            return True
         if proc is not None and proc.poll() is not None:
             _, err = proc.communicate()
             raise AssertionError(f"{what}: the CLI exited {proc.returncode} first:\n{err}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        return False
+
+    assert wait_until(ready, timeout, interval=0.05), f"timed out waiting for {what}"

@@ -98,7 +98,7 @@ def process_start_time(pid: int) -> int | None:
     if not _LINUX:
         try:
             return _kernel_start_time(pid)
-        except (ImportError, PermissionError):
+        except _Unreadable:
             return None
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # not open(): ~20 µs less
@@ -115,14 +115,21 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
+class _Unreadable(Exception):
+    """No start time for this process here (the BSDs, psutil missing, a process the kernel will not
+    describe): its pid alone must say whether it lives."""
+
+
 def _kernel_start_time(pid: int) -> int | None:
     """process_start_time() on macOS: `sysctl kern.proc.pid` read by psutil, which knows the layout
-    of the kernel's `kinfo_proc` on each release. Raises ImportError without psutil (or off macOS)
-    and PermissionError where the kernel will not describe the process."""
+    of the kernel's `kinfo_proc` on each release; _Unreadable elsewhere, without psutil, and where
+    the kernel will not describe the process."""
     if not _MACOS:
-        raise ImportError("start times from psutil are read on macOS only")
-    import psutil
-
+        raise _Unreadable("start times are read from psutil on macOS only")
+    try:
+        import psutil
+    except ImportError:
+        raise _Unreadable("no psutil") from None
     if pid <= 0:
         return None  # psutil.Process() raises ValueError, not psutil.Error, for these
     try:
@@ -135,7 +142,7 @@ def _kernel_start_time(pid: int) -> int | None:
     except psutil.NoSuchProcess:  # ZombieProcess included
         return None
     except psutil.Error as e:  # AccessDenied: not seen on macOS, whose process table anyone may read
-        raise PermissionError(f"process {pid}: {e}") from None
+        raise _Unreadable(f"process {pid}: {e}") from None
 
 
 _PID = os.getpid()  # os.getpid() is a syscall on the allocation path; refreshed in forked children
@@ -177,7 +184,7 @@ def start_times_readable() -> bool:
     if not _LINUX:
         try:
             return _kernel_start_time(_PID) is not None
-        except (ImportError, PermissionError):
+        except _Unreadable:
             return False
     return os.path.exists("/proc/self/stat")
 
@@ -214,7 +221,7 @@ def holder_alive(holder: Holder) -> bool | None:
     else:
         try:
             started = _kernel_start_time(holder.pid)
-        except (ImportError, PermissionError):  # this process's start time unknown: its pid alone
+        except _Unreadable:  # this process's start time unknown: its pid alone
             return pid_alive(holder.pid)
     return started is not None and (holder.start_time is None or started == holder.start_time)
 
